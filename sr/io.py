@@ -1,0 +1,242 @@
+"""Reading and writing images as float tensors, keeping grey as grey, 16-bit as 16-bit and alpha as alpha.
+
+Images are ``[C, H, W]`` float32 in ``[0, 1]`` (``C = 3`` for RGB, ``1`` for grey); alpha is a separate ``[1, H, W]``.
+Pillow decodes everything except 16-bit colour (PNG/TIFF), which Pillow silently reduces to 8 bit; those go through
+OpenCV. Writes are atomic (a hidden temporary file in the destination folder, then ``os.replace``) and refuse to
+replace an existing file unless ``overwrite=True``.
+"""
+
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+SUFFIX_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"
+}
+SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
+# Pillow's own decompression-bomb threshold: the largest image it opens without warning.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# Byte offset of the bit-depth field in a PNG: 8-byte signature, chunk length, "IHDR", width, height.
+PNG_BIT_DEPTH_OFFSET = 24
+TIFF_BITS_PER_SAMPLE_TAG = 258
+
+ImageMode = Literal["rgb", "gray"]
+_GRAY_PIL_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be used; ``str`` is the one line ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason.splitlines()[0] if reason else "unreadable"
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image: ``image [C, H, W]`` float32 in ``[0, 1]``; ``alpha [1, H, W]`` or ``None``."""
+
+    image: torch.Tensor
+    mode: ImageMode
+    alpha: torch.Tensor | None
+    bit_depth: int
+    source_format: str
+
+
+def _to_chw_float(array: np.ndarray, bit_depth: int) -> torch.Tensor:
+    scale = float(2**bit_depth - 1)
+    array = array.astype(np.float32) / scale
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _bits_per_sample(path: Path, pil_image: Image.Image) -> int:
+    if pil_image.format == "PNG":
+        with open(path, "rb") as handle:
+            header = handle.read(PNG_BIT_DEPTH_OFFSET + 1)
+        return header[PNG_BIT_DEPTH_OFFSET]
+    if pil_image.format == "TIFF":
+        bits = pil_image.tag_v2.get(TIFF_BITS_PER_SAMPLE_TAG, 1)
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    return 8
+
+
+def _decode_sixteen_bit_colour(path: Path, has_gray_channels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """OpenCV decode of a 16-bit PNG/TIFF that Pillow would reduce to 8 bit; returns (pixels, alpha) as uint16."""
+    decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint16:
+        raise ImageReadError(path, "could not decode the 16-bit image data")
+    if decoded.ndim == 2:
+        return decoded, None
+    alpha = decoded[:, :, 3] if decoded.shape[2] == 4 else None
+    pixels = decoded[:, :, 0] if has_gray_channels else cv2.cvtColor(decoded[:, :, :3], cv2.COLOR_BGR2RGB)
+    return pixels, alpha
+
+
+def _pil_pixels(pil_image: Image.Image) -> tuple[np.ndarray, ImageMode, np.ndarray | None]:
+    """8-bit (or Pillow-native 16-bit grey) pixels, their mode, and alpha, from a loaded Pillow image."""
+    if pil_image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        return np.asarray(pil_image).astype(np.uint16), "gray", None
+    if pil_image.mode in ("1", "L"):
+        return np.asarray(pil_image.convert("L")), "gray", None
+    if pil_image.mode == "LA":
+        gray_alpha = np.asarray(pil_image)
+        return gray_alpha[:, :, 0], "gray", gray_alpha[:, :, 1]
+    has_alpha = pil_image.mode in ("RGBA", "PA", "RGBa") or "transparency" in pil_image.info
+    if has_alpha:
+        rgba = np.asarray(pil_image.convert("RGBA"))
+        return rgba[:, :, :3], "rgb", rgba[:, :, 3]
+    return np.asarray(pil_image.convert("RGB")), "rgb", None
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a PNG, JPEG, WebP, TIFF or BMP file (8/16-bit, grey or colour, optional alpha).
+
+    Raises ``ImageReadError`` for a missing file, a file that is not an image, truncated or corrupt data, an image
+    over ``max_pixels`` pixels (checked from the header, before decoding) or an unsupported sample format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_image = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file (format not recognised)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(path, f"image too large ({error})") from None
+    with pil_image:
+        width, height = pil_image.size
+        if width * height > max_pixels:
+            raise ImageReadError(path, f"image too large: {width}x{height} exceeds {max_pixels} pixels")
+        source_format = pil_image.format
+        bits = _bits_per_sample(path, pil_image)
+        if bits > 8 and bits != 16:
+            raise ImageReadError(path, f"unsupported bit depth {bits} (expected at most 8, or 16)")
+        try:
+            pil_image.load()
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageReadError(path, f"truncated or corrupt image data ({error})") from None
+        if bits == 16 and pil_image.mode not in ("I", "I;16", "I;16B", "I;16L"):
+            mode: ImageMode = "gray" if pil_image.mode in _GRAY_PIL_MODES else "rgb"
+            pixels, alpha = _decode_sixteen_bit_colour(path, has_gray_channels=mode == "gray")
+        else:
+            oriented = ImageOps.exif_transpose(pil_image) if source_format == "JPEG" else pil_image
+            pixels, mode, alpha = _pil_pixels(oriented)
+    bit_depth = 16 if bits == 16 else 8
+    return LoadedImage(
+        image=_to_chw_float(pixels, bit_depth),
+        mode=mode,
+        alpha=None if alpha is None else _to_chw_float(alpha, bit_depth),
+        bit_depth=bit_depth,
+        source_format=source_format,
+    )
+
+
+def _quantise(tensor: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """``[C, H, W]`` in [0, 1] -> ``[H, W, C]`` integers, rounded to nearest."""
+    scale = 2**bit_depth - 1
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    values = (tensor.detach().float().clamp(0, 1) * scale).round().cpu().numpy().astype(dtype)
+    return values.transpose(1, 2, 0)
+
+
+def _encode(
+    path: Path, image_format: str, pixels: np.ndarray, alpha: np.ndarray | None, bit_depth: int, quality: int
+) -> bytes:
+    if bit_depth == 16:
+        if pixels.shape[2] == 1 and alpha is None:
+            array = pixels[:, :, 0]
+        elif pixels.shape[2] == 3:
+            bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
+            array = bgr if alpha is None else np.concatenate([bgr, alpha], axis=2)
+        else:
+            raise ValueError(f"{path}: 16-bit grey with alpha cannot be written; write it as 8-bit or RGBA")
+        ok, encoded = cv2.imencode(Path(path).suffix.lower(), array)
+        if not ok:
+            raise ValueError(f"{path}: OpenCV failed to encode the 16-bit {image_format} image")
+        return encoded.tobytes()
+    if image_format == "WEBP" and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    layers = pixels if alpha is None else np.concatenate([pixels, alpha], axis=2)
+    # Pillow infers L / LA / RGB / RGBA from the uint8 array's channel count.
+    pil_image = Image.fromarray(layers[:, :, 0] if layers.shape[2] == 1 else layers)
+    buffer = io.BytesIO()
+    options = {"quality": quality} if image_format in ("JPEG", "WEBP") else {}
+    pil_image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def write_image(
+    path: str | os.PathLike,
+    image: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    bit_depth: int = 8,
+    overwrite: bool = False,
+    quality: int = 95,
+) -> Path:
+    """Atomically write ``image [C, H, W]`` (``C`` 1 or 3, values in [0, 1]) in the format named by the suffix.
+
+    ``alpha [1, H, W]`` is stored for PNG, WebP and TIFF; ``bit_depth=16`` for PNG and TIFF; ``quality`` applies to
+    JPEG and WebP. Grey stays single-channel (WebP, which has no grey mode, stores it as RGB). Raises
+    ``FileExistsError`` when ``path`` exists and ``overwrite`` is false. Returns the written path.
+    """
+    path = Path(path)
+    image_format = SUFFIX_FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{path}: unsupported image suffix; expected one of {', '.join(IMAGE_SUFFIXES)}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"{path}: image must be [C, H, W] with C = 1 or 3, got shape {tuple(image.shape)}")
+    if alpha is not None and (alpha.ndim != 3 or alpha.shape[0] != 1 or alpha.shape[1:] != image.shape[1:]):
+        raise ValueError(f"{path}: alpha must be [1, H, W] matching the image, got shape {tuple(alpha.shape)}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"{path}: bit depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and image_format not in SIXTEEN_BIT_FORMATS:
+        raise ValueError(f"{path}: {image_format} cannot store 16-bit images; use .png or .tif")
+    if alpha is not None and image_format not in ALPHA_FORMATS:
+        raise ValueError(f"{path}: {image_format} cannot store an alpha channel; use .png, .webp or .tif")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    pixels = _quantise(image, bit_depth)
+    encoded = _encode(path, image_format, pixels, None if alpha is None else _quantise(alpha, bit_depth), bit_depth,
+                      quality)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(encoded)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_images(path_or_folder: str | os.PathLike) -> list[Path]:
+    """The image files (by suffix, case-insensitive, hidden files skipped) in a folder, sorted; or ``[file]``."""
+    path = Path(path_or_folder)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ImageReadError(path, f"not an image file name; expected one of {', '.join(IMAGE_SUFFIXES)}")
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return sorted(
+        entry
+        for entry in path.iterdir()
+        if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_SUFFIXES
+    )

@@ -1,0 +1,1 @@
+"""Pure tensor operations for any-size upscaling: colour correction, tile grids and tiled VAE passes."""
