@@ -121,7 +121,9 @@ class FID:
         value = float(metric.compute().item())
         return FIDResult(value, sr_count, hr_count, sr_samples, hr_samples)
 
-    def _accumulate(self, metric: FrechetInceptionDistance, images: Iterable[torch.Tensor], real: bool) -> tuple[int, int]:
+    def _accumulate(
+        self, metric: FrechetInceptionDistance, images: Iterable[torch.Tensor], real: bool
+    ) -> tuple[int, int]:
         batch: list[torch.Tensor] = []
         image_count = sample_count = 0
         for image in tqdm(images, desc=f"FID features ({'GT' if real else 'SR'})", leave=False):

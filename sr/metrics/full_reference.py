@@ -1,12 +1,21 @@
-"""Full-reference metrics: PSNR and SSIM (RGB or BT.601 Y) through basicsr, LPIPS through the ``lpips`` package.
+"""Full-reference metrics: PSNR and SSIM (RGB or a luma channel) through basicsr, LPIPS through the ``lpips`` package.
 
-Conventions (basicsr's, which pyiqa and StableSR's published tables share):
+Inputs are RGB tensors ``[N, 3, H, W]`` in [0, 1]; ``crop_border`` pixels are removed from every edge first.
 
-- inputs are RGB tensors ``[N, 3, H, W]`` in [0, 1]; ``crop_border`` pixels are removed from every edge first;
-- Y channel (ITU-R BT.601, MATLAB ``rgb2ycbcr``): ``Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255`` on [0, 1] RGB;
+Colour spaces (``space`` argument). The two "Y" conventions differ by a scale and an offset, which moves PSNR by
+about 1.3 dB, so both exist under distinct names:
+
+- ``"y"``: pyiqa's Y (its default ``color_space='yiq'``), which StableSR and its successors' tables use:
+  ``Y = 0.299 R + 0.587 G + 0.114 B`` (BT.601 luma, full range). SSIM sees Y rounded to 8 bits, as pyiqa does;
+- ``"ycbcr"``: basicsr / MATLAB ``rgb2ycbcr`` studio-swing Y: ``Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255``;
+- ``"rgb"``: the three channels (SSIM averages them).
+
+Formulas (basicsr's ``calculate_psnr_pt`` / ``calculate_ssim_pt``):
+
 - ``PSNR = 10 log10(1 / (MSE + 1e-8))`` in float64 on the [0, 1] scale, so identical images give the cap of 80 dB;
 - SSIM (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), 'valid' filtering, ``C1 = (0.01 * 255)^2``,
-  ``C2 = (0.03 * 255)^2`` on the 0-255 scale, averaged over pixels (and over channels for RGB);
+  ``C2 = (0.03 * 255)^2`` on the 0-255 scale, averaged over pixels. (pyiqa additionally clamps negative
+  contrast-structure terms to 0; that changes SSIM by < 1e-4 except on extremely noisy images.)
 - LPIPS v0.1 (Zhang et al. 2018): ``d(x, y) = sum_l mean_hw( w_l . (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2 )`` with
   ``f_l`` the backbone's layer-l features (unit-normalised over channels) and ``w_l`` the learned 1x1 heads; inputs
   are mapped from [0, 1] to [-1, 1] and through lpips' ImageNet scaling layer first. No border crop.
@@ -17,22 +26,44 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# isort: off
 import sr.compat.basicsr  # noqa: F401  (mends basicsr for current torchvision before basicsr.metrics is imported)
-from basicsr.metrics.psnr_ssim import calculate_psnr_pt, calculate_ssim_pt  # noqa: E402
+from basicsr.metrics.psnr_ssim import calculate_psnr_pt, calculate_ssim_pt
+# isort: on
 
-from sr.metrics.weights import torchvision_backbone_path  # noqa: E402
+from sr.metrics.weights import torchvision_backbone_path
 
 LPIPS_FEATURE_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
+BT601_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+COLOUR_SPACES = ("rgb", "y", "ycbcr")
 
 
-def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:
-    """Per-image PSNR in dB, ``[N]`` float64 (formula and cap in the module docstring)."""
-    return calculate_psnr_pt(sr, hr, crop_border=crop_border, test_y_channel=y_channel)
+def luma_bt601(rgb: torch.Tensor) -> torch.Tensor:
+    """``Y = 0.299 R + 0.587 G + 0.114 B`` of ``[N, 3, H, W]`` in [0, 1]: ``[N, 1, H, W]`` in [0, 1] (pyiqa's Y)."""
+    weights = torch.tensor(BT601_LUMA_WEIGHTS, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * weights).sum(dim=1, keepdim=True)
 
 
-def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:
-    """Per-image SSIM, ``[N]`` float64 (window and constants in the module docstring)."""
-    return calculate_ssim_pt(sr, hr, crop_border=crop_border, test_y_channel=y_channel)
+def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str) -> torch.Tensor:
+    """Per-image PSNR in dB, ``[N]`` float64, on ``space`` (formula, cap and spaces in the module docstring)."""
+    _check_space(space)
+    if space == "y":
+        return calculate_psnr_pt(luma_bt601(sr), luma_bt601(hr), crop_border=crop_border)
+    return calculate_psnr_pt(sr, hr, crop_border=crop_border, test_y_channel=space == "ycbcr")
+
+
+def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str) -> torch.Tensor:
+    """Per-image SSIM, ``[N]`` float64, on ``space`` (window, constants and spaces in the module docstring)."""
+    _check_space(space)
+    if space == "y":
+        sr_y, hr_y = (torch.round(luma_bt601(image) * 255.0) / 255.0 for image in (sr, hr))
+        return calculate_ssim_pt(sr_y, hr_y, crop_border=crop_border)
+    return calculate_ssim_pt(sr, hr, crop_border=crop_border, test_y_channel=space == "ycbcr")
+
+
+def _check_space(space: str) -> None:
+    if space not in COLOUR_SPACES:
+        raise ValueError(f"colour space must be one of {COLOUR_SPACES}, got {space!r}")
 
 
 class LPIPS(nn.Module):

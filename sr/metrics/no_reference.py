@@ -14,10 +14,12 @@ import importlib.util
 import numpy as np
 import torch
 
+# isort: off
 import sr.compat.basicsr  # noqa: F401  (mends basicsr for current torchvision before basicsr.metrics is imported)
-from basicsr.metrics.niqe import calculate_niqe  # noqa: E402
+from basicsr.metrics.niqe import calculate_niqe
+# isort: on
 
-from sr.metrics.weights import (  # noqa: E402
+from sr.metrics.weights import (
     maniqa_backbone_expected_path,
     maniqa_backbone_path,
     missing_weights,
@@ -27,10 +29,22 @@ from sr.metrics.weights import (  # noqa: E402
 
 PYIQA_METRICS = ("musiq", "clipiqa", "maniqa")
 PYIQA_VERSION = "0.1.16"
+NIQE_MIN_SIZE = 192  # two 96x96 blocks: NIQE also fits its model at half resolution
+
+
+def niqe_size_problem(height: int, width: int, crop_border: int) -> str | None:
+    """None when an image of this size (after the border crop) is large enough for NIQE, else the reason."""
+    height, width = height - 2 * crop_border, width - 2 * crop_border
+    if min(height, width) >= NIQE_MIN_SIZE:
+        return None
+    return f"NIQE needs at least {NIQE_MIN_SIZE}x{NIQE_MIN_SIZE} px after the border crop, got {height}x{width}"
 
 
 def niqe(image: torch.Tensor, crop_border: int) -> float:
     """NIQE of one RGB ``[1, 3, H, W]`` image in [0, 1] (basicsr's port of the MATLAB reference)."""
+    problem = niqe_size_problem(image.shape[-2], image.shape[-1], crop_border)
+    if problem:
+        raise ValueError(problem)
     rgb_255 = image[0].permute(1, 2, 0).double().cpu().numpy() * 255.0
     bgr_255 = np.ascontiguousarray(rgb_255[:, :, ::-1])  # basicsr's colour conversion expects OpenCV channel order
     return float(calculate_niqe(bgr_255, crop_border=crop_border, input_order="HWC", convert_to="y"))
