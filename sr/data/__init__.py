@@ -1,0 +1,1 @@
+"""Training/validation data: HR and paired datasets, batched degradation pipelines, the Lightning data module."""

@@ -1,0 +1,51 @@
+"""Preview a degradation pipeline: a PNG grid of ``n`` LR samples of one HR image (one seeded generator).
+
+    python -m sr.data.preview degradation=realesrgan [image=... n=16 seed=0 out=... overwrite=true]
+
+Each sample is degraded separately (batch of one) so that per-batch choices vary across the grid; LR samples are
+shown nearest-neighbour upsampled by ``ceil(scale)`` so that pixels stay visible.
+"""
+
+import math
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from sr.data.datasets import image_to_tensor, read_image, write_image_atomic
+from sr.data.degradations import DegradationPipeline
+
+
+def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """[3, H', W'] grid of ``count`` LR samples of ``hr`` ([3, H, W] in [0, 1])."""
+    generator = torch.Generator().manual_seed(seed)
+    zoom = math.ceil(pipeline.scale)
+    tiles = []
+    for _ in tqdm(range(count), desc="degrading", leave=False):
+        lq, _ = pipeline(hr[None], generator)
+        tiles.append(F.interpolate(lq, scale_factor=zoom, mode="nearest")[0])
+    return make_grid(tiles, nrow=math.ceil(math.sqrt(count)), padding=2, pad_value=1.0)
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="preview")
+def main(cfg: DictConfig) -> None:
+    image = read_image(cfg.image)
+    if image is None:
+        raise SystemExit(f"{cfg.image}: cannot read image")
+    if cfg.n < 1:
+        raise SystemExit(f"n must be >= 1, got {cfg.n}")
+    pipeline = instantiate(cfg.degradation)
+    grid = degradation_grid(pipeline, image_to_tensor(image), cfg.n, cfg.seed)
+    try:
+        path = write_image_atomic(cfg.out, grid, overwrite=cfg.overwrite)
+    except FileExistsError as error:
+        raise SystemExit(str(error)) from None
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Datasets, data module (batches, pool, resume), data configs, synthetic test-set and dataset-layout scripts."""
+
+import importlib.util
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sr.compat.basicsr import USMSharp
+from sr.data.datamodule import EpochSeededSampler, SRDataModule
+from sr.data.datasets import HRImageDataset, PairedImageDataset, pad_to_min_size, read_image
+from sr.data.degradations import DegradationPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "data" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_png(path: Path, height: int, width: int, seed: int = 0, gray: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(height, width) if gray else (height, width, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), image)
+    return image
+
+
+def realesrgan() -> DegradationPipeline:
+    return instantiate(OmegaConf.load(ROOT / "conf" / "degradation" / "realesrgan.yaml"))
+
+
+def test_crops_have_crop_size_and_are_reproducible(tmp_path):
+    write_png(tmp_path / "a.png", 40, 50)
+    write_png(tmp_path / "sub" / "b.png", 33, 80, seed=1)
+    dataset = HRImageDataset([str(tmp_path)], crop_size=32, seed=3)
+    assert len(dataset) == 2
+    for index in range(2):
+        item = dataset[(index, 11)]
+        assert item["gt"].shape == (3, 32, 32) and item["gt"].dtype == torch.float32
+        assert 0 <= item["gt"].min() and item["gt"].max() <= 1
+        assert torch.equal(item["gt"], dataset[(index, 11)]["gt"])
+    assert not all(torch.equal(dataset[(0, s)]["gt"], dataset[(0, 11)]["gt"]) for s in range(12, 20))
+
+
+def test_small_image_is_reflect_padded(tmp_path):
+    original = write_png(tmp_path / "small.png", 20, 30)
+    rgb = original[:, :, ::-1].astype(np.float32) / 255
+    padded = pad_to_min_size(rgb, 64)
+    assert padded.shape == (64, 64, 3)
+    np.testing.assert_array_equal(padded[:20, :30], rgb)
+    np.testing.assert_array_equal(padded[20, :30], rgb[18])  # mirror without repeating the edge row
+    np.testing.assert_array_equal(padded[:20, 31], rgb[:, 27])
+    item = HRImageDataset([str(tmp_path)], crop_size=64, use_hflip=False)[0]
+    np.testing.assert_allclose(item["gt"].permute(1, 2, 0).numpy(), padded, atol=1e-6)
+
+
+def test_unreadable_image_is_skipped_and_reported(tmp_path):
+    write_png(tmp_path / "a.png", 40, 40)
+    (tmp_path / "b_broken.png").write_bytes(b"not an image")
+    write_png(tmp_path / "c.png", 40, 40, seed=2)
+    dataset = HRImageDataset([str(tmp_path)], crop_size=16)
+    with pytest.warns(UserWarning, match="b_broken.png"):
+        item = dataset[1]
+    assert item["path"].endswith("c.png")
+    assert dataset.bad_files == {str(tmp_path / "b_broken.png")}
+    assert [Path(dataset[i]["path"]).name for i in range(3)] == ["a.png", "c.png", "c.png"]
+
+
+def test_meta_info_and_gray_images(tmp_path):
+    write_png(tmp_path / "imgs" / "g.png", 24, 24, gray=True)
+    (tmp_path / "meta.txt").write_text("imgs/g.png (24,24,1)\n\n")
+    item = HRImageDataset([], crop_size=16, meta_info=str(tmp_path / "meta.txt"))[0]
+    assert torch.equal(item["gt"][0], item["gt"][1]) and torch.equal(item["gt"][1], item["gt"][2])
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        HRImageDataset([], crop_size=16, meta_info=str(tmp_path / "missing.txt"))
+
+
+def test_paired_dataset_matches_stems_and_lists_unmatched(tmp_path):
+    write_png(tmp_path / "lr" / "x.png", 8, 8)
+    write_png(tmp_path / "hr" / "x.png", 32, 32)
+    item = PairedImageDataset(str(tmp_path / "lr"), str(tmp_path / "hr"))[0]
+    assert item["lq"].shape == (3, 8, 8) and item["gt"].shape == (3, 32, 32) and item["name"] == "x"
+    write_png(tmp_path / "lr" / "only_lr.png", 8, 8)
+    with pytest.raises(ValueError, match="only_lr"):
+        PairedImageDataset(str(tmp_path / "lr"), str(tmp_path / "hr"))
+
+
+def test_sampler_order_depends_on_seed_and_epoch():
+    sampler = EpochSeededSampler(50, seed=1)
+    first = list(sampler)
+    assert sorted(index for index, _ in first) == list(range(50))
+    assert list(EpochSeededSampler(50, seed=1)) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    epoch_one = list(sampler)
+    sampler.skip_next(1, 10)
+    assert list(sampler) == epoch_one[10:]
+    assert list(sampler) == epoch_one  # the skip applies to one pass only
+    sampler.skip_next(0, 10)
+    assert list(sampler) == epoch_one  # ... and only to its epoch
+
+
+def train_batches(datamodule: SRDataModule, count: int, first_epoch: int = 0):
+    """``count`` transferred training batches, running over epochs as Lightning does (set_epoch at each start)."""
+    loader, epoch, produced = datamodule.train_dataloader(), first_epoch, 0
+    while produced < count:
+        datamodule.sampler.set_epoch(epoch)
+        for raw in loader:
+            yield datamodule.on_after_batch_transfer(raw, 0)
+            produced += 1
+            if produced == count:
+                return
+        epoch += 1
+
+
+def make_datamodule(pool_size: int = 4) -> SRDataModule:
+    return SRDataModule(
+        train_dirs=[str(ROOT / "data" / "samples" / "train")], crop_size=32, batch_size=2, degradation=realesrgan(),
+        pool_size=pool_size, seed=5, val_lr_dir=str(ROOT / "data/samples/heldout_pairs/lr"),
+        val_hr_dir=str(ROOT / "data/samples/heldout_pairs/hr"),
+    )
+
+
+def test_training_batches_shapes_ranges_and_target():
+    datamodule = make_datamodule()
+    raw = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(raw, 0)
+    assert batch["lq"].shape == batch["gt"].shape == (2, 3, 32, 32)
+    assert batch["lq"].min() >= -1 and batch["lq"].max() <= 1
+    torch.testing.assert_close(batch["gt"], USMSharp()(raw["gt"]) * 2 - 1, atol=1e-6, rtol=0)  # pool filling
+    assert not torch.equal(batch["lq"], batch["gt"])
+    val = next(iter(datamodule.val_dataloader()))
+    assert datamodule.on_after_batch_transfer(val, 0) is val and val["lq"].shape[-1] * 4 == val["gt"].shape[-1]
+
+
+def test_pool_returns_earlier_pairs_once_full():
+    datamodule = make_datamodule(pool_size=4)
+    *filling, pooled = train_batches(datamodule, 3)
+    targets = torch.cat([b["gt"] for b in filling])
+    pooled = pooled["gt"]
+    for sample in pooled:  # the returned pair comes from the pool, not from this batch
+        assert any(torch.equal(sample, stored) for stored in targets)
+
+
+def test_state_dict_round_trip_reproduces_next_batch(tmp_path):
+    datamodule = make_datamodule(pool_size=4)  # 4 images, batch 2: two batches per epoch
+    batches = train_batches(datamodule, 5)
+    for _ in range(3):  # epoch 0 and the first batch of epoch 1; the pool is full after two
+        next(batches)
+    path = tmp_path / "state.pt"
+    torch.save(datamodule.state_dict(), path)
+    expected = [next(batches), next(batches)]  # rest of epoch 1, first of epoch 2
+
+    resumed = make_datamodule(pool_size=4)
+    resumed.load_state_dict(torch.load(path, weights_only=True))
+    actual = list(train_batches(resumed, 2, first_epoch=1))
+    for got, want in zip(actual, expected):
+        assert torch.equal(got["lq"], want["lq"]) and torch.equal(got["gt"], want["gt"])
+
+
+@pytest.mark.parametrize("name", ["samples_tiny", "samples_heldout", "df2k_ost", "div2k_val", "realsr", "drealsr"])
+def test_data_configs_instantiate(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
+    if name in ("samples_tiny", "samples_heldout"):
+        if "degradation" in config:
+            config = OmegaConf.merge({"degradation": OmegaConf.load(ROOT / "conf/degradation/bicubic.yaml")},
+                                     {"data": config})
+            data = instantiate(config.data)
+            data.setup("fit")
+            assert isinstance(data, SRDataModule) and len(data.val_dataset) == 2
+        else:
+            assert len(instantiate(config)) == 2
+    else:
+        monkeypatch.setenv("STABLESR_DATA", str(tmp_path))
+        resolved = OmegaConf.to_container(config, resolve=False)
+        assert resolved["_target_"].startswith("sr.data.")
+        with pytest.raises((FileNotFoundError, InstantiationException), match=str(tmp_path)):
+            instantiate(config, degradation=None).setup("fit") if "train_dirs" in config else instantiate(config)
+
+
+def test_bundled_heldout_pairs_match_generator(tmp_path):
+    script = load_script("make_synthetic_testset")
+    out = tmp_path / "pairs"
+    args = ["--hr-dir", str(ROOT / "data/samples/heldout"), "--out-dir", str(out), "--crop", "128", "--scale", "4"]
+    assert script.main(args) == 0
+    for side in ("lr", "hr"):
+        for bundled in sorted((ROOT / "data/samples/heldout_pairs" / side).glob("*.png")):
+            np.testing.assert_array_equal(read_image(out / side / bundled.name), read_image(bundled))
+    assert read_image(out / "lr" / "camera.png").shape == (32, 32, 3)
+    stamp = (out / "lr" / "camera.png").stat().st_mtime_ns
+    assert script.main(args) == 0 and (out / "lr" / "camera.png").stat().st_mtime_ns == stamp  # kept
+
+
+def test_prepare_datasets_lays_out_and_reports_problems(tmp_path, capsys):
+    script = load_script("prepare_datasets")
+    downloads, dest = tmp_path / "downloads", tmp_path / "datasets"
+    for index in range(3):
+        write_png(downloads / "FFHQ" / "images1024x1024" / f"{index:05d}.png", 8, 8, seed=index)
+    testset = tmp_path / "staging" / "StableSR_testsets"
+    for stem in ("0001", "0002"):
+        write_png(testset / "RealSRVal_crop128" / "test_LR" / f"{stem}.png", 4, 4)
+        write_png(testset / "RealSRVal_crop128" / "test_HR" / f"{stem}.png", 16, 16)
+    with zipfile.ZipFile(downloads / "StableSR_testsets.zip", "w") as archive:
+        for path in testset.rglob("*.png"):
+            archive.write(path, path.relative_to(testset.parent))
+    script.TRAINING_SETS["ffhq"] = script.TrainingSet(
+        (script.Source("images1024x1024", 3),), "FFHQ/images1024x1024", ("ffhq_first2.txt", 2)
+    )
+    assert script.main(["--downloads", str(downloads), "--dest", str(dest), "--sets", "ffhq", "realsr"]) == 0
+    meta = (dest / "meta_info" / "ffhq_first2.txt").read_text().split()
+    assert [Path(line).name for line in meta] == ["00000.png", "00001.png"]
+    assert (dest / "meta_info" / meta[0]).resolve().is_file()
+    pairs = PairedImageDataset(str(dest / "StableSR_testsets/RealSRVal_crop128/lq"),
+                               str(dest / "StableSR_testsets/RealSRVal_crop128/gt"))
+    assert len(pairs) == 2
+
+    (downloads / "FFHQ" / "images1024x1024" / "00002.png").write_bytes(b"broken")
+    assert script.main(["--downloads", str(downloads), "--dest", str(dest), "--sets", "ffhq", "div8k"]) == 1
+    report = capsys.readouterr().err
+    assert "00002.png: corrupt image" in report and "'DIV8K/train_HR' not found" in report
