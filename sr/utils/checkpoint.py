@@ -123,13 +123,13 @@ def _load_pickled_checkpoint(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         pass  # weights_only refused a non-tensor global (e.g. a Lightning callback class): retry with placeholders
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:
         raise CheckpointError(f"{path}: not a readable torch zip checkpoint (truncated or corrupt?): {error}") from None
     try:
         return _load_pickle_with_placeholders(path)
     except UnsafePickleError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as error:
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as error:
         raise CheckpointError(f"{path}: cannot unpickle checkpoint (truncated or corrupt?): {error}") from None
 
 
@@ -137,14 +137,13 @@ def _tensor_state_dict(path: Path, loaded) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning checkpoint, or the loaded dict itself when it is a bare state dict."""
     if not isinstance(loaded, dict):
         raise CheckpointError(f"{path}: expected a dict at the top level, found {type(loaded).__name__}")
-    state_dict = loaded["state_dict"] if "state_dict" in loaded else loaded
+    state_dict = loaded.get("state_dict", loaded)
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{path}: 'state_dict' is a {type(state_dict).__name__}, expected a dict of tensors")
     non_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
     if non_tensors:
-        raise CheckpointError(
-            f"{path}: state_dict entries that are not tensors: {non_tensors[:5]}{' ...' if len(non_tensors) > 5 else ''}"
-        )
+        more = " ..." if len(non_tensors) > 5 else ""
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {non_tensors[:5]}{more}")
     return dict(state_dict)
 
 
@@ -166,5 +165,7 @@ def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tenso
         except SafetensorError as error:
             raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from None
     if path.suffix not in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown checkpoint suffix {path.suffix!r}, expected .safetensors or one of {PICKLE_SUFFIXES}")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint suffix {path.suffix!r}, expected .safetensors or one of {PICKLE_SUFFIXES}"
+        )
     return _tensor_state_dict(path, _load_pickled_checkpoint(path))
