@@ -9,6 +9,7 @@ project wrote, which adds the StableSR parts::
     sft/config.json + sft/sft.safetensors  SPADE weights under their diffusers paths
     cfw/                                   CFW.save_pretrained
     prompt_embeds.safetensors              {"prompt_embeds": [1, L, C]}, the cached empty-prompt embedding
+    stablesr.json                          {"cfw_trained": bool} (absent: CFW counts as trained if cfw/ exists)
 
 ``StableSR.from_config`` builds the same thing with random weights (the ``tiny`` preset).
 """
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ from sr.models.encoder import TimeAwareEncoder
 from sr.models.sft import attach_sft, is_sft_parameter, set_sft_features, sft_state_dict
 
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
+STATUS_FILE = "stablesr.json"
 SFT_WEIGHTS_FILE = "sft.safetensors"
 TRAINABLE_PARTS = {"stage1": ("encoder", "sft"), "stage2": ("cfw",)}
 
@@ -58,6 +61,7 @@ class StableSR(nn.Module):
         self.noise_scheduler = noise_scheduler
         self.text_encoder, self.tokenizer = text_encoder, tokenizer
         self.scaling_factor = vae.config.scaling_factor
+        self.cfw_is_untrained = True  # cleared when CFW weights are loaded
 
     # ------------------------------------------------------------------ parts and freezing
     @property
@@ -101,6 +105,8 @@ class StableSR(nn.Module):
 
     def decode(self, latent: torch.Tensor, enc_features: list[torch.Tensor] | None = None, w: float = 0.0):
         """Scaled latent -> image in about [-1, 1]; CFW fusion strength ``w`` in [0, 1] (0 = plain SD decoder)."""
+        if w > 0 and self.cfw_is_untrained:
+            warnings.warn("decoding with w > 0 but the CFW fusion layers were never loaded or trained (random init)")
         return decode_latent(self.vae, self.cfw, latent / self.scaling_factor, enc_features, w)
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -156,7 +162,12 @@ class StableSR(nn.Module):
         if local.exists() and not (local / "unet").is_dir():
             raise FileNotFoundError(f"{local}: not a model folder (no unet/ subfolder)")
         kwargs = {"torch_dtype": torch_dtype} if torch_dtype else {}
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        except OSError as error:
+            raise FileNotFoundError(
+                f"{source}: not a local model folder, and not loadable as a hub id ({str(error).splitlines()[0]})"
+            ) from error
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
         noise_scheduler = (
             DDPMScheduler(**scheduler) if scheduler else DDPMScheduler.from_pretrained(source, subfolder="scheduler")
@@ -178,6 +189,8 @@ class StableSR(nn.Module):
         model.prompt_embeds = prompt if prompt is not None else model.encode_prompt([""])
         if has("sft"):
             model.load_trainable(local / "sft" / SFT_WEIGHTS_FILE, parts=("sft",))
+        status = json.loads((local / STATUS_FILE).read_text()) if has(STATUS_FILE) else {}
+        model.cfw_is_untrained = not has("cfw") or not status.get("cfw_trained", True)
         if torch_dtype:
             model.to(torch_dtype)
         return model
@@ -202,6 +215,7 @@ class StableSR(nn.Module):
             (staging / "sft" / "config.json").write_text(json.dumps(self.sft_config, indent=2))
             self.save_trainable(staging / "sft" / SFT_WEIGHTS_FILE, parts=("sft",))
             save_file({"prompt_embeds": self.prompt_embeds.detach().cpu().contiguous()}, staging / PROMPT_EMBEDS_FILE)
+            (staging / STATUS_FILE).write_text(json.dumps({"cfw_trained": not self.cfw_is_untrained}))
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(staging, folder)
@@ -255,6 +269,8 @@ class StableSR(nn.Module):
         with torch.no_grad():
             for key, reference in expected.items():
                 reference.copy_(tensors[key])
+        if "cfw" in parts:
+            self.cfw_is_untrained = False
         return parts
 
 
