@@ -57,6 +57,18 @@ def test_adain_matches_numpy_and_reference_statistics(channels):
     torch.testing.assert_close(out_std, ref_std, rtol=2e-3, atol=0)
 
 
+def test_adain_reference_may_have_another_size():
+    x = torch.rand(1, 3, 10, 12) * 2 - 1
+    ref = torch.rand(1, 3, 31, 7) * 0.5
+    out = adain_color_fix(x, ref)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out.mean(dim=(2, 3)), ref.mean(dim=(2, 3)), rtol=0, atol=1e-6)
+    ref_std = np.sqrt(ref.numpy().reshape(3, -1).var(axis=1, ddof=1) + 1e-5)
+    x_var = x.numpy().reshape(3, -1).var(axis=1, ddof=1)
+    expected_std = ref_std * np.sqrt(x_var / (x_var + 1e-5))
+    np.testing.assert_allclose(out.flatten(2).std(dim=2)[0].numpy(), expected_std, rtol=1e-5)
+
+
 @pytest.mark.parametrize("channels,size", [(3, (40, 37)), (1, (9, 11))])
 def test_wavelet_matches_numpy(channels, size):
     # 9x11 is smaller than the dilation-16 footprint: replicate padding must still be exact.
@@ -88,5 +100,7 @@ def test_color_fix_dispatch_and_errors():
         color_fix(x, ref, "histogram")
     with pytest.raises(ValueError, match="same shape"):
         color_fix(x, ref[:, :1], "adain")
+    with pytest.raises(ValueError, match="same shape"):
+        color_fix(x, ref[..., :4], "wavelet")
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         color_fix(x[0], ref[0], "wavelet")

@@ -1,5 +1,6 @@
 """Tile grid offsets, Gaussian weights and weighted aggregation."""
 
+import itertools
 import math
 import random
 
@@ -31,7 +32,7 @@ def test_tile_starts_cover_every_position_with_fewest_tiles():
             covered[start : start + tile] = True
         assert covered.all()
         assert starts[0] == 0 and starts[-1] == length - tile
-        assert all(b - a == stride for a, b in zip(starts[:-2], starts[1:-1]))
+        assert all(b - a == stride for a, b in itertools.pairwise(starts[:-1]))
         # Minimal: one tile fewer on the regular grid could not reach the end.
         assert (len(starts) - 2) * stride + tile < length or len(starts) == 1
 

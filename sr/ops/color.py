@@ -1,6 +1,7 @@
 """Colour correction of a super-resolved image towards its (upsampled) low-resolution input (spec section 9).
 
-Both tensors are ``[B, C, H, W]`` in ``[-1, 1]`` with the same shape; any channel count works (grey is ``C = 1``).
+Both tensors are ``[B, C, H, W]`` in ``[-1, 1]`` with the same shape (AdaIN only needs the same ``B`` and ``C``, as it
+matches per-channel statistics); any channel count works (grey is ``C = 1``).
 The correction is applied before the final clamp, so outputs may leave ``[-1, 1]`` slightly.
 
 AdaIN, per image ``b`` and channel ``c`` over the ``H*W`` pixels::
@@ -29,19 +30,19 @@ BINOMIAL_KERNEL_3X3 = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0,
 ColorFixMethod = Literal["adain", "wavelet", "none"]
 
 
-def _check_pair(x: torch.Tensor, ref: torch.Tensor) -> None:
-    if x.ndim != 4:
-        raise ValueError(f"colour fix expects [B, C, H, W] tensors, got shape {tuple(x.shape)}")
-    if x.shape != ref.shape:
+def _check_pair(x: torch.Tensor, ref: torch.Tensor, same_size: bool = True) -> None:
+    if x.ndim != 4 or ref.ndim != 4:
+        raise ValueError(f"colour fix expects [B, C, H, W] tensors, got shapes {tuple(x.shape)} and {tuple(ref.shape)}")
+    if x.shape[:2] != ref.shape[:2] or (same_size and x.shape != ref.shape):
         raise ValueError(f"colour fix needs x and ref of the same shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
 
 
 def adain_color_fix(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Match each channel's mean and std of ``x`` to ``ref``: ``(x - mu_x) / sigma_x * sigma_ref + mu_ref``.
 
-    ``sigma = sqrt(var_unbiased + 1e-5)`` per image and channel over ``H*W``.
+    ``sigma = sqrt(var_unbiased + 1e-5)`` per image and channel over ``H*W``; ``ref`` may differ in ``H, W``.
     """
-    _check_pair(x, ref)
+    _check_pair(x, ref, same_size=False)
     x_var, x_mean = torch.var_mean(x.flatten(2), dim=2, unbiased=True)
     ref_var, ref_mean = torch.var_mean(ref.flatten(2), dim=2, unbiased=True)
     scale = ((ref_var + ADAIN_EPS) / (x_var + ADAIN_EPS)).sqrt()
