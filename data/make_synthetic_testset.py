@@ -21,7 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from sr.data.datasets import image_to_tensor, list_images, pad_to_min_size, read_image, write_image_atomic
+from sr.data.datasets import pad_to_min_size
+from sr.io import ImageReadError, list_images, read_image, write_image
 
 
 def item_seed(seed: int, stem: str) -> int:
@@ -29,14 +30,15 @@ def item_seed(seed: int, stem: str) -> int:
     return int(np.random.SeedSequence([seed, zlib.crc32(stem.encode())]).generate_state(1)[0])
 
 
-def crop_image(image: np.ndarray, crop: int, mode: str, rng: np.random.Generator) -> np.ndarray:
+def crop_image(image: torch.Tensor, crop: int, mode: str, rng: np.random.Generator) -> torch.Tensor:
+    """A centre or random ``crop``² window of a ``[C, H, W]`` image, reflect-padded first if it is smaller."""
     image = pad_to_min_size(image, crop)
     if mode == "center":
-        top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+        top, left = (image.shape[-2] - crop) // 2, (image.shape[-1] - crop) // 2
     else:
-        top = int(rng.integers(0, image.shape[0] - crop + 1))
-        left = int(rng.integers(0, image.shape[1] - crop + 1))
-    return image[top : top + crop, left : left + crop]
+        top = int(rng.integers(0, image.shape[-2] - crop + 1))
+        left = int(rng.integers(0, image.shape[-1] - crop + 1))
+    return image[:, top : top + crop, left : left + crop].contiguous()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         if lr_path.exists() and hr_path.exists() and not args.overwrite:
             kept += 1
             continue
-        image = read_image(path)
-        if image is None:
-            print(f"{path}: cannot read image", file=sys.stderr)
+        try:
+            image = read_image(path).rgb
+        except ImageReadError as error:
+            print(error, file=sys.stderr)
             return 1
         seed = item_seed(args.seed, path.stem)
-        hr = image_to_tensor(crop_image(image, args.crop, args.crop_mode, np.random.default_rng(seed)))
+        hr = crop_image(image, args.crop, args.crop_mode, np.random.default_rng(seed))
         lq, _ = pipeline(hr[None], torch.Generator().manual_seed(seed))
-        write_image_atomic(hr_path, hr, overwrite=True)
-        write_image_atomic(lr_path, lq[0], overwrite=True)
+        write_image(hr_path, hr, overwrite=True)
+        write_image(lr_path, lq[0], overwrite=True)
         written += 1
     print(f"{written} pairs written, {kept} kept, in {out_dir}")
     return 0

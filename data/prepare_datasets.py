@@ -25,7 +25,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from sr.io import list_images, write_bytes_atomic
+
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 LQ_FOLDER_NAMES = ("lq", "LR", "test_LR", "input", "inputs")
 GT_FOLDER_NAMES = ("gt", "HR", "test_HR", "gts")
@@ -100,10 +101,6 @@ def find_folder(roots: list[Path], name: str) -> Path | None:
     return min(matches, key=lambda path: (len(path.parts), str(path))) if matches else None
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def verify_images(paths: list[Path], problems: list[str], desc: str) -> None:
     for path in tqdm(paths, desc=f"checking {desc}", leave=False):
         try:
@@ -132,7 +129,7 @@ def prepare_training_set(name: str, spec: TrainingSet, roots: list[Path], dest: 
         if folder is None:
             problems.append(f"{name}: folder {source.folder_name!r} not found in the downloads")
             continue
-        found = list_images(folder)
+        found = list_images(folder, recursive=True)
         if len(found) < source.min_images:
             problems.append(f"{folder}: {len(found)} images, expected at least {source.min_images}")
         verify_images(found, problems, source.folder_name)
@@ -140,13 +137,10 @@ def prepare_training_set(name: str, spec: TrainingSet, roots: list[Path], dest: 
     link_images(images, dest / spec.target, problems)
     if spec.meta_info is not None:
         file_name, count = spec.meta_info
-        meta_dir = dest / "meta_info"
-        meta_dir.mkdir(parents=True, exist_ok=True)
-        listed = sorted(list_images(dest / spec.target))[:count]
+        listed = list_images(dest / spec.target)[:count]
         lines = [str(Path("..") / spec.target / path.name) for path in listed]
-        temp = meta_dir / f".{file_name}.tmp"
-        temp.write_text("\n".join(lines) + "\n")
-        temp.replace(meta_dir / file_name)
+        # The list is derived from the links just made, so re-running rewrites it.
+        write_bytes_atomic(dest / "meta_info" / file_name, ("\n".join(lines) + "\n").encode(), overwrite=True)
 
 
 def prepare_paired_set(name: str, spec: PairedSet, roots: list[Path], dest: Path, problems: list[str]) -> None:
@@ -160,7 +154,7 @@ def prepare_paired_set(name: str, spec: PairedSet, roots: list[Path], dest: Path
         if sub is None:
             problems.append(f"{folder}: no {side} subfolder (one of {list(candidates)})")
             return
-        sides[side] = list_images(sub)
+        sides[side] = list_images(sub, recursive=True)
         verify_images(sides[side], problems, f"{spec.folder_name}/{side}")
     lq_stems, gt_stems = {p.stem for p in sides["lq"]}, {p.stem for p in sides["gt"]}
     if lq_stems != gt_stems or not lq_stems:

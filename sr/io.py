@@ -54,6 +54,11 @@ class LoadedImage:
     bit_depth: int
     source_format: str
 
+    @property
+    def rgb(self) -> torch.Tensor:
+        """``[3, H, W]``: the image with grey repeated to three channels, alpha dropped."""
+        return self.image.expand(3, -1, -1).contiguous() if self.mode == "gray" else self.image
+
 
 def _to_chw_float(array: np.ndarray, bit_depth: int) -> torch.Tensor:
     scale = float(2**bit_depth - 1)
@@ -214,11 +219,23 @@ def write_image(
     pixels = _quantise(image, bit_depth)
     encoded = _encode(path, image_format, pixels, None if alpha is None else _quantise(alpha, bit_depth), bit_depth,
                       quality)
+    return write_bytes_atomic(path, encoded, overwrite=overwrite)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to a hidden temporary file beside ``path``, then ``os.replace`` it into place (mode 0644).
+
+    Readers never see a half-written file. Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encoded)
+            handle.write(data)
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -226,8 +243,11 @@ def write_image(
     return path
 
 
-def list_images(path_or_folder: str | os.PathLike) -> list[Path]:
-    """The image files (by suffix, case-insensitive, hidden files skipped) in a folder, sorted; or ``[file]``."""
+def list_images(path_or_folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files (by suffix, case-insensitive) in a folder, sorted; or ``[file]`` for an image file.
+
+    Hidden files are skipped; ``recursive`` also lists sub-folders (hidden ones skipped too), as training roots need.
+    """
     path = Path(path_or_folder)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -235,8 +255,11 @@ def list_images(path_or_folder: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
+    entries = path.rglob("*") if recursive else path.iterdir()
     return sorted(
         entry
-        for entry in path.iterdir()
-        if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_SUFFIXES
+        for entry in entries
+        if entry.is_file()
+        and entry.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in entry.relative_to(path).parts)
     )

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from sr.compat.basicsr import USMSharp
 from sr.data.datamodule import EpochSeededSampler, SRDataModule
-from sr.data.datasets import HRImageDataset, PairedImageDataset, pad_to_min_size, read_image
+from sr.data.datasets import HRImageDataset, PairedImageDataset, pad_to_min_size
 from sr.data.degradations import DegradationPipeline
+from sr.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,14 +55,14 @@ def test_crops_have_crop_size_and_are_reproducible(tmp_path):
 
 def test_small_image_is_reflect_padded(tmp_path):
     original = write_png(tmp_path / "small.png", 20, 30)
-    rgb = original[:, :, ::-1].astype(np.float32) / 255
+    rgb = torch.from_numpy(original[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)
     padded = pad_to_min_size(rgb, 64)
-    assert padded.shape == (64, 64, 3)
-    np.testing.assert_array_equal(padded[:20, :30], rgb)
-    np.testing.assert_array_equal(padded[20, :30], rgb[18])  # mirror without repeating the edge row
-    np.testing.assert_array_equal(padded[:20, 31], rgb[:, 27])
+    assert padded.shape == (3, 64, 64)
+    torch.testing.assert_close(padded[:, :20, :30], rgb, rtol=0, atol=0)
+    torch.testing.assert_close(padded[:, 20, :30], rgb[:, 18], rtol=0, atol=0)  # mirror without repeating the edge
+    torch.testing.assert_close(padded[:, :20, 31], rgb[:, :, 27], rtol=0, atol=0)
     item = HRImageDataset([str(tmp_path)], crop_size=64, use_hflip=False)[0]
-    np.testing.assert_allclose(item["gt"].permute(1, 2, 0).numpy(), padded, atol=1e-6)
+    torch.testing.assert_close(item["gt"], padded, rtol=0, atol=1e-6)
 
 
 def test_unreadable_image_is_skipped_and_reported(tmp_path):
@@ -74,6 +75,22 @@ def test_unreadable_image_is_skipped_and_reported(tmp_path):
     assert item["path"].endswith("c.png")
     assert dataset.bad_files == {str(tmp_path / "b_broken.png")}
     assert [Path(dataset[i]["path"]).name for i in range(3)] == ["a.png", "c.png", "c.png"]
+
+
+def test_sixteen_bit_rgba_and_hidden_files(tmp_path):
+    rng = np.random.default_rng(4)
+    deep = rng.integers(0, 65536, size=(16, 16, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    bgra = rng.integers(0, 256, size=(16, 16, 4), dtype=np.uint8)
+    (tmp_path / "nested").mkdir()
+    cv2.imwrite(str(tmp_path / "nested" / "alpha.png"), bgra)
+    write_png(tmp_path / ".hidden.png", 16, 16)  # e.g. a half-written temporary file: never listed
+    dataset = HRImageDataset([str(tmp_path)], crop_size=16, use_hflip=False)
+    assert [Path(path).name for path in dataset.paths] == ["deep.png", "alpha.png"]
+    expected_deep = deep[:, :, ::-1].transpose(2, 0, 1).astype(np.float64) / 65535
+    np.testing.assert_allclose(dataset[0]["gt"].numpy(), expected_deep, rtol=0, atol=1e-7)
+    expected_rgb = bgra[:, :, 2::-1].transpose(2, 0, 1).astype(np.float64) / 255  # alpha dropped
+    np.testing.assert_allclose(dataset[1]["gt"].numpy(), expected_rgb, rtol=0, atol=1e-7)
 
 
 def test_meta_info_and_gray_images(tmp_path):
@@ -196,8 +213,8 @@ def test_bundled_heldout_pairs_match_generator(tmp_path):
     assert script.main(args) == 0
     for side in ("lr", "hr"):
         for bundled in sorted((ROOT / "data/samples/heldout_pairs" / side).glob("*.png")):
-            np.testing.assert_array_equal(read_image(out / side / bundled.name), read_image(bundled))
-    assert read_image(out / "lr" / "camera.png").shape == (32, 32, 3)
+            assert torch.equal(read_image(out / side / bundled.name).image, read_image(bundled).image)
+    assert read_image(out / "lr" / "camera.png").image.shape == (3, 32, 32)
     stamp = (out / "lr" / "camera.png").stat().st_mtime_ns
     assert script.main(args) == 0 and (out / "lr" / "camera.png").stat().st_mtime_ns == stamp  # kept
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sr.io import ImageReadError, list_images, read_image, write_image
+from sr.io import ImageReadError, list_images, read_image, write_bytes_atomic, write_image
 
 
 def _smooth_rgb(height=24, width=32, channels=3) -> torch.Tensor:
@@ -173,6 +173,42 @@ def test_list_images(tmp_path):
         list_images(tmp_path / "readme.txt")
     with pytest.raises(FileNotFoundError, match="nowhere: no such file or folder"):
         list_images(tmp_path / "nowhere")
+
+
+def test_list_images_recursive_skips_hidden_files_and_folders(tmp_path):
+    for name in ["top.png", "sub/deeper/x.JPG", "sub/y.webp", "sub/.partial.png", ".cache/z.png", "sub/notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path, recursive=True)]
+    assert found == ["sub/deeper/x.JPG", "sub/y.webp", "top.png"]
+    assert list_images(tmp_path) == [tmp_path / "top.png"]
+
+
+def test_rgb_repeats_gray_and_drops_alpha(tmp_path):
+    gray = torch.randint(0, 256, (1, 5, 4)).float() / 255
+    loaded = read_image(write_image(tmp_path / "g.png", gray, alpha=torch.ones(1, 5, 4)))
+    assert loaded.rgb.shape == (3, 5, 4) and loaded.rgb.is_contiguous()
+    for channel in range(3):
+        torch.testing.assert_close(loaded.rgb[channel], gray[0], rtol=0, atol=1e-7)
+    colour = torch.randint(0, 256, (3, 5, 4)).float() / 255
+    loaded = read_image(write_image(tmp_path / "c.png", colour, alpha=torch.zeros(1, 5, 4)))
+    torch.testing.assert_close(loaded.rgb, colour, rtol=0, atol=1e-7)
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    written = write_image(tmp_path / "shared.png", torch.zeros(3, 2, 2))
+    assert written.stat().st_mode & 0o777 == 0o644
+
+
+def test_write_bytes_atomic_refuses_to_clobber(tmp_path):
+    target = write_bytes_atomic(tmp_path / "nested" / "list.txt", b"first\n")
+    assert target.read_bytes() == b"first\n" and target.stat().st_mode & 0o777 == 0o644
+    with pytest.raises(FileExistsError, match=r"list\.txt: already exists"):
+        write_bytes_atomic(target, b"second\n")
+    assert target.read_bytes() == b"first\n"
+    write_bytes_atomic(target, b"second\n", overwrite=True)
+    assert target.read_bytes() == b"second\n"
+    _assert_no_temp_files(target.parent)
 
 
 def test_reads_project_sample(tmp_path):

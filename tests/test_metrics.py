@@ -11,14 +11,11 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from sr.io import read_image
 from sr.metrics import FID, LPIPS, MetricSuite, clean_resize, quantize_8bit, split_into_patches
 from sr.metrics.full_reference import LPIPS_FEATURE_CHANNELS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
-
-
-def _read(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255.0
 
 
 def _noisy(image: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
@@ -61,7 +58,7 @@ class StandInFIDExtractor(nn.Module):
 
 @pytest.fixture(scope="module")
 def camera() -> torch.Tensor:
-    return _read(SAMPLES / "heldout" / "camera.png")
+    return read_image(SAMPLES / "heldout" / "camera.png").rgb[None]
 
 
 def test_identical_images_give_capped_psnr_and_unit_ssim(camera):

@@ -1,7 +1,7 @@
 """Image datasets: HR crops for on-the-fly degradation (training) and LR/HR pairs (validation and test).
 
-Images are read with OpenCV and returned as float32 RGB tensors in [0, 1]: gray images are repeated to three channels,
-alpha is dropped, 16-bit images are divided by 65535.
+Images are read with :func:`sr.io.read_image` and returned as float32 ``[3, H, W]`` RGB tensors in [0, 1]: gray images
+are repeated to three channels, alpha is dropped, 16-bit images are divided by 65535.
 
 Training crops (spec 5.3): an image smaller than the crop is first reflect-padded at the bottom/right (mirror without
 repeating the edge, basicsr's ``cv2.BORDER_REFLECT_101``) until both sides are >= ``crop_size``, then a uniformly random
@@ -10,70 +10,15 @@ transpose with probability 1/2 each (basicsr ``augment``). The randomness of ite
 ``augmentation_seed`` the sampler hands over with it, so crops do not depend on worker count or order.
 """
 
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def read_image(path: str | Path) -> np.ndarray | None:
-    """RGB float32 HxWx3 array in [0, 1], or ``None`` when the file cannot be decoded."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        return None
-    scale = 65535.0 if image.dtype == np.uint16 else 255.0
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image.astype(np.float32) / scale
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 array -> contiguous [3, H, W] float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
-def write_image_atomic(path: str | Path, image: torch.Tensor, overwrite: bool = False) -> Path:
-    """Write a [3, H, W] tensor in [0, 1] as an 8-bit image (rounded), via a temp file + ``os.replace``.
-
-    Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is false."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: exists (pass overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"{path}: OpenCV cannot encode this file type")
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(encoded.tobytes())
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; images are meant to be shared
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """All image files under ``folder`` (recursive), sorted; raises if the folder does not exist."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: image folder does not exist")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+from sr.io import ImageReadError, list_images, read_image
 
 
 def read_meta_info(meta_info: str | Path) -> list[Path]:
@@ -90,33 +35,35 @@ def read_meta_info(meta_info: str | Path) -> list[Path]:
     return paths
 
 
-def pad_to_min_size(image: np.ndarray, min_size: int) -> np.ndarray:
-    """Reflect-pad (bottom/right, edge not repeated) until both sides are >= ``min_size``; repeated reflections
-    cover images smaller than half the crop."""
-    pad_h, pad_w = max(0, min_size - image.shape[0]), max(0, min_size - image.shape[1])
+def pad_to_min_size(image: torch.Tensor, min_size: int) -> torch.Tensor:
+    """Reflect-pad a ``[C, H, W]`` image (bottom/right, edge not repeated) until both sides are >= ``min_size``;
+    repeated reflections cover images smaller than half the crop."""
+    pad_h, pad_w = max(0, min_size - image.shape[-2]), max(0, min_size - image.shape[-1])
     if pad_h == 0 and pad_w == 0:
         return image
-    if min(image.shape[:2]) < 2:
-        raise ValueError(f"cannot reflect-pad a {image.shape[0]}x{image.shape[1]} image")
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+    if min(image.shape[-2:]) < 2:
+        raise ValueError(f"cannot reflect-pad a {image.shape[-2]}x{image.shape[-1]} image")
+    # numpy repeats the reflection when the pad exceeds the image side; torch's reflect pad refuses that case.
+    return torch.from_numpy(np.pad(image.numpy(), ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect"))
 
 
 def random_crop_augment(
-    image: np.ndarray, crop_size: int, rng: np.random.Generator, use_hflip: bool, use_rot: bool
-) -> np.ndarray:
-    """Pad (see :func:`pad_to_min_size`), crop a random ``crop_size``² window, flip/rotate as in basicsr ``augment``."""
+    image: torch.Tensor, crop_size: int, rng: np.random.Generator, use_hflip: bool, use_rot: bool
+) -> torch.Tensor:
+    """Pad (see :func:`pad_to_min_size`), crop a random ``crop_size``² window of a ``[C, H, W]`` image, flip/rotate
+    as in basicsr ``augment``."""
     image = pad_to_min_size(image, crop_size)
-    top = int(rng.integers(0, image.shape[0] - crop_size + 1))
-    left = int(rng.integers(0, image.shape[1] - crop_size + 1))
-    image = image[top : top + crop_size, left : left + crop_size]
+    top = int(rng.integers(0, image.shape[-2] - crop_size + 1))
+    left = int(rng.integers(0, image.shape[-1] - crop_size + 1))
+    image = image[:, top : top + crop_size, left : left + crop_size]
     if use_hflip and rng.uniform() < 0.5:
-        image = image[:, ::-1]
+        image = image.flip(-1)
     if use_rot:
         if rng.uniform() < 0.5:
-            image = image[::-1, :]
+            image = image.flip(-2)
         if rng.uniform() < 0.5:
-            image = image.transpose(1, 0, 2)
-    return image
+            image = image.transpose(-2, -1)
+    return image.contiguous()
 
 
 class HRImageDataset(Dataset):
@@ -141,7 +88,7 @@ class HRImageDataset(Dataset):
     ):
         if isinstance(roots, str):
             roots = [roots]
-        paths = [path for root in roots for path in list_images(root)]
+        paths = [path for root in roots for path in list_images(root, recursive=True)]
         if meta_info is not None:
             paths += read_meta_info(meta_info)
         self.paths = [path for path in paths if min_file_bytes == 0 or path.stat().st_size >= min_file_bytes]
@@ -163,13 +110,16 @@ class HRImageDataset(Dataset):
         rng = np.random.default_rng([augmentation_seed, index])
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
-            image = None if str(path) in self.bad_files else read_image(path)
-            if image is not None:
-                crop = random_crop_augment(image, self.crop_size, rng, self.use_hflip, self.use_rot)
-                return {"gt": image_to_tensor(crop), "path": str(path)}
-            if str(path) not in self.bad_files:
+            if str(path) in self.bad_files:
+                continue
+            try:
+                image = read_image(path).rgb
+            except ImageReadError as error:
                 self.bad_files.add(str(path))
-                warnings.warn(f"{path}: unreadable image skipped ({len(self.bad_files)} bad so far)", stacklevel=2)
+                warnings.warn(f"{error}; unreadable image skipped ({len(self.bad_files)} bad so far)", stacklevel=2)
+                continue
+            crop = random_crop_augment(image, self.crop_size, rng, self.use_hflip, self.use_rot)
+            return {"gt": crop, "path": str(path)}
         raise RuntimeError(f"none of the {len(self.paths)} training images can be read")
 
 
@@ -194,10 +144,4 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         name = self.names[index]
-        images = {}
-        for key, path in (("lq", self.lr_files[name]), ("gt", self.hr_files[name])):
-            image = read_image(path)
-            if image is None:
-                raise ValueError(f"{path}: unreadable image in paired set")
-            images[key] = image_to_tensor(image)
-        return {**images, "name": name}
+        return {"lq": read_image(self.lr_files[name]).rgb, "gt": read_image(self.hr_files[name]).rgb, "name": name}

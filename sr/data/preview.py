@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from sr.data.datasets import image_to_tensor, read_image, write_image_atomic
 from sr.data.degradations import DegradationPipeline
+from sr.io import ImageReadError, read_image, write_image
 
 
 def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -33,16 +33,17 @@ def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="preview")
 def main(cfg: DictConfig) -> None:
-    image = read_image(cfg.image)
-    if image is None:
-        raise SystemExit(f"{cfg.image}: cannot read image")
     if cfg.n < 1:
         raise SystemExit(f"n must be >= 1, got {cfg.n}")
-    pipeline = instantiate(cfg.degradation)
-    grid = degradation_grid(pipeline, image_to_tensor(image), cfg.n, cfg.seed)
     try:
-        path = write_image_atomic(cfg.out, grid, overwrite=cfg.overwrite)
-    except FileExistsError as error:
+        image = read_image(cfg.image).rgb
+    except ImageReadError as error:
+        raise SystemExit(str(error)) from None
+    pipeline = instantiate(cfg.degradation)
+    grid = degradation_grid(pipeline, image, cfg.n, cfg.seed)
+    try:
+        path = write_image(cfg.out, grid, overwrite=cfg.overwrite)
+    except (FileExistsError, ValueError) as error:
         raise SystemExit(str(error)) from None
     print(f"wrote {path}")
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from sr.io import IMAGE_SUFFIXES, list_images, read_image
 from sr.metrics.fid import FID, load_inception
 from sr.metrics.full_reference import LPIPS, psnr, ssim
 from sr.metrics.no_reference import (
@@ -62,7 +62,6 @@ PER_IMAGE_METRICS = FULL_REFERENCE_METRICS + ("niqe",) + PYIQA_METRICS
 SET_LEVEL_METRICS = ("fid", "fid_patch")
 METRIC_NAMES = PER_IMAGE_METRICS + SET_LEVEL_METRICS
 LOWER_IS_BETTER = frozenset({"lpips_alex", "lpips_vgg", "niqe", "fid", "fid_patch"})
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 Score = float | str
 Aggregate = dict[str, float | int | None] | str
@@ -71,22 +70,6 @@ Aggregate = dict[str, float | int | None] | str
 def quantize_8bit(image: torch.Tensor) -> torch.Tensor:
     """``round(255 x) / 255``: the values a PNG written from ``image`` reads back as."""
     return torch.round(image.clamp(0, 1) * 255.0) / 255.0
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name; a missing or empty folder is an error."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a directory of images")
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def read_image_uint8(path: Path) -> torch.Tensor:
-    """An image file as RGB uint8 ``[3, H, W]``."""
-    with Image.open(path) as image:
-        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
 
 
 class MetricSuite:
@@ -261,12 +244,19 @@ def _check_image(image: torch.Tensor, label: str) -> None:
         raise ValueError(f"{label} must lie in [0, 1], got values in [{low:.4g}, {high:.4g}]")
 
 
+def _folder_images(folder: Path) -> list[Path]:
+    """The images directly inside ``folder`` (see :func:`sr.io.list_images`); a missing or empty folder is an error."""
+    files = list_images(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def _uint8_images(images: str | Path | Sequence[torch.Tensor]):
-    """Yield uint8 ``[3, H, W]`` images from a folder or from [0, 1] tensors (quantised like saved PNGs)."""
+    """Yield uint8 ``[3, H, W]`` images from a folder or from [0, 1] tensors (quantised like saved PNGs; an 8-bit
+    file gives back exactly its stored values, since ``round(255 * k / 255) = k``)."""
     if isinstance(images, (str, Path)):
-        for path in list_images(Path(images)):
-            yield read_image_uint8(path)
-        return
+        images = (read_image(path).rgb for path in _folder_images(Path(images)))
     for image in images:
         image = image.squeeze(0) if image.dim() == 4 else image
         yield torch.round(image.detach().clamp(0, 1) * 255.0).to(torch.uint8).cpu()
