@@ -21,8 +21,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +30,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
 
-from sr.metrics.suite import IMAGE_SUFFIXES, LOWER_IS_BETTER, METRIC_NAMES
+from sr.io import IMAGE_SUFFIXES, read_image, write_bytes_atomic
+from sr.metrics.suite import LOWER_IS_BETTER, METRIC_NAMES
 from sr.utils.provenance import command_line, git_revision
 
 SCORES_FILE = "scores.json"
@@ -54,21 +52,6 @@ SCORES_KEYS = (
 RUN_STATUSES = ("ok", "failed")
 LEADING_SETTINGS = ("w", "tile_overlap", "steps", "model")
 METRIC_DECIMALS = {"psnr": 2, "psnr_y": 2, "psnr_ycbcr": 2, "fid": 2, "fid_patch": 2, "musiq": 2, "niqe": 3}
-
-
-def write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; refuse to replace unless ``overwrite``."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_run_scores(
@@ -102,7 +85,7 @@ def write_run_scores(
         "command": command_line(),
     }
     path = Path(run_dir) / SCORES_FILE
-    write_atomic(path, json.dumps(record, indent=2, allow_nan=False, default=str).encode(), overwrite)
+    write_bytes_atomic(path, json.dumps(record, indent=2, allow_nan=False, default=str).encode(), overwrite)
     return path
 
 
@@ -330,8 +313,7 @@ def comparison_strip(runs: Sequence[Run], name: str, lr_dir: Path | None, hr_dir
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for axis, (title, path) in zip(axes[0], panels):
-        with Image.open(path) as image:
-            axis.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
+        axis.imshow(read_image(path).rgb.permute(1, 2, 0).numpy(), interpolation="nearest")
         axis.set_title(title, fontsize=9)
         axis.axis("off")
     figure.suptitle(name, fontsize=10)
@@ -360,7 +342,7 @@ def build_report(
         raise FileExistsError(f"{out_dir / 'table.md'}: already exists (pass --overwrite to replace the report)")
     written: dict[str, list[Path]] = {"tables": [], "plots": [], "strips": []}
     for file_name, text in (("table.md", render_markdown(name, sweep_dir, runs)), ("table.csv", render_csv(runs))):
-        write_atomic(out_dir / file_name, text.encode(), overwrite)
+        write_bytes_atomic(out_dir / file_name, text.encode(), overwrite)
         written["tables"].append(out_dir / file_name)
 
     for metric in metric_columns(runs):
@@ -368,7 +350,7 @@ def build_report(
             png = plot_metric(runs, metric, x_key)
             if png is not None:
                 path = out_dir / "plots" / f"{metric}_vs_{x_key}.png"
-                write_atomic(path, png, overwrite)
+                write_bytes_atomic(path, png, overwrite)
                 written["plots"].append(path)
 
     lr_dir = lr_dir or _setting_dir(runs, "lr_dir")
@@ -378,7 +360,7 @@ def build_report(
         png = comparison_strip(runs, image_name, lr_dir, hr_dir)
         if png is not None:
             path = out_dir / "strips" / f"{image_name}.png"
-            write_atomic(path, png, overwrite)
+            write_bytes_atomic(path, png, overwrite)
             written["strips"].append(path)
     return written
 

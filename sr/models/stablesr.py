@@ -25,8 +25,10 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from sr.io import write_bytes_atomic
 from sr.models.cfw import CFW, decode_latent, encoder_features
 from sr.models.encoder import TimeAwareEncoder
 from sr.models.sft import attach_sft, is_sft_parameter, set_sft_features, sft_state_dict
@@ -246,10 +248,7 @@ class StableSR(nn.Module):
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict(parts).items()}
         metadata = {"parts": ",".join(parts), "encoder_config": json.dumps(dict(self.encoder.config)),
                     "cfw_config": json.dumps(dict(self.cfw.config)), "sft_config": json.dumps(self.sft_config)}
-        temporary = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-        return path
+        return write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata), overwrite=True)
 
     def load_trainable(self, path: str | os.PathLike, parts: tuple[str, ...] | None = None) -> tuple[str, ...]:
         """Load a file written by ``save_trainable``; every expected tensor must be present with the right shape."""

@@ -1,0 +1,30 @@
+"""Upscale a paired test set with a StableSR model and score it (config: conf/eval.yaml, logic: sr/evaluation.py).
+
+    python eval.py model=sd21_base ckpt=<stage1.safetensors> cfw_ckpt=<cfw.safetensors> data=realsr w=0.5 \
+        tile.overlap=32
+    python eval.py -m model=tiny data=samples_heldout w=0,0.25,0.5,0.75,1 tile.overlap=0,16,32,48 \
+        [hydra/launcher=slurm] [report_dir=experiments/<name>]
+    python eval.py rescore=true hydra.run.dir=<run dir> [metrics=[psnr_y,ssim_y,lpips_alex]]
+
+Each run dir gets images/<name>.png, timings.json and scores.json; when the run or sweep ends its report (table.md,
+table.csv, plots/, strips/) is written to <run or sweep dir>/report (or report_dir). A failed run is recorded in its
+scores.json and the sweep goes on; the command then exits with code 1, naming the failed runs.
+"""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import sr.training  # noqa: F401 - registers the ${project_root:} resolver that conf/paths uses
+from sr.evaluation import evaluate
+
+
+# An absolute path, so that the tests (and notebooks) can call main() after importing this module.
+@hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> str:
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

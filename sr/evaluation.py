@@ -1,0 +1,297 @@
+"""One evaluation run: upscale a paired test set into ``<run_dir>/images``, score it, write ``scores.json``.
+
+Driven by ``eval.py`` (config ``conf/eval.yaml``); a Hydra multirun makes one run per sweep point. Run dir layout::
+
+    <run_dir>/images/<name>.png   SR outputs (8-bit PNG), written atomically one by one
+    <run_dir>/timings.json        {name: seconds} of every sampled image (kept across resumes and re-scores)
+    <run_dir>/scores.json         sr.report.write_run_scores: settings, per-image and aggregate metrics, status
+
+Resume and caching: an image already in ``images/`` is not sampled again unless ``overwrite``; a run whose
+scores.json says "ok" is skipped unless ``overwrite`` or ``rescore``; ``rescore`` scores the existing images without
+building the model. ``seconds_per_image`` is the mean over ``timings.json`` of the upscaler call alone (image I/O
+and scoring excluded). Any error inside a run is recorded as ``status="failed"`` with its message instead of being
+raised, so one bad sweep point does not stop a Hydra sweep; :class:`EvalReportCallback` builds the report when the
+run or sweep ends and exits with code 1 if any run failed.
+"""
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from sr.data.datasets import PairedImageDataset
+from sr.io import read_image, write_image
+from sr.metrics import MetricSuite
+from sr.report import (
+    IMAGES_DIR,
+    SCORES_FILE,
+    build_report,
+    collect_sweep,
+    log_to_wandb,
+    read_run,
+    write_atomic,
+    write_run_scores,
+)
+from sr.sampling import build_sampler, build_upscaler
+
+TIMINGS_FILE = "timings.json"
+REPORT_DIR = "report"
+
+_model_cache: dict[str, torch.nn.Module] = {}
+
+
+def model_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.model`` with the ``ckpt`` / ``cfw_ckpt`` aliases applied to ``stage1_weights`` / ``cfw_weights``."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+    for alias, key in (("ckpt", "stage1_weights"), ("cfw_ckpt", "cfw_weights")):
+        value = cfg.get(alias)
+        if value is None:
+            continue
+        if resolved.get(key) not in (None, value):
+            raise ValueError(f"{alias}={value} conflicts with model.{key}={resolved[key]}; set only one of them")
+        resolved[key] = value
+    return resolved
+
+
+def load_model(cfg: DictConfig) -> torch.nn.Module:
+    """The StableSR model of ``cfg`` on ``cfg.device`` in eval mode.
+
+    The last model built is kept: a sweep run in one process (Hydra's basic launcher) varies only sampling settings,
+    so its jobs share one model instead of loading the weights once per job.
+    """
+    config = model_config(cfg)
+    key = json.dumps({"model": OmegaConf.to_container(config), "device": str(cfg.device)}, sort_keys=True)
+    if key not in _model_cache:
+        _model_cache.clear()
+        _model_cache[key] = instantiate(config).to(cfg.device).eval()
+    return _model_cache[key]
+
+
+def run_settings(cfg: DictConfig) -> dict:
+    """The table columns of a run: sampling settings as the sampler resolves them, plus data/weights provenance."""
+    sampler = build_sampler(cfg, cfg.model.latent_tile, progress=False)
+    weights = model_config(cfg)
+    return {
+        "w": float(cfg.w),
+        "tile_overlap": sampler.tile_overlap,
+        "steps": int(cfg.steps),
+        "model": cfg.model.name,
+        "tile_size": sampler.tile_size,
+        "scheduler": type(sampler.scheduler).__name__,
+        "start": cfg.start,
+        "color_fix": cfg.color_fix,
+        "scale": cfg.scale,
+        "input_size": cfg.input_size,
+        "seed": int(cfg.seed),
+        "crop_border": int(cfg.crop_border),
+        "lr_dir": str(Path(cfg.data.lr_dir).resolve()),
+        "hr_dir": str(Path(cfg.data.hr_dir).resolve()),
+        "pretrained_path": weights.get("pretrained"),
+        "stage1_weights_path": weights.get("stage1_weights"),
+        "cfw_weights_path": weights.get("cfw_weights"),
+    }
+
+
+def build_metric_suite(cfg: DictConfig) -> MetricSuite:
+    return MetricSuite(
+        list(cfg.metrics), crop_border=cfg.crop_border, device=cfg.device, fid_patch_size=cfg.fid_patch_size,
+        seed=cfg.seed,
+    )
+
+
+def load_test_set(cfg: DictConfig):
+    """The paired test set of ``cfg.data`` (a ``PairedImageDataset`` config: ``_target_``, ``lr_dir``, ``hr_dir``)."""
+    missing = [key for key in ("_target_", "lr_dir", "hr_dir") if key not in cfg.data]
+    if missing:
+        raise ValueError(f"data config lacks {missing}: eval needs a paired test set (conf/data/samples_heldout.yaml)")
+    dataset = instantiate(cfg.data)
+    if not hasattr(dataset, "names"):
+        raise TypeError(f"data config builds {type(dataset).__name__}, not a paired test set with .names")
+    return dataset
+
+
+class GroundTruthImages(Sequence):
+    """The test set's GT images ``[3, H, W]`` in [0, 1], read lazily (FID streams them instead of holding the set)."""
+
+    def __init__(self, data: PairedImageDataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.data[index]["gt"]
+
+
+class SavedImages(Sequence):
+    """SR images ``[3, H, W]`` in [0, 1] read lazily from PNG files."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return read_rgb(self.paths[index])
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """An image file as ``[3, H, W]`` in [0, 1] (grey replicated to RGB)."""
+    image = read_image(path).image
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def read_timings(run_dir: Path) -> dict[str, float]:
+    path = run_dir / TIMINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return {str(name): float(seconds) for name, seconds in json.loads(path.read_text()).items()}
+    except (ValueError, AttributeError) as problem:
+        raise ValueError(f"{path}: not a JSON object of seconds per image ({problem})") from None
+
+
+def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, run_dir: Path, model) -> int:
+    """Upscale every LR image whose ``images/<name>.png`` is missing (all of them with ``overwrite``); returns how
+    many were sampled. Each image gets ``torch.Generator().manual_seed(seed)``, so results do not depend on order."""
+    pending = [index for index, name in enumerate(data.names)
+               if cfg.overwrite or not (images_dir / f"{name}.png").is_file()]
+    if not pending:
+        return 0
+    upscaler = build_upscaler(model if model is not None else load_model(cfg), cfg, progress=False)
+    timings = read_timings(run_dir)
+    for index in tqdm(pending, desc=f"sampling {run_dir.name}", disable=not cfg.progress):
+        item = data[index]
+        generator = torch.Generator().manual_seed(int(cfg.seed))
+        start = time.perf_counter()
+        sr = upscaler(item["lq"][None], generator)[0]
+        timings[item["name"]] = time.perf_counter() - start
+        write_image(images_dir / f"{item['name']}.png", sr, overwrite=cfg.overwrite)
+        write_atomic(run_dir / TIMINGS_FILE, json.dumps(timings, indent=2).encode(), overwrite=True)
+    return len(pending)
+
+
+def score_images(suite: MetricSuite, data: PairedImageDataset, images_dir: Path, progress: bool) -> tuple[dict, dict]:
+    """(per-image scores, aggregate) of the saved SR images against the GT, set-level FID included."""
+    sr_paths = [images_dir / f"{name}.png" for name in data.names]
+    absent = [path.name for path in sr_paths if not path.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{images_dir}: missing SR images {absent[:5]}{' ...' if len(absent) > 5 else ''}")
+    per_image = {}
+    for index in tqdm(range(len(data)), desc="scoring", disable=not progress):
+        item = data[index]
+        sr = read_rgb(sr_paths[index])
+        if sr.shape != item["gt"].shape:
+            lq_shape = tuple(item["lq"].shape[-2:])
+            raise ValueError(
+                f"{sr_paths[index]}: SR {tuple(sr.shape[-2:])} != GT {tuple(item['gt'].shape[-2:])} (LR {lq_shape});"
+                f" set scale= to the test set's factor"
+            )
+        per_image[item["name"]] = suite.score_image(sr[None], item["gt"][None], item["name"])
+    set_level = suite.set_level(SavedImages(sr_paths), GroundTruthImages(data))
+    return per_image, suite.summary(per_image, set_level)
+
+
+SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size", "device", "progress", "rescore", "overwrite", "run_dir")
+
+
+def rescore_config(cfg: DictConfig, previous_config: dict | None) -> DictConfig:
+    """The config of a re-scored run: the run's recorded config (it describes how its images were made: model,
+    sampling settings, test set) with the scoring keys (``SCORING_KEYS``) taken from ``cfg``."""
+    if not previous_config:
+        return cfg
+    scoring = {key: OmegaConf.to_container(cfg, resolve=True)[key] for key in SCORING_KEYS}
+    return OmegaConf.merge(OmegaConf.create(previous_config), scoring)
+
+
+def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = None) -> str:
+    """Run one evaluation into ``cfg.run_dir``; returns "ok", "failed" (recorded in scores.json) or "skipped".
+
+    ``model`` / ``metric_suite``: already built ones (tests, notebooks); otherwise built from ``cfg``.
+    """
+    run_dir = Path(cfg.run_dir)
+    scores_path = run_dir / SCORES_FILE
+    previous = read_run(scores_path).record["status"] if scores_path.is_file() else None
+    if previous == "ok" and not (cfg.overwrite or cfg.rescore):
+        print(f"eval: {scores_path} is complete; skipped (rescore=true or overwrite=true to redo it)")
+        return "skipped"
+    if cfg.rescore and previous is not None:
+        cfg = rescore_config(cfg, read_run(scores_path).record.get("config"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    settings: dict = {}
+    conventions: dict = {}
+    try:
+        data = load_test_set(cfg)
+        settings = run_settings(cfg)
+        suite = metric_suite if metric_suite is not None else build_metric_suite(cfg)
+        conventions = suite.conventions()
+        images_dir = run_dir / IMAGES_DIR
+        if not cfg.rescore:
+            sample_images(cfg, data, images_dir, run_dir, model)
+        per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
+        timings = read_timings(run_dir)
+        seconds = [timings[name] for name in data.names if name in timings]
+        seconds_per_image = sum(seconds) / len(seconds) if seconds else None
+    except Exception as error:  # noqa: BLE001 - recorded in scores.json so that the rest of the sweep goes on
+        message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        traceback.print_exc(file=sys.stderr)
+        print(f"eval: run {run_dir} failed: {message}", file=sys.stderr)
+        write_run_scores(run_dir, settings=settings or {"run": run_dir.name}, per_image={}, aggregate={},
+                         seconds_per_image=None, conventions=conventions, config=config, status="failed",
+                         error=message, overwrite=previous is not None)
+        return "failed"
+    write_run_scores(run_dir, settings=settings, per_image=per_image, aggregate=aggregate,
+                     seconds_per_image=seconds_per_image, conventions=conventions, config=config,
+                     overwrite=previous is not None)
+    print(f"eval: {len(per_image)} images scored -> {scores_path}")
+    return "ok"
+
+
+def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool) -> list[str]:
+    """Report on the runs below ``results_dir`` (a run or sweep dir); returns the error lines of failed runs.
+
+    The default report folder, ``<results_dir>/report``, is a view of that dir's scores and is rebuilt every time;
+    an explicit ``report_dir`` is replaced only when ``overwrite``.
+    """
+    runs = collect_sweep(results_dir)
+    if report or wandb:
+        out_dir = Path(report_dir) if report_dir is not None else results_dir / REPORT_DIR
+        written = build_report(results_dir, out_dir, name, overwrite=overwrite or report_dir is None)
+        print(f"eval: report of {len(runs)} run(s) in {out_dir}")
+        if wandb:
+            log_to_wandb(name, runs, written)
+    return [f"{run.run_dir}: {run.record['error']}" for run in runs if not run.ok]
+
+
+class EvalReportCallback(Callback):
+    """Hydra callback of eval.py: after the run or the whole sweep, build the report and exit 1 if a run failed.
+
+    Works for any launcher (SLURM included): it reads the runs' scores.json rather than the jobs' return values.
+    """
+
+    def __init__(self, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool, rescore: bool):
+        self.name, self.report, self.report_dir, self.wandb = name, report, report_dir, wandb
+        self.overwrite = overwrite or rescore
+
+    def _finish(self, results_dir: Path) -> None:
+        try:
+            failures = finish(results_dir, self.name, self.report, self.report_dir, self.wandb, self.overwrite)
+        except (FileNotFoundError, FileExistsError) as problem:
+            raise SystemExit(f"eval: report not written: {problem}") from None
+        if failures:
+            raise SystemExit("eval: {} run(s) failed:\n  {}".format(len(failures), "\n  ".join(failures)))
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        self._finish(Path(config.hydra.runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._finish(Path(config.hydra.sweep.dir))
