@@ -1,0 +1,156 @@
+"""Benchmark of progressive aggregation sampling and the any-size pipeline on the tiny preset (not a test).
+
+    .venv/bin/python benchmarks/sampling.py [--steps 2] [--repeats 3] [--sizes 512 1024 2048] [--threads 2]
+
+Prints, side by side:
+1. batched tiles vs one tile per UNet call: time ratio (goal >= 1.3x on 2 CPU cores);
+2. aggregation overhead: full ``AggregationSampler.sample`` time / time of the bare ``model.predict`` calls on the
+   same tile batches and steps (goal <= 1.05);
+3. peak memory of a full 4x upscale to 512^2, 1024^2, 2048^2 outputs, each in a fresh process: peak RSS
+   (``VmHWM``, reset via ``/proc/self/clear_refs`` after building and warming up the model) minus the RSS just
+   before the upscale (Linux only). A least-squares fit
+   ``delta = constant + bytes_per_pixel * output_pixels`` separates what the sampler/VAE tiles add (the constant,
+   MB) from image-sized buffers (bytes per output pixel; one float32 RGB image is 12 B/px).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from sr.ops.tiling import TileGrid  # noqa: E402
+from sr.sampling import AggregationSampler, TileFusion, build_upscaler  # noqa: E402
+
+
+def load(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="upscale", overrides=["input=unset", "output=unset", "progress=false", *overrides])
+    model = instantiate(cfg.model).eval()
+    return cfg, model
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def bare_predict_time(model, z_lr: torch.Tensor, tile: int, overlap: int, batch: int, steps: int) -> float:
+    """The same model.predict calls the sampler makes (same tile batches, steps), with no aggregation or stepping."""
+    fusion = TileFusion(TileGrid.build(*z_lr.shape[-2:], tile, overlap), z_lr, batch)
+    x_batches = [lr_tiles.clone() for lr_tiles in fusion.lr_tile_batches]
+    timestep = torch.tensor(999)
+
+    def run():
+        with torch.no_grad():
+            for _ in range(steps):
+                for x, lr_tiles in zip(x_batches, fusion.lr_tile_batches):
+                    model.predict(x, timestep, lr_tiles)
+
+    return timed(run)
+
+
+def sampler_benchmark(steps: int, repeats: int) -> None:
+    """Timings are the minimum over ``repeats`` interleaved runs: robust to other processes sharing the cores."""
+    cfg, model = load([])
+    tile, overlap, side = model.latent_tile, model.latent_tile // 2, 2 * model.latent_tile  # 3 x 3 tiles
+    z_lr = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+    scheduler = instantiate(cfg.scheduler)
+    tiles = len(TileGrid.build(side, side, tile, overlap))
+    AggregationSampler(scheduler, 1, tile, overlap, tiles, progress=False).sample(model, z_lr)  # warm-up
+    samplers = {
+        batch: AggregationSampler(scheduler, steps, tile, overlap, batch, progress=False) for batch in (1, tiles)
+    }
+    results = {batch: [float("inf"), float("inf")] for batch in samplers}
+    for _ in range(repeats):
+        for batch, sampler in samplers.items():
+            full = timed(lambda: sampler.sample(model, z_lr, torch.Generator().manual_seed(0)))
+            bare = bare_predict_time(model, z_lr, tile, overlap, batch, steps)
+            results[batch] = [min(results[batch][0], full), min(results[batch][1], bare)]
+    print(f"latent {side}x{side}, tile {tile}, overlap {overlap} ({tiles} tiles), {steps} DDPM steps, "
+          f"{torch.get_num_threads()} threads, min of {repeats} runs")
+    print(f"{'tiles per call':>15} {'sample s':>10} {'bare predict s':>15} {'overhead':>9}")
+    for batch, (full, bare) in results.items():
+        print(f"{batch:>15} {full:>10.2f} {bare:>15.2f} {full / bare:>9.3f}")
+    print(f"batched speed-up (1 tile per call / {tiles} per call): {results[1][0] / results[tiles][0]:.2f}x")
+
+
+def proc_status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``: resident now, ``VmHWM``: peak since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
+
+
+def memory_child(output_side: int, steps: int) -> None:
+    cfg, model = load([f"steps={steps}", "tile.batch_size=4"])
+    upscaler = build_upscaler(model, cfg)
+    upscaler(torch.rand(1, 3, 16, 16), torch.Generator().manual_seed(0))  # warm-up: allocator, kernels
+    lr = torch.rand(1, 3, output_side // 4, output_side // 4, generator=torch.Generator().manual_seed(0))
+    # Reset the kernel's peak-RSS mark (VmHWM) so model building and warm-up do not count.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = proc_status_bytes("VmRSS")
+    seconds = timed(lambda: upscaler(lr, torch.Generator().manual_seed(0)))
+    peak = proc_status_bytes("VmHWM")
+    print(json.dumps({"side": output_side, "before": before, "peak": peak, "seconds": seconds}))
+
+
+def memory_benchmark(sizes: list[int], steps: int) -> None:
+    rows = []
+    for side in sizes:
+        result = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(side), "--steps", str(steps),
+             "--threads", str(torch.get_num_threads())],
+            capture_output=True, text=True, check=True,
+        )
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    print(f"4x upscale, tiny preset, {steps} step(s), latent tiles 32 (overlap 16), VAE tiles 1024 px; "
+          "peak RSS delta = VmHWM during the upscale - RSS before it")
+    print(f"{'output':>10} {'seconds':>8} {'RSS before MB':>14} {'peak delta MB':>14} {'delta B/px':>11}")
+    deltas = []
+    for row in rows:
+        delta = max(row["peak"] - row["before"], 0)
+        deltas.append(delta)
+        pixels = row["side"] ** 2
+        print(f"{row['side']:>5}^2 px {row['seconds']:>8.1f} {row['before'] / 2**20:>14.0f} {delta / 2**20:>14.0f} "
+              f"{delta / pixels:>11.1f}")
+    if len(rows) >= 2:
+        pixels = torch.tensor([float(row["side"] ** 2) for row in rows], dtype=torch.float64)
+        design = torch.stack([torch.ones_like(pixels), pixels], dim=1)
+        solution = torch.linalg.lstsq(design, torch.tensor(deltas, dtype=torch.float64)[:, None]).solution[:, 0]
+        print(f"fit: delta = {solution[0] / 2**20:.0f} MB + {solution[1]:.1f} B x output pixels "
+              f"(one float32 RGB output image = 12 B/px)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.memory_child:
+        memory_child(args.memory_child, args.steps)
+        return
+    sampler_benchmark(args.steps, args.repeats)
+    if not args.skip_memory:
+        memory_benchmark(args.sizes, 1)
+
+
+if __name__ == "__main__":
+    main()

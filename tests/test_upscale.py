@@ -1,0 +1,184 @@
+"""Any-size upscaling and the upscale command, on the tiny preset with 1-2 steps and small images."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from sr.sampling import build_upscaler, output_size, reflect_pad_to, round_up
+from upscale import output_path, run
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+FAST = ["steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
+
+
+def upscale_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="upscale", overrides=["input=unset", "output=unset", *FAST, *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        model = instantiate(compose(config_name="model/tiny").model)
+    return model.eval()
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- pure helpers
+def test_reflect_pad_to_handles_pads_longer_than_the_side():
+    x = torch.arange(3.0).view(1, 1, 1, 3)
+    padded = reflect_pad_to(x, 1, 9)
+    assert padded.tolist() == [[[[0.0, 1.0, 2.0, 1.0, 0.0, 1.0, 2.0, 1.0, 0.0]]]]
+    column = reflect_pad_to(torch.tensor([[[[5.0], [6.0]]]]), 5, 3)
+    assert column[0, 0].tolist() == [[5.0] * 3, [6.0] * 3, [5.0] * 3, [6.0] * 3, [5.0] * 3]
+    assert round_up(65, 64) == 128 and round_up(64, 64) == 64
+    assert output_size(77, 131, 4) == (308, 524) and output_size(13, 21, 2.5) == (32, 52)
+
+
+# --------------------------------------------------------------------------------------------- the pipeline
+@pytest.mark.parametrize(
+    "height, width, overrides",
+    [
+        (77, 131, ["scale=4", "tile.size=32", "w=0"]),                # odd sides, 8 latent tiles (40 x 72), no CFW
+        (5, 7, ["scale=4", "tile.size=32"]),                          # latent 8 x 8 < one tile: padded and cropped
+        (13, 21, ["scale=2.5", "color_fix=wavelet"]),                 # fractional scale
+        (6, 10, ["scale=2", "input_size=24", "vae_tile.size=64", "vae_tile.overlap=16"]),  # work at 24 px, tiled VAE
+    ],
+)
+def test_output_is_exactly_scale_times_input(tiny_model, height, width, overrides):
+    upscaler = build_upscaler(tiny_model, upscale_config(*overrides))
+    lr = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    out = upscaler(lr, torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, *output_size(height, width, upscaler.scale))
+    assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+
+
+def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
+    lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    upscaler = build_upscaler(tiny_model, upscale_config())
+    eps = upscaler(lr, torch.Generator().manual_seed(0))
+    original = tiny_model.noise_scheduler
+    tiny_model.noise_scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
+    try:
+        v = upscaler(lr, torch.Generator().manual_seed(0))
+    finally:
+        tiny_model.noise_scheduler = original
+    assert v.shape == eps.shape == (1, 3, 32, 48)
+    assert torch.isfinite(v).all() and not torch.equal(v, eps)
+
+
+def test_gray_input_gives_gray_output(tiny_model):
+    lr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = build_upscaler(tiny_model, upscale_config())(lr, torch.Generator().manual_seed(5))
+    assert out.shape == (1, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def test_colour_fix_adain_matches_the_upsampled_lr_statistics(tiny_model):
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5 + 0.25
+    out = build_upscaler(tiny_model, upscale_config("color_fix=adain"))(lr, torch.Generator().manual_seed(0))
+    reference = F.interpolate(lr * 2 - 1, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
+    reference = (reference + 1) / 2
+    # AdaIN then clamp: means/stds per channel follow the LR (clamping only bites at the tails).
+    torch.testing.assert_close(out.mean(dim=(2, 3)), reference.mean(dim=(2, 3)), rtol=0, atol=0.02)
+    torch.testing.assert_close(out.std(dim=(2, 3)), reference.std(dim=(2, 3)), rtol=0, atol=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def make_folder(folder: Path) -> dict[str, Path]:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    files = {
+        "good": write_png(folder / "good.png", rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)),
+        "gray": write_png(folder / "gray.png", rng.integers(0, 256, (6, 8), dtype=np.uint8)),
+        "rgba": write_png(folder / "rgba.png", rng.integers(0, 256, (8, 8, 4), dtype=np.uint8)),
+        "done": write_png(folder / "done.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)),
+        "big": write_png(folder / "big.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)),
+    }
+    files["corrupt"] = folder / "corrupt.png"
+    files["corrupt"].write_bytes(b"this is not a png at all")
+    truncated = folder / "truncated.png"
+    write_png(truncated, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    files["truncated"] = truncated
+    (folder / "notes.txt").write_text("not an image name: ignored")
+    return files
+
+
+def test_folder_run_reports_bad_files_skips_existing_and_is_reproducible(tiny_model, tmp_path, capsys):
+    files = make_folder(tmp_path / "in")
+    output = tmp_path / "out"
+    output.mkdir()
+    existing = output / "done.png"
+    existing.write_bytes(b"previous result")
+    cfg = upscale_config(f"input={tmp_path / 'in'}", f"output={output}", "max_pixels=100", "seed=3")
+
+    assert run(cfg, tiny_model) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 4
+    for name in ("big.png", "corrupt.png", "truncated.png", "done.png"):
+        assert sum(name in line for line in errors) == 1, (name, errors)
+    assert any("too large" in line for line in errors)
+    assert "3 written, 1 skipped (output exists), 3 failed, of 7 images" in captured.out
+    assert existing.read_bytes() == b"previous result"
+    assert sorted(p.name for p in output.glob("*.png")) == ["done.png", "good.png", "gray.png", "rgba.png"]
+
+    good = np.asarray(Image.open(output / "good.png"))
+    gray = Image.open(output / "gray.png")
+    rgba = np.asarray(Image.open(output / "rgba.png"))
+    assert good.shape == (32, 24, 3)
+    assert gray.mode == "L" and gray.size == (32, 24)
+    assert rgba.shape == (32, 32, 4)
+    alpha_in = torch.from_numpy(np.asarray(Image.open(files["rgba"]))[:, :, 3].astype(np.float32) / 255)
+    alpha_expected = F.interpolate(alpha_in[None, None], size=(32, 32), mode="bicubic", align_corners=False)
+    alpha_expected = (alpha_expected.clamp(0, 1)[0, 0] * 255).round().numpy()
+    assert np.abs(rgba[:, :, 3].astype(np.float32) - alpha_expected).max() <= 1
+
+    saved = OmegaConf.load(output / "upscale_config.yaml")
+    assert saved.seed == 3 and saved.tile.size == 16 and saved.scheduler._target_ == "diffusers.DDPMScheduler"
+    assert "git_revision" in saved
+
+    # Same seed and settings into a second folder: identical bytes. overwrite=true replaces the stale output.
+    again = tmp_path / "again"
+    assert run(upscale_config(f"input={files['good']}", f"output={again}", "seed=3"), tiny_model) == 0
+    assert (again / "good.png").read_bytes() == (output / "good.png").read_bytes()
+    assert run(upscale_config(f"input={files['done']}", f"output={output}", "overwrite=true"), tiny_model) == 0
+    assert np.asarray(Image.open(existing)).shape == (32, 32, 3)
+    assert (output / "upscale_config.yaml").exists()
+
+
+def test_missing_input_and_output_naming(tiny_model, tmp_path, capsys):
+    assert run(upscale_config(f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'out'}"), tiny_model) == 1
+    assert "nothing: no such file or folder" in capsys.readouterr().err
+    assert output_path(Path("a/photo.jpg"), Path("o"), "png") == Path("o/photo.png")
+    assert output_path(Path("a/photo.jpg"), Path("o"), "input") == Path("o/photo.jpg")
+    with pytest.raises(ValueError, match="unknown output format"):
+        output_path(Path("a/photo.jpg"), Path("o"), "gif")
+
+
+@pytest.mark.slow
+def test_command_line_exit_code_and_summary(tmp_path):
+    make_folder(tmp_path / "in")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "upscale.py"), f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
+         "max_pixels=100", *FAST],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "4 written, 0 skipped (output exists), 3 failed, of 7 images" in result.stdout
+    assert len(list((tmp_path / "out").glob("*.png"))) == 4
