@@ -26,12 +26,14 @@ def build_stablesr(
     torch_dtype: str | None = None,
     name: str = "custom",
     latent_tile: int = 64,
+    sampling: dict | None = None,
 ) -> StableSR:
     """Build a preset: random weights from the configs when ``pretrained`` is empty, else load the folder/hub id.
 
     ``stage1_weights`` / ``cfw_weights`` are safetensors files written by ``StableSR.save_trainable`` (training
-    checkpoints) that replace the encoder+SFT / CFW weights after loading. ``name`` and ``latent_tile`` (the
-    preset's default latent tile side for progressive aggregation) are recorded on the model.
+    checkpoints) that replace the encoder+SFT / CFW weights after loading. ``name``, ``latent_tile`` (the
+    preset's latent tile side) and ``sampling`` (its default sampling settings, read by conf/sampling) are recorded
+    on the model.
     """
     dtype = getattr(torch, torch_dtype) if torch_dtype else None
     if pretrained:
@@ -46,5 +48,5 @@ def build_stablesr(
         model.load_trainable(stage1_weights, parts=("encoder", "sft"))
     if cfw_weights:
         model.load_trainable(cfw_weights, parts=("cfw",))
-    model.name, model.latent_tile = name, latent_tile
+    model.name, model.latent_tile, model.sampling_defaults = name, latent_tile, dict(sampling or {})
     return model
