@@ -246,8 +246,8 @@ class StableSR(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict(parts).items()}
-        metadata = {"parts": ",".join(parts), "encoder_config": json.dumps(dict(self.encoder.config)),
-                    "cfw_config": json.dumps(dict(self.cfw.config)), "sft_config": json.dumps(self.sft_config)}
+        metadata = {"parts": ",".join(parts), "encoder_config": json.dumps(_public(self.encoder.config)),
+                    "cfw_config": json.dumps(_public(self.cfw.config)), "sft_config": json.dumps(self.sft_config)}
         return write_bytes_atomic(path, safetensors_bytes(tensors, metadata=metadata), overwrite=True)
 
     def load_trainable(self, path: str | os.PathLike, parts: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -271,6 +271,11 @@ class StableSR(nn.Module):
         if "cfw" in parts:
             self.cfw_is_untrained = False
         return parts
+
+
+def _public(config) -> dict:
+    """A diffusers config without its private entries (``_name_or_path`` may be a Path, not JSON)."""
+    return {key: value for key, value in dict(config).items() if not key.startswith("_")}
 
 
 def _load_tensors(path: Path, required: list[str] | None = None) -> dict[str, torch.Tensor]:

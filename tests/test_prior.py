@@ -1,0 +1,60 @@
+"""The tiny prior (demo scaffolding): a few updates of each phase through train(), and the exported folder."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from sr.models import StableSR
+from sr.models.sft import is_sft_parameter
+from sr.training import train
+from sr.training.prior import random_crop
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+
+
+def test_random_crop_is_one_window_of_the_batch():
+    images = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).reshape(2, 3, 10, 12)
+    crop = random_crop(images, 4)
+    top, left = divmod(int(crop[0, 0, 0, 0].item()), 12)
+    assert torch.equal(crop, images[..., top : top + 4, left : left + 4])
+    assert random_crop(images, None) is images
+    with pytest.raises(ValueError, match="crop size"):
+        random_crop(images, 11)
+
+
+def test_prior_phases_train_their_parts_and_the_folder_loads_back(tmp_path):
+    overrides = [
+        "experiment=prior_tiny", "logger=none", "module.vae_updates=2", "module.unet_updates=2",
+        "module.loss.disc_start=1", "module.loss.disc_channels=8", "data.crop_size=64", "data.batch_size=2",
+        "++trainer.enable_model_summary=false", "~callbacks.progress_bar",
+    ]
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    initial = instantiate(cfg.model)
+    result = train(cfg)
+    module = result["module"]
+    assert int(module.updates) == 4 and result["trainer"].state.finished
+
+    loaded = StableSR.from_pretrained(tmp_path / "model")
+    scale = float(module.latent_scale)
+    assert scale > 0 and loaded.scaling_factor == pytest.approx(scale) and scale != pytest.approx(0.18215)
+    trained, start = loaded.state_dict(), initial.state_dict()
+    for prefix in ("vae.", "unet."):  # both phases changed their weights; SFT and the encoder were not trained
+        base = [k for k in trained if k.startswith(prefix) and not is_sft_parameter(k)]
+        assert any(not torch.equal(trained[k], start[k]) for k in base), f"{prefix} did not train"
+    for key in [k for k in trained if is_sft_parameter(k) or k.startswith("encoder.")]:
+        assert torch.equal(trained[key], start[key]), key
+    for key, tensor in module.model.state_dict().items():
+        assert torch.equal(tensor, trained[key]), key
+
+    with pytest.raises(FileExistsError, match="model"):  # the exporter refuses to replace the folder
+        train(cfg)
