@@ -1,0 +1,30 @@
+"""Train a StableSR stage: ``python train.py experiment=<name> [overrides]`` (configs in conf/, entry conf/train.yaml).
+
+Examples::
+
+    python train.py experiment=stablesr_tiny                         # stage 1 on CPU (bundled samples)
+    python train.py experiment=stablesr_sd21_base trainer=ddp trainer.devices=8
+    python train.py experiment=stablesr_tiny ckpt_path=<run dir>/checkpoints/last.ckpt   # resume
+    python train.py -m experiment=stablesr_tiny module.lr=1e-5,5e-5 trainer.max_steps=2 # sweep
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from sr.training import train
+from sr.training.callbacks import NonFiniteLossError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
