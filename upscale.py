@@ -14,10 +14,7 @@ skipped; the run ends with a summary line and exit code 1 if any image failed. E
 whatever else is in the folder. The resolved config and git revision go to ``<output>/upscale_config.yaml``.
 """
 
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -27,8 +24,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sr.io import ImageReadError, list_images, read_image, write_image
+from sr.io import ImageReadError, list_images, read_image, write_bytes_atomic, write_image
 from sr.sampling import Upscaler, build_upscaler
+from sr.utils.provenance import git_revision
 
 REPO_ROOT = Path(__file__).resolve().parent
 RUN_CONFIG_NAME = "upscale_config"
@@ -43,17 +41,6 @@ def output_path(source: Path, output_folder: Path, output_format: str) -> Path:
     return output_folder / (source.stem + ".png" if output_format == "png" else source.name)
 
 
-def git_revision() -> str:
-    """``git describe --always --dirty`` of this repository, or ``unknown`` (no git, no commit yet)."""
-    try:
-        result = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
-
-
 def save_run_config(cfg: DictConfig, output_folder: Path, overwrite: bool) -> Path:
     """Write the resolved config + git revision atomically; a previous run's file is kept unless ``overwrite``
     (then the next free ``upscale_config-<n>.yaml`` is used)."""
@@ -64,15 +51,7 @@ def save_run_config(cfg: DictConfig, output_folder: Path, overwrite: bool) -> Pa
         number += 1
     record = OmegaConf.to_container(cfg, resolve=True)
     record["git_revision"] = git_revision()
-    handle = tempfile.NamedTemporaryFile("w", dir=output_folder, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(OmegaConf.to_yaml(OmegaConf.create(record)))
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode(), overwrite=True)
 
 
 def upscale_file(upscaler: Upscaler, source: Path, destination: Path, seed: int, max_pixels: int,

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from sr.data.datasets import PairedImageDataset
-from sr.io import read_image, write_image
+from sr.io import read_image, write_bytes_atomic, write_image
 from sr.metrics import MetricSuite
 from sr.report import (
     IMAGES_DIR,
@@ -37,7 +37,6 @@ from sr.report import (
     collect_sweep,
     log_to_wandb,
     read_run,
-    write_atomic,
     write_run_scores,
 )
 from sr.sampling import build_sampler, build_upscaler
@@ -176,7 +175,7 @@ def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, r
         sr = upscaler(item["lq"][None], generator)[0]
         timings[item["name"]] = time.perf_counter() - start
         write_image(images_dir / f"{item['name']}.png", sr, overwrite=cfg.overwrite)
-        write_atomic(run_dir / TIMINGS_FILE, json.dumps(timings, indent=2).encode(), overwrite=True)
+        write_bytes_atomic(run_dir / TIMINGS_FILE, json.dumps(timings, indent=2).encode(), overwrite=True)
     return len(pending)
 
 

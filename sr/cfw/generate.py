@@ -16,8 +16,7 @@ a partial one (interrupted run) is regenerated. Every file is written atomically
 """
 
 import logging
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import hydra
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from sr.cfw.dataset import sample_files
 from sr.data.datasets import HRImageDataset
-from sr.io import write_image
+from sr.io import write_bytes_atomic, write_image
 from sr.sampling.aggregation import AggregationSampler
 from sr.training import register_resolvers
 
@@ -52,16 +51,10 @@ def shard_ids(num_samples: int, shard: int, num_shards: int) -> list[int]:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a hidden temporary file in the destination folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    """``np.save`` written atomically (temporary file, then rename)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue(), overwrite=True)
 
 
 class CFWDataGenerator:

@@ -14,7 +14,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sr.training.provenance import PROJECT_ROOT, git_revision
+from sr.io import write_bytes_atomic
+from sr.utils.provenance import PROJECT_ROOT, git_revision
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ def record_run(cfg: DictConfig, run_dir: Path) -> dict:
     resolved = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     provenance = {"git_revision": git_revision(), "run_dir": str(run_dir)}
     for name, text in ((CONFIG_RECORD, OmegaConf.to_yaml(resolved)), (PROVENANCE_RECORD, json.dumps(provenance))):
-        temporary = run_dir / f".{name}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, run_dir / name)
+        write_bytes_atomic(run_dir / name, text.encode(), overwrite=True)
     return {**resolved, "provenance": provenance}
 
 

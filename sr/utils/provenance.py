@@ -5,13 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
 
 def git_revision(repo_dir: str | Path | None = None) -> str:
     """``<commit sha>`` of ``repo_dir`` (default: this checkout), ``+dirty`` when tracked files differ from it.
 
     ``"uncommitted"`` in a repository without commits, ``"unknown"`` outside git or without a git executable.
     """
-    cwd = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parents[2]
+    cwd = Path(repo_dir) if repo_dir is not None else PROJECT_ROOT
     try:
         inside = _git(["rev-parse", "--is-inside-work-tree"], cwd)
         if inside != "true":
