@@ -1,6 +1,6 @@
 """Safe checkpoint loading and conversion of the released StableSR checkpoints (project issue 8).
 
-The fakes follow the manifests in shared/reference: (a) the full key set with constant, memory-free (expanded)
+The fakes follow the manifests in tests/manifests: (a) the full key set with constant, memory-free (expanded)
 tensors of the real shapes, (b) a complete checkpoint with the ``tiny`` preset's widths converted end to end,
 (c, slow) a full-size random checkpoint end to end.
 """
@@ -39,9 +39,7 @@ from sr.utils.checkpoint import (
     load_checkpoint_state_dict,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).resolve().parent / "manifests"
 LIGHTNING_MODULE = "pytorch_lightning.callbacks.model_checkpoint"
 SETSTATE_CALLS = []
 

@@ -15,7 +15,7 @@ from sr.models import CFW, StableSR, TimeAwareEncoder, build_stablesr
 from sr.models.sft import attach_sft, detach_sft, modulated_resnets, set_sft_features, sft_disabled
 
 CONF_MODEL = os.path.join(os.path.dirname(__file__), "..", "conf", "model")
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference")
+REFERENCE = os.path.join(os.path.dirname(__file__), "manifests")
 
 
 def preset(name: str, *overrides: str):
