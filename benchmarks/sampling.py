@@ -1,6 +1,7 @@
 """Benchmark of progressive aggregation sampling and the any-size pipeline on the tiny preset (not a test).
 
     .venv/bin/python benchmarks/sampling.py [--steps 2] [--repeats 3] [--sizes 512 1024 2048] [--threads 2]
+                                            [--vae-tile 256] [--memory-only | --skip-memory]
 
 Prints, side by side:
 1. batched tiles vs one tile per UNet call: time ratio (goal >= 1.3x on 2 CPU cores);
@@ -93,8 +94,8 @@ def proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line (Linux only)")
 
 
-def memory_child(output_side: int, steps: int) -> None:
-    cfg, model = load([f"steps={steps}", "tile.batch_size=4"])
+def memory_child(output_side: int, steps: int, vae_tile: int) -> None:
+    cfg, model = load([f"steps={steps}", "tile.batch_size=4", f"vae_tile.size={vae_tile}", "vae_tile.overlap=64"])
     upscaler = build_upscaler(model, cfg)
     upscaler(torch.rand(1, 3, 16, 16), torch.Generator().manual_seed(0))  # warm-up: allocator, kernels
     lr = torch.rand(1, 3, output_side // 4, output_side // 4, generator=torch.Generator().manual_seed(0))
@@ -106,16 +107,16 @@ def memory_child(output_side: int, steps: int) -> None:
     print(json.dumps({"side": output_side, "before": before, "peak": peak, "seconds": seconds}))
 
 
-def memory_benchmark(sizes: list[int], steps: int) -> None:
+def memory_benchmark(sizes: list[int], steps: int, vae_tile: int) -> None:
     rows = []
     for side in sizes:
         result = subprocess.run(
             [sys.executable, __file__, "--memory-child", str(side), "--steps", str(steps),
-             "--threads", str(torch.get_num_threads())],
+             "--threads", str(torch.get_num_threads()), "--vae-tile", str(vae_tile)],
             capture_output=True, text=True, check=True,
         )
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    print(f"4x upscale, tiny preset, {steps} step(s), latent tiles 32 (overlap 16), VAE tiles 1024 px; "
+    print(f"4x upscale, tiny preset, {steps} step(s), latent tiles 32 (overlap 16), VAE tiles {vae_tile} px; "
           "peak RSS delta = VmHWM during the upscale - RSS before it")
     print(f"{'output':>10} {'seconds':>8} {'RSS before MB':>14} {'peak delta MB':>14} {'delta B/px':>11}")
     deltas = []
@@ -141,15 +142,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--vae-tile", type=int, default=256, help="VAE tile side in pixels (vae_tile.size)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.memory_child:
-        memory_child(args.memory_child, args.steps)
+        memory_child(args.memory_child, args.steps, args.vae_tile)
         return
-    sampler_benchmark(args.steps, args.repeats)
+    if not args.memory_only:
+        sampler_benchmark(args.steps, args.repeats)
     if not args.skip_memory:
-        memory_benchmark(args.sizes, 1)
+        memory_benchmark(args.sizes, 1, args.vae_tile)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 from sr.cfw.dataset import GeneratedCFWDataset, sample_files
 from sr.cfw.generate import build_generator, shard_ids
 from sr.models.cfw import encoder_features
-from sr.training import train
+from sr.training import compose_train_config, train
 from sr.training.losses import AutoencoderLoss, Reconstruction
 from sr.training.stage2 import CFWModule
 
@@ -84,22 +82,13 @@ def test_dataset_rejects_a_folder_without_latents(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- training
-def compose_train(overrides: list[str], output_dir: Path):
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
-
-
 def test_cfw_training_moves_only_cfw_and_discriminator(generated, tmp_path):
     overrides = [
         "experiment=cfw_tiny", "model.pretrained=null", f"data.root={generated}", "data.batch_size=1", "logger=none",
         "module.max_updates=2", "module.loss.disc_start=1", "module.loss.disc_channels=8",
         "++trainer.enable_model_summary=false", "~callbacks.progress_bar",
     ]
-    cfg = compose_train(overrides, tmp_path)
+    cfg = compose_train_config(overrides, tmp_path)
     from hydra.utils import instantiate
 
     reference = instantiate(cfg.model)  # same preset seed: the weights the run starts from

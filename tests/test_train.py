@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
@@ -18,7 +17,7 @@ from sr.cfw.generate import build_generator, shard_ids
 from sr.io import read_image
 from sr.models import StableSR
 from sr.models.sft import is_sft_parameter
-from sr.training import CONFIG_RECORD, PROVENANCE_RECORD, train
+from sr.training import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
 from sr.training.callbacks import NonFiniteLossError
 from sr.training.stage1 import Stage1Module, batch_seed, diffusion_target
 
@@ -33,16 +32,6 @@ SHORT_RUN = [
     "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
     "callbacks.model_checkpoint.every_n_train_steps=1", "~callbacks.progress_bar",
 ]
-
-
-def compose_run(overrides: list[str], output_dir: Path):
-    """``conf/train.yaml`` composed as ``train.py`` would, with the run dir set to ``output_dir``."""
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +147,10 @@ class KillAtStep(L.Callback):
 
 def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     steps = ["trainer.max_steps=2"]
-    straight = train(compose_run(SHORT_RUN + steps, tmp_path / "straight"))
+    straight = train(compose_train_config(SHORT_RUN + steps, tmp_path / "straight"))
     crash = ["+callbacks.kill._target_=test_train.KillAtStep", "+callbacks.kill.step=1"]
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose_run(SHORT_RUN + steps + crash, tmp_path / "crashed"))
+        train(compose_train_config(SHORT_RUN + steps + crash, tmp_path / "crashed"))
     last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
     assert not (tmp_path / "crashed" / "stage1.safetensors").exists()  # nothing exported from a failed run
     checkpoint = torch.load(last, weights_only=True)
@@ -172,7 +161,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     assert not any(k.startswith(("model.vae.", "model.cfw.")) for k in checkpoint["state_dict"])
     assert len(checkpoint["optimizer_states"][0]["state"]) == len(checkpoint["state_dict"])
 
-    resumed = train(compose_run(SHORT_RUN + steps + [f"ckpt_path={last}"], tmp_path / "resumed"))
+    resumed = train(compose_train_config(SHORT_RUN + steps + [f"ckpt_path={last}"], tmp_path / "resumed"))
     assert resumed["trainer"].global_step == straight["trainer"].global_step == 2
     reference = load_file(tmp_path / "straight" / "stage1.safetensors")
     again = load_file(tmp_path / "resumed" / "stage1.safetensors")
@@ -200,7 +189,7 @@ class PoisonLoss(L.Callback):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     poison = ["+callbacks.poison._target_=test_train.PoisonLoss", "+callbacks.poison.step=1", "trainer.max_steps=3"]
     with pytest.raises(NonFiniteLossError, match="loss is nan at global step 2 .*last.ckpt"):
-        train(compose_run(SHORT_RUN + poison, tmp_path))
+        train(compose_train_config(SHORT_RUN + poison, tmp_path))
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 1
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
@@ -210,7 +199,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_csv_logger_writes_metrics_and_validation_grids(tmp_path):
     overrides = SHORT_RUN + ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2",
                              "trainer.limit_val_batches=1", "module.val_steps=2", "trainer.log_every_n_steps=1"]
-    result = train(compose_run(overrides, tmp_path))
+    result = train(compose_train_config(overrides, tmp_path))
     with open(tmp_path / "csv" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(r["train/loss"]) for r in rows if r.get("train/loss")]
@@ -230,7 +219,7 @@ def test_wandb_logger_runs_offline_and_writes_its_files(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     overrides = SHORT_RUN + ["logger=wandb", "trainer.max_steps=1", "trainer.log_every_n_steps=1"]
-    cfg = compose_run(overrides, tmp_path)
+    cfg = compose_train_config(overrides, tmp_path)
     assert cfg.logger.wandb.mode == "offline"
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -246,9 +235,9 @@ def _smoke_config(experiment: str, output_dir: Path):
     sibling_data = None
     if "sd21" in experiment:
         sibling = experiment.split("_sd21")[0] + "_tiny"
-        sibling_data = compose_run([f"experiment={sibling}"], output_dir).data
+        sibling_data = compose_train_config([f"experiment={sibling}"], output_dir).data
         overrides += ["model=tiny"]
-    cfg = compose_run(overrides, output_dir)
+    cfg = compose_train_config(overrides, output_dir)
     with open_dict(cfg):
         if sibling_data is not None:
             cfg.data = sibling_data

@@ -66,6 +66,20 @@ def record_run(cfg: DictConfig, run_dir: Path) -> dict:
     return {**resolved, "provenance": provenance}
 
 
+def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """``conf/train.yaml`` composed as ``train.py`` would (for notebooks and tests), with its run dir ``output_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
 def train(cfg: DictConfig) -> dict:
     """Build data, model, module, callbacks, loggers and trainer from ``cfg`` and fit (resuming from ``ckpt_path``).
 
