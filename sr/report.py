@@ -264,7 +264,11 @@ def _figure_png(figure) -> bytes:
 
 def plot_metric(runs: Sequence[Run], metric: str, x_key: str) -> bytes | None:
     """PNG of ``metric`` against setting ``x_key``, one line per combination of the other settings; None if no data."""
-    line_keys = [key for key in setting_columns(runs) if key != x_key]
+    # only settings that differ between runs name a line; the fixed ones are in the table
+    line_keys = [
+        key for key in setting_columns(runs)
+        if key != x_key and len({str(run.settings.get(key)) for run in runs}) > 1
+    ]
     lines: dict[tuple, list[tuple[float, float, float]]] = {}
     for run in runs:
         value = run.record["aggregate"].get(metric) if run.ok else None
@@ -282,7 +286,7 @@ def plot_metric(runs: Sequence[Run], metric: str, x_key: str) -> bytes | None:
     axis.set_xlabel(x_key)
     axis.set_ylabel(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, loc="best")
     return _figure_png(figure)
 
 
