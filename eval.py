@@ -11,20 +11,19 @@ table.csv, plots/, strips/) is written to <run or sweep dir>/report (or report_d
 scores.json and the sweep goes on; the command then exits with code 1, naming the failed runs.
 """
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-import sr.training  # noqa: F401 - registers the ${project_root:} resolver that conf/paths uses
+from sr.config import CONFIG_DIR, register_resolvers
 from sr.evaluation import evaluate
 
 
-# An absolute path, so that the tests (and notebooks) can call main() after importing this module.
-@hydra.main(config_path=str(Path(__file__).resolve().parent / "conf"), config_name="eval", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> str:
     return evaluate(cfg)
 
+
+register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}
 
 if __name__ == "__main__":
     main()

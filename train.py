@@ -13,11 +13,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from sr.config import CONFIG_DIR, register_resolvers
 from sr.training import train
 from sr.training.callbacks import NonFiniteLossError
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
@@ -25,6 +26,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 
+
+register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from sr.config import CONFIG_DIR
 from sr.io import ImageReadError, list_images, read_image, write_bytes_atomic, write_image
 from sr.sampling import Upscaler, build_upscaler
 from sr.utils.provenance import git_revision
@@ -119,7 +120,7 @@ def run(cfg: DictConfig, model=None) -> int:
     return 1 if failed else 0
 
 
-@hydra.main(config_path="conf", config_name="upscale", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="upscale", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     sys.exit(run(cfg))
 

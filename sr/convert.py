@@ -52,6 +52,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from sr.config import CONFIG_DIR
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
 from sr.models.sft import is_sft_parameter
@@ -85,7 +86,7 @@ TEXT_ENCODER_FOLDER = "text_encoder"
 # OpenCLIP's tokenizer turns '' into [start-of-text, end-of-text] and pads with 0 (not with EOT, unlike the CLIP
 # tokenizer of SD-1), so the empty prompt needs no vocabulary file.
 OPEN_CLIP_SOT, OPEN_CLIP_EOT, OPEN_CLIP_PAD = 49406, 49407, 0
-CONF_MODEL_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"
+CONF_MODEL_DIR = CONFIG_DIR / "model"
 
 OPEN_CLIP_VIT_H_HEADS = 16
 # variant -> the model preset the converted folder is used with (it also gives the architecture to build)

@@ -7,7 +7,7 @@ import yaml
 from sr.io import read_image
 from sr.models.cfw import decode_latent, encoder_features
 from sr.models.stablesr import StableSR
-from sr.ops.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
+from sr.models.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
 
 
 @pytest.fixture(scope="module")

@@ -31,11 +31,9 @@ from sr.cfw.dataset import sample_files
 from sr.data.datasets import HRImageDataset
 from sr.io import write_bytes_atomic, write_image
 from sr.sampling.aggregation import AggregationSampler
-from sr.training import register_resolvers
+from sr.config import CONFIG_DIR, register_resolvers
 
 log = logging.getLogger(__name__)
-
-register_resolvers()
 
 
 def sample_seed(seed: int, sample_id: int) -> int:
@@ -117,7 +115,7 @@ def build_generator(cfg: DictConfig) -> CFWDataGenerator:
     return CFWDataGenerator(model, instantiate(cfg.degradation), sampler, images, cfg.seed, device)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="cfw_generate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="cfw_generate")
 def main(cfg: DictConfig) -> None:
     if cfg.seed is None:
         raise ValueError("cfw_generate.yaml: seed must be set (every sample is seeded from it)")
@@ -128,4 +126,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_resolvers()
     main()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
+from sr.config import CONFIG_DIR
 from sr.data.degradations import DegradationPipeline
 from sr.io import ImageReadError, read_image, write_image
 
@@ -31,7 +32,7 @@ def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int
     return make_grid(tiles, nrow=math.ceil(math.sqrt(count)), padding=2, pad_value=1.0)
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="preview")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="preview")
 def main(cfg: DictConfig) -> None:
     if cfg.n < 1:
         raise SystemExit(f"n must be >= 1, got {cfg.n}")

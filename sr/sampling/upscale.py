@@ -21,7 +21,7 @@ any latent up to one tile is a valid UNet input; 32 px only worked officially be
 Deliberate differences from the official script: the output is exactly ``target`` (the official final resize used
 the padded size, and its crop was a no-op); the padding is cropped *before* the colour fix, so the mirrored border
 does not bias the colour statistics; the downscale when ``s > scale`` is antialiased. The VAE passes are tiled
-(``sr.ops.tiled_vae``) with tiles of ``vae_tile_size`` pixels, so their memory is bounded by the tile; the sampler's
+(``sr.models.tiled_vae``) with tiles of ``vae_tile_size`` pixels, so their memory is bounded by the tile; the sampler's
 by its latent tiles. Image-sized buffers remain: the input/output images, the CFW encoder features, the latents.
 """
 
@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from sr.ops.color import ColorFixMethod, color_fix
-from sr.ops.tiled_vae import tiled_decode, tiled_encode
+from sr.models.tiled_vae import tiled_decode, tiled_encode
 from sr.sampling.aggregation import AggregationSampler
 from sr.sampling.padding import reflect_pad_to, round_up
 

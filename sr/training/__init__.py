@@ -14,38 +14,14 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from sr.config import CONFIG_DIR, register_resolvers
 from sr.io import write_bytes_atomic
-from sr.utils.provenance import PROJECT_ROOT, git_revision
+from sr.utils.provenance import git_revision
 
 log = logging.getLogger(__name__)
 
 CONFIG_RECORD = "config_resolved.yaml"
 PROVENANCE_RECORD = "provenance.json"
-
-
-def wandb_default_mode() -> str:
-    """``$WANDB_MODE`` if set, else ``online`` with credentials (``WANDB_API_KEY`` or a netrc entry), else ``offline``.
-
-    Offline runs are written under ``<save_dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
-    """
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    logged_in = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-    return "online" if logged_in else "offline"
-
-
-def register_resolvers() -> None:
-    """``${project_root:}`` (the checkout holding ``sr/``) and ``${wandb_mode:}`` for the YAML files."""
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-    if not OmegaConf.has_resolver("wandb_mode"):
-        OmegaConf.register_new_resolver("wandb_mode", wandb_default_mode)
-
-
-register_resolvers()
 
 
 def _instantiate_group(group: DictConfig | None) -> list:
@@ -72,7 +48,8 @@ def compose_train_config(overrides: list[str], output_dir: str | Path) -> DictCo
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    register_resolvers()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
