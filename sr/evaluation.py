@@ -86,6 +86,8 @@ def run_settings(cfg: DictConfig) -> dict:
         "tile_size": sampler.tile_size,
         "scheduler": type(sampler.scheduler).__name__,
         "start": cfg.start,
+        "respacing": sampler.respacing,
+        "tile_weighting": sampler.tile_weighting,
         "color_fix": cfg.color_fix,
         "scale": cfg.scale,
         "input_size": cfg.input_size,

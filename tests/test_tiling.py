@@ -63,6 +63,35 @@ def test_gaussian_weights_formula_and_symmetry():
     assert profile_64[0] / profile_64.max() == pytest.approx(5.5e-6, rel=0.05)
 
 
+@pytest.mark.parametrize("tile_h,tile_w", [(64, 64), (96, 96), (7, 12), (1, 5)])
+def test_official_weights_equal_the_released_formula(tile_h, tile_w):
+    # Spec 8.1: wx[i] = exp(-(i-(W-1)/2)^2/W^2/(2*0.01))/sqrt(2*pi*0.01), wy[j] the same with centre H/2.
+    def profile(n, centre):
+        return np.exp(-((np.arange(n) - centre) ** 2) / n**2 / 0.02) / np.sqrt(2 * np.pi * 0.01)
+
+    expected = np.outer(profile(tile_h, tile_h / 2), profile(tile_w, (tile_w - 1) / 2))
+    weights = gaussian_weights(tile_h, tile_w, weighting="official")
+    assert weights.dtype == torch.float64
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-12, atol=0)
+    assert torch.equal(TileGrid.build(tile_h + 3, tile_w, (tile_h, tile_w), 0, weighting="official").weights, weights)
+
+
+def test_official_weights_are_symmetric_about_half_the_height_and_differ_from_centred_only_in_y():
+    official, centred = gaussian_weights(64, 64, weighting="official"), gaussian_weights(64, 64)
+    # y mirrored about H/2 = 32: row 32 + d equals row 32 - d; x still symmetric about (W-1)/2.
+    torch.testing.assert_close(official[33:], official[1:32].flip(0), rtol=1e-14, atol=0)
+    torch.testing.assert_close(official, official.flip(1), rtol=1e-14, atol=0)
+    assert not torch.allclose(official, official.flip(0))
+    # Same x profile (up to the y profile's scale), shifted y profile: the peak row moves from 31 (tie 31/32) to 32.
+    torch.testing.assert_close(official[32] / official[32, 0], centred[32] / centred[32, 0], rtol=1e-12, atol=0)
+    assert int(official[:, 0].argmax()) == 32 and centred[31, 0] == centred[32, 0]
+
+
+def test_unknown_tile_weighting_is_refused():
+    with pytest.raises(ValueError, match="unknown tile weighting 'offcial'"):
+        TileGrid.build(16, 16, 8, 4, weighting="offcial")
+
+
 def _numpy_blend(tiles: np.ndarray, starts: list[tuple[int, int]], weight: np.ndarray, height: int, width: int):
     numerator = np.zeros(tiles.shape[1:-2] + (height, width))
     denominator = np.zeros((height, width))
@@ -75,11 +104,12 @@ def _numpy_blend(tiles: np.ndarray, starts: list[tuple[int, int]], weight: np.nd
     return numerator / denominator
 
 
-def test_aggregate_matches_pixelwise_weighted_average():
-    grid = TileGrid.build(height=21, width=30, tile=(8, 12), overlap=(3, 5))
+@pytest.mark.parametrize("weighting", ["centred", "official"])
+def test_aggregate_matches_pixelwise_weighted_average(weighting):
+    grid = TileGrid.build(height=21, width=30, tile=(8, 12), overlap=(3, 5), weighting=weighting)
     tiles = torch.randn(len(grid), 2, 3, 8, 12, dtype=torch.float64)
     starts = [(rows.start, cols.start) for rows, cols in grid.slices]
-    expected = _numpy_blend(tiles.numpy(), starts, gaussian_weights(8, 12).numpy(), 21, 30)
+    expected = _numpy_blend(tiles.numpy(), starts, gaussian_weights(8, 12, weighting=weighting).numpy(), 21, 30)
     out = grid.aggregate(tiles)
     assert out.shape == (2, 3, 21, 30)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10, atol=1e-12)

@@ -10,20 +10,28 @@ A length shorter than the tile is the caller's business (pad the image, or shrin
 
 Tile weight (``var = 0.01``, i.e. sigma = 0.1 * tile), a float64 outer product::
 
-    wx[i] = exp(-(i - (W - 1)/2)^2 / W^2 / (2 var)) / sqrt(2 pi var)
-    wy[j] = exp(-(j - (H - 1)/2)^2 / H^2 / (2 var)) / sqrt(2 pi var)
+    wx[i] = exp(-(i - cx)^2 / W^2 / (2 var)) / sqrt(2 pi var)
+    wy[j] = exp(-(j - cy)^2 / H^2 / (2 var)) / sqrt(2 pi var)
     w     = outer(wy, wx)
 
-The official code centres y at ``H/2`` (half a pixel off, spec quirk 12.3); we deliberately centre both axes at
-``(size - 1)/2`` so the weight is symmetric. Aggregation is the weighted average ``sum_k w * out_k / sum_k w``.
+with the centres chosen by ``weighting``:
+
+- ``centred`` (our default): ``cy = (H - 1)/2``, ``cx = (W - 1)/2``, so the weight is symmetric on both axes;
+- ``official`` (the released code, spec 8.1 and quirk 12.3): ``cy = H/2``, ``cx = (W - 1)/2``, i.e. y is half a
+  pixel off-centre. Needed to reproduce the released sampler's outputs exactly.
+
+Aggregation is the weighted average ``sum_k w * out_k / sum_k w``.
 """
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 DEFAULT_TILE_WEIGHT_VAR = 0.01
+TileWeighting = Literal["centred", "official"]
+TILE_WEIGHTINGS: tuple[TileWeighting, ...] = ("centred", "official")
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -39,19 +47,30 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [i * stride for i in range(count - 1)] + [length - tile]
 
 
-def _gaussian_profile(size: int, var: float) -> torch.Tensor:
+def check_tile_weighting(weighting: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``weighting`` is one of ``TILE_WEIGHTINGS``."""
+    if weighting not in TILE_WEIGHTINGS:
+        raise ValueError(f"unknown tile weighting {weighting!r}; expected one of {', '.join(TILE_WEIGHTINGS)}")
+
+
+def _gaussian_profile(size: int, var: float, centre: float) -> torch.Tensor:
+    """``exp(-(i - centre)^2 / size^2 / (2 var)) / sqrt(2 pi var)`` for ``i = 0 .. size - 1``, float64."""
     positions = torch.arange(size, dtype=torch.float64)
-    centre = (size - 1) / 2
     return torch.exp(-((positions - centre) ** 2) / size**2 / (2 * var)) / math.sqrt(2 * math.pi * var)
 
 
-def gaussian_weights(tile_h: int, tile_w: int, var: float = DEFAULT_TILE_WEIGHT_VAR) -> torch.Tensor:
-    """``[tile_h, tile_w]`` float64 ``outer(wy, wx)`` with both profiles centred at ``(size - 1)/2`` (module doc)."""
+def gaussian_weights(
+    tile_h: int, tile_w: int, var: float = DEFAULT_TILE_WEIGHT_VAR, weighting: TileWeighting = "centred"
+) -> torch.Tensor:
+    """``[tile_h, tile_w]`` float64 ``outer(wy, wx)``; y centred at ``(tile_h - 1)/2`` (``centred``) or ``tile_h/2``
+    (``official``), x at ``(tile_w - 1)/2`` in both (module doc)."""
     if tile_h < 1 or tile_w < 1:
         raise ValueError(f"tile size must be positive, got {tile_h}x{tile_w}")
     if var <= 0:
         raise ValueError(f"Gaussian tile weight variance must be positive, got {var}")
-    return torch.outer(_gaussian_profile(tile_h, var), _gaussian_profile(tile_w, var))
+    check_tile_weighting(weighting)
+    centre_y = tile_h / 2 if weighting == "official" else (tile_h - 1) / 2
+    return torch.outer(_gaussian_profile(tile_h, var, centre_y), _gaussian_profile(tile_w, var, (tile_w - 1) / 2))
 
 
 @dataclass(frozen=True)
@@ -79,14 +98,16 @@ class TileGrid:
         tile: int | tuple[int, int],
         overlap: int | tuple[int, int],
         var: float = DEFAULT_TILE_WEIGHT_VAR,
+        weighting: TileWeighting = "centred",
     ) -> "TileGrid":
-        """Grid of ``tile`` (square or ``(tile_h, tile_w)``) tiles with ``overlap`` (per axis) over the image."""
+        """Grid of ``tile`` (square or ``(tile_h, tile_w)``) tiles with ``overlap`` (per axis) over the image,
+        blended with the ``weighting`` Gaussian (``centred`` or ``official``, module doc)."""
         tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
         overlap_h, overlap_w = (overlap, overlap) if isinstance(overlap, int) else overlap
         rows = tile_starts(height, tile_h, overlap_h)
         cols = tile_starts(width, tile_w, overlap_w)
         slices = tuple((slice(y, y + tile_h), slice(x, x + tile_w)) for y in rows for x in cols)
-        weights = gaussian_weights(tile_h, tile_w, var)
+        weights = gaussian_weights(tile_h, tile_w, var, weighting)
         weight_sum = torch.zeros(height, width, dtype=torch.float64)
         for tile_slice in slices:
             weight_sum[tile_slice] += weights

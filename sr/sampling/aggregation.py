@@ -14,7 +14,9 @@ Start (``start="lr"``, the any-size scripts' default) with the original 1000-ste
 or pure noise ``x_T = init_noise_sigma * eps`` (``start="noise"``).
 
 The scheduler is any diffusers scheduler with ``set_timesteps`` / ``step`` (DDPM respaced = the released recipe,
-DDIM, DPM-Solver++); a fresh copy is made for every ``sample`` call with the model's ``prediction_type``, so one
+DDIM, DPM-Solver++); ``respacing`` picks its timesteps (``official``: the released code's, ``scheduler``: its own
+``timestep_spacing``; sr.sampling.respacing) and ``tile_weighting`` the Gaussian (``official`` or ``centred``;
+sr.ops.tiling). A fresh copy is made for every ``sample`` call with the model's ``prediction_type``, so one
 sampler object serves eps- and v-prediction models and keeps no state between images.
 
 Sizes: tiles are ``tile_size`` x ``tile_size`` latent pixels (a multiple of 8, the UNet's downsampling factor);
@@ -32,8 +34,9 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from sr.ops.tiling import TileGrid
+from sr.ops.tiling import TileGrid, TileWeighting, check_tile_weighting
 from sr.sampling.padding import reflect_pad_to
+from sr.sampling.respacing import Respacing, check_respacing, set_sampling_timesteps
 
 __all__ = ["AggregationSampler", "TileFusion", "fresh_scheduler", "noised_latent"]
 
@@ -64,6 +67,8 @@ class AggregationSampler:
         tile_batch_size: int = 1,
         start: StartMode = "lr",
         progress: bool = True,
+        tile_weighting: TileWeighting = "centred",
+        respacing: Respacing = "scheduler",
     ):
         if num_steps < 1:
             raise ValueError(f"number of sampling steps must be >= 1, got {num_steps}")
@@ -75,6 +80,8 @@ class AggregationSampler:
             raise ValueError(f"tile batch size must be >= 1, got {tile_batch_size}")
         if start not in ("lr", "noise"):
             raise ValueError(f"unknown sampling start {start!r}; expected 'lr' or 'noise'")
+        check_tile_weighting(tile_weighting)
+        check_respacing(scheduler, respacing)
         self.scheduler = scheduler
         self.num_steps = num_steps
         self.tile_size = tile_size
@@ -82,6 +89,8 @@ class AggregationSampler:
         self.tile_batch_size = tile_batch_size
         self.start = start
         self.progress = progress
+        self.tile_weighting = tile_weighting
+        self.respacing = respacing
 
     def initial_latent(self, scheduler, z_lr: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """``x_T`` for ``z_lr``'s shape: the LR latent noised to the first timestep, or pure noise."""
@@ -101,10 +110,10 @@ class AggregationSampler:
         z_padded = reflect_pad_to(z_lr, padded_h, padded_w)
 
         scheduler = fresh_scheduler(self.scheduler, model.prediction_type)
-        scheduler.set_timesteps(self.num_steps, device=z_lr.device)
+        set_sampling_timesteps(scheduler, self.num_steps, self.respacing, device=z_lr.device)
         x = self.initial_latent(scheduler, z_padded, generator)
 
-        grid = TileGrid.build(padded_h, padded_w, self.tile_size, self.tile_overlap)
+        grid = TileGrid.build(padded_h, padded_w, self.tile_size, self.tile_overlap, weighting=self.tile_weighting)
         fuse = TileFusion(grid, z_padded, self.tile_batch_size)
         for timestep in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not self.progress):
             model_input = scheduler.scale_model_input(x, timestep)

@@ -148,14 +148,16 @@ def build_sampler(cfg: DictConfig, latent_tile: int, progress: bool | None = Non
         tile_batch_size=cfg.tile.batch_size,
         start=cfg.start,
         progress=cfg.progress if progress is None else progress,
+        tile_weighting=cfg.tile.weighting,
+        respacing=cfg.respacing,
     )
 
 
 def build_upscaler(model, cfg: DictConfig, progress: bool | None = None) -> Upscaler:
     """An ``Upscaler`` from a config with the keys of ``conf/upscale.yaml``::
 
-        scheduler: {_target_: diffusers.DDPMScheduler, ...}   steps: 200   start: lr
-        tile: {size: null (= model.latent_tile), overlap: null (= size // 2), batch_size: 4}
+        scheduler: {_target_: diffusers.DDPMScheduler, ...}   steps: 200   start: lr   respacing: scheduler
+        tile: {size: null (= model.latent_tile), overlap: null (= size // 2), batch_size: 4, weighting: centred}
         scale: 4   w: 0.5   color_fix: adain   input_size: null   vae_tile: {size: 1024, overlap: 128}   progress: true
     """
     return Upscaler(
