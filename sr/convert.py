@@ -422,6 +422,7 @@ def build_model(
         parts.append((model.cfw, cfw_state, "CFW"))
     for module, state, name in parts:
         _assign_exactly(module, state, name, source)
+    model.cfw_is_untrained = cfw_state is None  # released fusion layers are trained: saved as cfw_trained: true
     return model
 
 

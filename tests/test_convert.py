@@ -5,12 +5,14 @@ tensors of the real shapes, (b) a complete checkpoint with the ``tiny`` preset's
 (c, slow) a full-size random checkpoint end to end.
 """
 
+import json
 import math
 import os
 import pickle
 import re
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from sr.convert import (
     main,
     open_clip_text_context,
 )
-from sr.models.stablesr import StableSR
+from sr.models.stablesr import STATUS_FILE, StableSR
 from sr.utils.checkpoint import (
     CheckpointError,
     PickledObjectPlaceholder,
@@ -580,6 +582,15 @@ def test_tiny_release_converts_and_loads_with_identical_weights(tiny_release, tm
     assert loaded.num_sft_layers == 22
     assert dict(loaded.noise_scheduler.config)["beta_schedule"] == "scaled_linear"
 
+    # the released CFW layers count as trained: decoding with w > 0 does not warn, and the layers take part
+    assert json.loads((out / STATUS_FILE).read_text()) == {"cfw_trained": True} and not loaded.cfw_is_untrained
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        latent, features = loaded.encode(image, sample=False)
+        fused, plain = loaded.decode(latent, features, w=0.5), loaded.decode(latent, features, w=0.0)
+    assert not torch.allclose(fused, plain, atol=1e-3)
+
     # the cached context equals transformers' CLIP text model (converted by diffusers) on the empty prompt
     used = {
         k: v
@@ -613,6 +624,8 @@ def test_tiny_release_without_vqgan_overwrite_and_text_encoder(tiny_release, tmp
     assert (out / "text_encoder" / "config.json").is_file()
     loaded = StableSR.from_pretrained(out)
     assert_same_tensors(loaded.unet.state_dict(), tiny_release.model.unet.state_dict())
+    # no --vqgan: no CFW layers, so decoding with w > 0 still warns
+    assert json.loads((out / STATUS_FILE).read_text()) == {"cfw_trained": False} and loaded.cfw_is_untrained
 
 
 def test_ema_weights_are_opt_in(tiny_release):
