@@ -4,7 +4,7 @@ Driven by ``eval.py`` (config ``conf/eval.yaml``); a Hydra multirun makes one ru
 
     <run_dir>/images/<name>.png   SR outputs (8-bit PNG), written atomically one by one
     <run_dir>/timings.json        {name: seconds} of every sampled image (kept across resumes and re-scores)
-    <run_dir>/scores.json         sr.report.write_run_scores: settings, per-image and aggregate metrics, status
+    <run_dir>/scores.json         sr.report.runs.write_run_scores: settings, per-image and aggregate metrics, status
 
 Resume and caching: an image already in ``images/`` is not sampled again unless ``overwrite``; a run whose
 scores.json says "ok" is skipped unless ``overwrite`` or ``rescore``; ``rescore`` scores the existing images without
@@ -30,15 +30,15 @@ from tqdm.auto import tqdm
 from sr.data.datasets import PairedImageDataset
 from sr.io import read_image, write_bytes_atomic, write_image
 from sr.metrics import MetricSuite
-from sr.report import (
+from sr.report.build import build_report
+from sr.report.runs import (
     IMAGES_DIR,
     SCORES_FILE,
-    build_report,
     collect_sweep,
-    log_to_wandb,
     read_run,
     write_run_scores,
 )
+from sr.report.wandb_log import log_to_wandb
 from sr.sampling import build_sampler, build_upscaler
 
 TIMINGS_FILE = "timings.json"

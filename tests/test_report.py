@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sr.report import SCORES_KEYS, build_report, collect_sweep, main, write_run_scores
+from sr.report.build import build_report
+from sr.report.cli import main
+from sr.report.runs import SCORES_KEYS, collect_sweep, write_run_scores
 
 CONVENTIONS = {"psnr_ssim": "psnr_y on pyiqa Y", "crop_border": "0 px", "fid": "clean-fid resize"}
 IMAGE_NAMES = ("bird", "car")

@@ -1,0 +1,22 @@
+"""Per-run result files and sweep reports, one job per module.
+
+Run layout (written by eval.py through :func:`sr.report.runs.write_run_scores`)::
+
+    <run_dir>/scores.json        see sr.report.runs.SCORES_KEYS
+    <run_dir>/images/<name>.png  the SR outputs, one per scored image
+
+``scores.json`` holds ``settings`` (w, tile_overlap, steps, model, lr_dir, hr_dir, ...), ``per_image``
+``{name: {metric: value}}``, ``aggregate`` ``{metric: {"mean", "std", "n"} | "n/a (...)"}``, ``seconds_per_image``,
+``status`` ("ok" | "failed"), ``error``, ``conventions`` (``MetricSuite.conventions()``), ``config`` (the resolved
+Hydra config), ``git_revision`` and ``command``.
+
+Modules:
+
+- :mod:`sr.report.runs`: write one run's ``scores.json``; read and collect every run below a sweep folder.
+- :mod:`sr.report.table`: the sweep table (``table.md`` for people, ``table.csv`` for machines).
+- :mod:`sr.report.plots`: each metric against ``w`` / ``tile_overlap`` as PNG.
+- :mod:`sr.report.strips`: LR | SR(w=...) | HR comparison strips as PNG.
+- :mod:`sr.report.build`: writes all of the above into a report folder.
+- :mod:`sr.report.wandb_log`: logs a built report to W&B.
+- :mod:`sr.report.cli`: the ``python -m sr.report`` command line.
+"""

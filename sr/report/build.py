@@ -1,0 +1,56 @@
+"""Write a sweep's report folder: table.md, table.csv, plots/*.png and strips/*.png."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from sr.io import write_bytes_atomic
+from sr.report.plots import PLOT_AXES, plot_metric
+from sr.report.runs import Run, collect_sweep
+from sr.report.strips import comparison_strip
+from sr.report.table import metric_columns, render_csv, render_markdown
+
+
+def build_report(
+    sweep_dir: Path,
+    out_dir: Path,
+    name: str,
+    lr_dir: Path | None = None,
+    hr_dir: Path | None = None,
+    strip_images: int = 3,
+    overwrite: bool = False,
+) -> dict[str, list[Path]]:
+    """Write table.md, table.csv, plots/*.png and strips/*.png for the sweep; returns the written paths by kind."""
+    runs = collect_sweep(sweep_dir)
+    if (out_dir / "table.md").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir / 'table.md'}: already exists (pass --overwrite to replace the report)")
+    written: dict[str, list[Path]] = {"tables": [], "plots": [], "strips": []}
+    for file_name, text in (("table.md", render_markdown(name, sweep_dir, runs)), ("table.csv", render_csv(runs))):
+        write_bytes_atomic(out_dir / file_name, text.encode(), overwrite)
+        written["tables"].append(out_dir / file_name)
+
+    for metric in metric_columns(runs):
+        for x_key in PLOT_AXES:
+            png = plot_metric(runs, metric, x_key)
+            if png is not None:
+                path = out_dir / "plots" / f"{metric}_vs_{x_key}.png"
+                write_bytes_atomic(path, png, overwrite)
+                written["plots"].append(path)
+
+    lr_dir = lr_dir or _setting_dir(runs, "lr_dir")
+    hr_dir = hr_dir or _setting_dir(runs, "hr_dir")
+    names = sorted({image for run in runs if run.ok for image in run.record["per_image"]})
+    for image_name in names[:strip_images]:
+        png = comparison_strip(runs, image_name, lr_dir, hr_dir)
+        if png is not None:
+            path = out_dir / "strips" / f"{image_name}.png"
+            write_bytes_atomic(path, png, overwrite)
+            written["strips"].append(path)
+    return written
+
+
+def _setting_dir(runs: Sequence[Run], key: str) -> Path | None:
+    """The first run's ``settings[key]`` folder (the eval inputs) when the caller names none."""
+    for run in runs:
+        if run.settings.get(key):
+            return Path(run.settings[key])
+    return None

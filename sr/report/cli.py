@@ -1,0 +1,40 @@
+"""Build a sweep's report: tables, plots and comparison strips of every run below a folder.
+
+``python -m sr.report <sweep dir> [--name NAME] [--out experiments/NAME]`` gathers every ``scores.json`` below the sweep into ``table.md`` / ``table.csv`` (one row per run; failed runs marked
+with their error), plots every metric against ``w`` (one line per tile overlap) and against ``tile_overlap`` (one
+line per w) under ``plots/``, and writes LR | SR(w=...) | HR comparison strips under ``strips/``. ``--wandb`` logs
+the table and images to W&B. A plain argparse tool: it reads result files and composes no config.
+"""
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from sr.report.build import build_report
+from sr.report.runs import collect_sweep
+from sr.report.wandb_log import log_to_wandb
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sr.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="folder holding the sweep's runs (searched for scores.json)")
+    parser.add_argument("--name", help="report name (default: the sweep folder's name)")
+    parser.add_argument("--out", type=Path, help="output folder (default: experiments/NAME)")
+    parser.add_argument("--lr-dir", type=Path, help="LR images for the strips (default: settings.lr_dir)")
+    parser.add_argument("--hr-dir", type=Path, help="HR images for the strips (default: settings.hr_dir)")
+    parser.add_argument("--strip-images", type=int, default=3, help="how many images get a comparison strip")
+    parser.add_argument("--wandb", action="store_true", help="log table and images to W&B")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    args = parser.parse_args(argv)
+    name = args.name or args.sweep_dir.resolve().name
+    out_dir = args.out or Path("experiments") / name
+    try:
+        written = build_report(
+            args.sweep_dir, out_dir, name, args.lr_dir, args.hr_dir, args.strip_images, args.overwrite
+        )
+    except (FileNotFoundError, FileExistsError) as problem:
+        raise SystemExit(f"sr.report: {problem}") from None
+    if args.wandb:
+        log_to_wandb(name, collect_sweep(args.sweep_dir), written)
+    print(f"sr.report: wrote {sum(len(paths) for paths in written.values())} files to {out_dir}")
+
