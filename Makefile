@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job on the bundled samples, tiny preset) and `make test` (the suite).
+# Two entry points: `make demo` (the main job on the bundled samples, tiny preset) and `make test` (the suite);
+# `make test-cluster` (as root) starts a one-node SLURM cluster, runs the cluster tests on it and stops it again.
 # Both create .venv when missing and (re)install when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: demo test test-slow install clean-demo
+.PHONY: demo test test-slow test-cluster install clean-demo
 
 install: $(STAMP)
 
@@ -27,3 +28,7 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-cluster: $(STAMP)
+	scripts/slurm_local.sh start
+	$(PY) -m pytest -q -s -m cluster tests/test_cluster.py; status=$$?; scripts/slurm_local.sh stop; exit $$status

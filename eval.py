@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR, register_resolvers
+from sr.utils.provenance import pin_command_line
 from sr.evaluation import evaluate
 
 
@@ -26,4 +27,5 @@ def main(cfg: DictConfig) -> str:
 register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}
 
 if __name__ == "__main__":
+    pin_command_line()  # scores.json / provenance.json of SLURM jobs record this command
     main()

@@ -14,8 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR, register_resolvers
+from sr.utils.provenance import pin_command_line
 from sr.training import train
 from sr.training.callbacks import NonFiniteLossError
+from sr.utils.launch import child_rank_argv
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -30,4 +32,6 @@ def main(cfg: DictConfig) -> None:
 register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}
 
 if __name__ == "__main__":
+    pin_command_line()  # scores.json / provenance.json of SLURM jobs record this command
+    sys.argv = child_rank_argv(sys.argv)  # a DDP rank Lightning started runs rank 0's job, not the whole command
     main()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sr import launcher
+from sr.utils.launch import run_stamp
 from sr.utils.provenance import PROJECT_ROOT
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -30,7 +32,18 @@ def wandb_default_mode() -> str:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` (the checkout holding ``sr/``) and ``${wandb_mode:}`` for the YAML files (idempotent)."""
+    """``${project_root:}`` (the checkout holding ``sr/``), ``${wandb_mode:}`` and ``${run_stamp:<log dir>}`` (the
+    time stamp of a run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
+    ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``) for the YAML files (idempotent).
+
+    ``run_stamp`` is cached like Hydra's ``now``: one value per process, copied into every job of a sweep.
+    """
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    for name, function in (("slurm_tasks_per_node", launcher.tasks_per_node),
+                           ("slurm_gpus_per_node", launcher.gpus_per_node), ("slurm_mem_gb", launcher.mem_gb_per_node)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("wandb_mode"):

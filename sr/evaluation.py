@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from sr.data.datasets import PairedImageDataset
 from sr.io import read_image, write_bytes_atomic, write_image
 from sr.metrics import MetricSuite
+from sr.launcher import job_device
 from sr.report.build import build_report
 from sr.report.runs import (
     IMAGES_DIR,
@@ -40,6 +41,7 @@ from sr.report.runs import (
 )
 from sr.report.wandb_log import log_to_wandb
 from sr.sampling import build_sampler, build_upscaler
+from sr.utils.provenance import command_line
 
 TIMINGS_FILE = "timings.json"
 REPORT_DIR = "report"
@@ -220,6 +222,8 @@ def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = Non
     ``model`` / ``metric_suite``: already built ones (tests, notebooks); otherwise built from ``cfg``.
     """
     run_dir = Path(cfg.run_dir)
+    with open_dict(cfg):
+        cfg.device = job_device(cfg.device)  # auto: cuda when the (SLURM) job has a GPU
     scores_path = run_dir / SCORES_FILE
     previous = read_run(scores_path).record["status"] if scores_path.is_file() else None
     if previous == "ok" and not (cfg.overwrite or cfg.rescore):
@@ -257,11 +261,13 @@ def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = Non
     return "ok"
 
 
-def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool) -> list[str]:
+def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool,
+           wandb_config: dict | None = None) -> list[str]:
     """Report on the runs below ``results_dir`` (a run or sweep dir); returns the error lines of failed runs.
 
     The default report folder, ``<results_dir>/report``, is a view of that dir's scores and is rebuilt every time;
-    an explicit ``report_dir`` is replaced only when ``overwrite``.
+    an explicit ``report_dir`` is replaced only when ``overwrite``. With ``wandb``, the table (numeric columns), plots
+    and strips go to a W&B run with ``wandb_config``, its files in ``<results_dir>/wandb``.
     """
     runs = collect_sweep(results_dir)
     if report or wandb:
@@ -269,7 +275,7 @@ def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, w
         written = build_report(results_dir, out_dir, name, overwrite=overwrite or report_dir is None)
         print(f"eval: report of {len(runs)} run(s) in {out_dir}")
         if wandb:
-            log_to_wandb(name, runs, written)
+            log_to_wandb(name, runs, written, wandb_config or {}, results_dir)
     return [f"{run.run_dir}: {run.record['error']}" for run in runs if not run.ok]
 
 
@@ -283,16 +289,24 @@ class EvalReportCallback(Callback):
         self.name, self.report, self.report_dir, self.wandb = name, report, report_dir, wandb
         self.overwrite = overwrite or rescore
 
-    def _finish(self, results_dir: Path) -> None:
+    def _finish(self, results_dir: Path, config: DictConfig) -> None:
         try:
-            failures = finish(results_dir, self.name, self.report, self.report_dir, self.wandb, self.overwrite)
+            failures = finish(results_dir, self.name, self.report, self.report_dir, self.wandb, self.overwrite,
+                              eval_wandb_config(config))
         except (FileNotFoundError, FileExistsError) as problem:
             raise SystemExit(f"eval: report not written: {problem}") from None
         if failures:
             raise SystemExit("eval: {} run(s) failed:\n  {}".format(len(failures), "\n  ".join(failures)))
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        self._finish(Path(config.hydra.runtime.output_dir))
+        self._finish(Path(config.hydra.runtime.output_dir), config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        self._finish(Path(config.hydra.sweep.dir))
+        self._finish(Path(config.hydra.sweep.dir), config)
+
+
+def eval_wandb_config(config: DictConfig) -> dict:
+    """The eval config logged with the W&B table: the command's config (unresolved: in a sweep, the swept keys hold
+    their first value), the Hydra overrides as typed (sweep lists included) and the command line."""
+    body = OmegaConf.to_container(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
+    return {"eval": body, "overrides": list(config.hydra.overrides.task), "command": command_line()}

@@ -17,6 +17,7 @@ from sr.data.datamodule import EpochSeededSampler, SRDataModule
 from sr.data.datasets import HRImageDataset, PairedImageDataset, pad_to_min_size
 from sr.data.degradations import DegradationPipeline
 from sr.io import read_image
+from sr.utils.distributed import derived_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,7 +193,7 @@ def test_data_configs_instantiate(name, tmp_path, monkeypatch):
     if name in ("samples_tiny", "samples_heldout"):
         if "degradation" in config:
             config = OmegaConf.merge({"degradation": OmegaConf.load(ROOT / "conf/degradation/bicubic.yaml")},
-                                     {"data": config})
+                                     {"data": config, "seed": 5})
             data = instantiate(config.data)
             data.setup("fit")
             assert isinstance(data, SRDataModule) and len(data.val_dataset) == 2
@@ -203,7 +204,8 @@ def test_data_configs_instantiate(name, tmp_path, monkeypatch):
         resolved = OmegaConf.to_container(config, resolve=False)
         assert resolved["_target_"].startswith("sr.data.")
         with pytest.raises((FileNotFoundError, InstantiationException), match=str(tmp_path)):
-            instantiate(config, degradation=None).setup("fit") if "train_dirs" in config else instantiate(config)
+            data = instantiate(config, degradation=None, seed=5) if "train_dirs" in config else None
+            data.setup("fit") if data is not None else instantiate(config)
 
 
 def test_bundled_heldout_pairs_match_generator(tmp_path):
@@ -246,3 +248,55 @@ def test_prepare_datasets_lays_out_and_reports_problems(tmp_path, capsys):
     assert script.main(["--downloads", str(downloads), "--dest", str(dest), "--sets", "ffhq", "div8k"]) == 1
     report = capsys.readouterr().err
     assert "00002.png: corrupt image" in report and "'DIV8K/train_HR' not found" in report
+
+
+def test_sampler_gives_each_rank_its_own_slice_of_the_epoch():
+    order = EpochSeededSampler(9, seed=3).order()
+    shards = [list(EpochSeededSampler(9, seed=3, rank=rank, world_size=2)) for rank in range(2)]
+    assert [[index for index, _ in shard] for shard in shards] == [order[0:8:2], order[1:8:2]]
+    assert len(EpochSeededSampler(9, seed=3, rank=1, world_size=2)) == 4
+    sampler = EpochSeededSampler(9, seed=3, rank=1, world_size=2)
+    sampler.skip_next(0, 3)  # a resumed rank skips what it consumed of its own slice
+    assert list(sampler) == shards[1][3:]
+    with pytest.raises(ValueError, match="3 training images cannot be split over 4 ranks"):
+        EpochSeededSampler(3, seed=0, rank=0, world_size=4)
+
+
+def _two_rank_data_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo ranks: 3 batches, a checkpoint of the data state, 2 more; then a fresh module resumed."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    datamodule = make_datamodule(pool_size=4)  # 4 images over 2 ranks, batch 2: one batch per rank and epoch
+    batches = train_batches(datamodule, 5)
+    first = [next(batches) for _ in range(3)]
+    state = datamodule.state_dict()  # collective: rank 0 receives both ranks' states
+    path = Path(out_dir) / "data_state.pt"
+    if rank == 0:
+        torch.save(state, path)
+    expected = [next(batches), next(batches)]
+    dist.barrier()
+    resumed = make_datamodule(pool_size=4)
+    resumed.setup("fit")
+    resumed.load_state_dict(torch.load(path, weights_only=True))
+    actual = list(train_batches(resumed, 2, first_epoch=3))
+    torch.save({"first": first, "expected": expected, "actual": actual, "state_on_other_rank": state,
+                "degradation_seed": datamodule.generator_for(torch.device("cpu")).initial_seed()},
+               Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_draw_distinct_degradations_and_each_resumes_its_own_stream(tmp_path):
+    torch.multiprocessing.spawn(_two_rank_data_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert ranks[1]["state_on_other_rank"] == {"ranks": None}  # only rank 0 holds (and writes) the checkpoint
+    assert len(torch.load(tmp_path / "data_state.pt", weights_only=True)["ranks"]) == 2
+    for rank in ranks:
+        for got, want in zip(rank["actual"], rank["expected"], strict=True):
+            assert torch.equal(got["lq"], want["lq"]) and torch.equal(got["gt"], want["gt"])
+    # different images per rank in every epoch, and independent degradation streams seeded from (seed, rank)
+    for epoch in range(3):
+        assert not torch.equal(ranks[0]["first"][epoch]["gt"], ranks[1]["first"][epoch]["gt"])
+    assert [rank["degradation_seed"] for rank in ranks] == [derived_seed(5, 0), derived_seed(5, 1)]
+    assert derived_seed(5, 0) != derived_seed(5, 1)

@@ -1,21 +1,21 @@
 """The tiny prior (demo scaffolding): a few updates of each phase through train(), and the exported folder."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from sr.config import compose as compose_config
 from sr.models import StableSR
 from sr.models.sft import is_sft_parameter
 from sr.training import train
 from sr.training.prior import random_crop
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = str(ROOT / "conf")
 
 
 def test_random_crop_is_one_window_of_the_batch():
@@ -34,8 +34,7 @@ def test_prior_phases_train_their_parts_and_the_folder_loads_back(tmp_path):
         "module.loss.disc_start=1", "module.loss.disc_channels=8", "data.crop_size=64", "data.batch_size=2",
         "++trainer.enable_model_summary=false", "~callbacks.progress_bar",
     ]
-    with initialize_config_dir(CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config("train", overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
@@ -56,5 +55,10 @@ def test_prior_phases_train_their_parts_and_the_folder_loads_back(tmp_path):
     for key, tensor in module.model.state_dict().items():
         assert torch.equal(tensor, trained[key]), key
 
-    with pytest.raises(FileExistsError, match="model"):  # the exporter refuses to replace the folder
+    again = train(cfg)  # the same run dir: the finished run continues from its own last.ckpt, nothing left to do
+    assert int(again["module"].updates) == 4
+    for key, tensor in StableSR.from_pretrained(tmp_path / "model").state_dict().items():
+        assert torch.equal(tensor, trained[key]), key
+    shutil.rmtree(tmp_path / "checkpoints")  # now the folder holds another run's model
+    with pytest.raises(FileExistsError, match="model"):  # the exporter refuses to replace it
         train(cfg)

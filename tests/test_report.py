@@ -174,3 +174,34 @@ def test_missing_sweep_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no scores.json"):
         collect_sweep(tmp_path / "empty")
+
+
+def test_wandb_table_keeps_numbers_and_the_run_lands_in_the_sweep_folder(tmp_path, monkeypatch):
+    from sr.report.wandb_log import log_to_wandb, wandb_table
+    from wandb_offline import offline_run
+
+    sweep = _fake_sweep(tmp_path, fail=(1.0, 32))
+    runs = collect_sweep(sweep)
+    columns, rows = wandb_table(runs)
+    assert columns[:2] == ["w", "tile_overlap"]
+    assert {"psnr_y", "psnr_y_std", "lpips_alex", "lpips_alex_std", "fid", "fid_std"} <= set(columns)
+    by_setting = {(row[0], row[1]): dict(zip(columns, row)) for row in rows}
+    ok = by_setting[(1.0, 16)]
+    assert ok["psnr_y"] == 20.5 + 2 + 1 and ok["psnr_y_std"] == 0.5 and ok["fid"] == 25 and ok["fid_std"] is None
+    assert ok["musiq"] is None and ok["images"] == 2 and ok["seconds_per_image"] == 1.5 and ok["status"] == "ok"
+    failed = by_setting[(1.0, 32)]
+    assert failed["psnr_y"] is None and failed["status"] == "failed: CUDA out of memory"
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    log_to_wandb("demo", runs, {"plots": [], "strips": []}, {"eval": {"steps": 200}, "overrides": ["w=0,1"]},
+                      sweep)
+    (folder,) = (sweep / "wandb").glob("offline-run-*")
+    assert not (tmp_path / "wandb").exists()  # nothing in the working directory
+    run = offline_run(folder)
+    assert run["name"] == "demo" and run["config"]["eval"] == {"steps": 200}
+    assert run["config"]["overrides"] == ["w=0,1"]
+    assert any("sweep_table/_type" in row for row in run["history"])
+    (table_file,) = (folder / "files" / "media" / "table").glob("sweep_table_*.table.json")
+    logged = json.loads(table_file.read_text())
+    assert logged["columns"] == columns and logged["data"] == [list(row) for row in rows]  # numbers, not strings

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -10,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 from safetensors.torch import load_file
 
 from sr.cfw.generate import build_generator, shard_ids
 from sr.io import read_image
 from sr.models import StableSR
 from sr.models.sft import is_sft_parameter
+from sr.tracking import wandb_run_identity
+from wandb_offline import offline_run
 from sr.training import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
 from sr.training.callbacks import NonFiniteLossError
 from sr.training.stage1 import Stage1Module, batch_seed, diffusion_target
@@ -172,6 +175,112 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     at_step_1 = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.encoder.")}
     assert any(not torch.equal(tensor, reference[key]) for key, tensor in at_step_1.items())
     assert (tmp_path / "straight" / CONFIG_RECORD).is_file() and (tmp_path / "straight" / PROVENANCE_RECORD).is_file()
+
+
+@pytest.fixture(scope="module")
+def straight_three_steps(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The exported weights of an uninterrupted 3-step run (the reference of the resume tests below)."""
+    run_dir = tmp_path_factory.mktemp("straight3")
+    train(compose_train_config(SHORT_RUN + ["trainer.max_steps=3"], run_dir))
+    return load_file(run_dir / "stage1.safetensors")
+
+
+def assert_same_weights(run_dir: Path, reference: dict[str, torch.Tensor]) -> None:
+    weights = load_file(run_dir / "stage1.safetensors")
+    assert weights.keys() == reference.keys()
+    for key, tensor in reference.items():
+        torch.testing.assert_close(weights[key], tensor, rtol=0, atol=1e-6, msg=key)
+
+
+class SignalAtStep(L.Callback):
+    """Sends this process the preemption signal while training batch ``step`` runs (as SLURM does before a limit)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def test_requeue_signal_saves_last_ckpt_and_the_requeued_job_resumes_by_itself(tmp_path, straight_three_steps):
+    """submitit's handler (stand-in: records the call, then exits as submitit does after ``scontrol requeue``) runs
+    only after the batch in flight has ended and ``last.ckpt`` holds it; the same job started again (no ckpt_path)
+    continues from there and ends with the weights of an uninterrupted run."""
+    calls = []
+
+    def submitit_handler(signum, frame):
+        calls.append(signum)
+        raise SystemExit(-1)
+
+    submitit_handler.__module__ = "submitit.core.job_environment"
+    sparse = SHORT_RUN + ["trainer.max_steps=3", "callbacks.model_checkpoint.every_n_train_steps=100"]
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            signal_at_1 = ["+callbacks.signal._target_=test_train.SignalAtStep", "+callbacks.signal.step=1"]
+            train(compose_train_config(sparse + signal_at_1, tmp_path))
+        assert calls == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # handed back to submitit
+        checkpoints = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+        assert checkpoints == ["last.ckpt"]  # no periodic one: this is the requeue save, after batch 1 ended
+        assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+        requeued = train(compose_train_config(sparse, tmp_path))  # same job dir, no ckpt_path
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert requeued["trainer"].global_step == 3
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert_same_weights(tmp_path, straight_three_steps)
+
+
+def test_extending_a_finished_run_in_its_own_dir_equals_a_longer_run(tmp_path, straight_three_steps):
+    """1 step (last.ckpt saved after that final batch, mid-epoch), then max_steps=3 in the same run dir: its own
+    last.ckpt is picked up, stage1.safetensors is replaced, and the weights equal 3 uninterrupted steps."""
+    sparse = SHORT_RUN + ["callbacks.model_checkpoint.every_n_train_steps=100"]
+    train(compose_train_config(sparse + ["trainer.max_steps=1"], tmp_path))
+    first_export = load_file(tmp_path / "stage1.safetensors")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    extended = train(compose_train_config(sparse + ["trainer.max_steps=3"], tmp_path))
+    assert extended["trainer"].global_step == 3
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt
+    assert_same_weights(tmp_path, straight_three_steps)
+    assert any(not torch.equal(first_export[key], straight_three_steps[key]) for key in first_export)
+
+
+def test_every_sweep_job_gets_its_own_wandb_run_with_its_overrides(tmp_path, monkeypatch):
+    """Two jobs in one process (as Hydra's basic launcher runs a sweep): two W&B runs, each named and configured
+    from its own overrides and job number, files inside each job's run dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # the run dir decides (conftest points WANDB_DIR elsewhere)
+    for job_num, lr in enumerate(("1e-4", "3e-4")):
+        overrides = SHORT_RUN + ["logger=wandb", "trainer.max_steps=1", f"module.lr={lr}"]
+        cfg = compose_train_config(overrides, tmp_path / "sweep" / str(job_num))
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.job.num = job_num
+        HydraConfig().set_config(cfg)
+        train(cfg)
+    for job_num, lr in enumerate(("1e-4", "3e-4")):
+        runs = list((tmp_path / "sweep" / str(job_num) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, runs
+        run = offline_run(runs[0])
+        identity = wandb_run_identity(tmp_path / "sweep" / str(job_num), "stablesr_tiny", [], job_num)
+        assert run["id"] == identity["id"]  # the W&B run id derives from the run dir
+        assert run["name"].startswith(f"stablesr_tiny#{job_num} ") and f"module.lr={lr}" in run["name"]
+        provenance = run["config"]["provenance"]
+        assert provenance["job_num"] == job_num and f"module.lr={lr}" in provenance["overrides"]
+        assert run["config"]["module"]["lr"] == float(lr)
+
+
+def test_wandb_run_names_and_groups():
+    sweep_job = wandb_run_identity(Path("/r/train/x/multiruns/2026-01-01_00-00-00/1"), "stablesr_tiny",
+                                   ["experiment=stablesr_tiny", "module.lr=3e-4", "hydra/launcher=slurm"], 1)
+    assert sweep_job["name"] == "stablesr_tiny#1 module.lr=3e-4"
+    assert sweep_job["group"] == "stablesr_tiny/2026-01-01_00-00-00"
+    single = wandb_run_identity(Path("/r/train/x/runs/2026-01-01_00-00-00"), "stablesr_tiny", ["trainer=cpu"], None)
+    assert (single["name"], single["group"]) == ("stablesr_tiny 2026-01-01_00-00-00", "stablesr_tiny")
+    assert single["id"] != sweep_job["id"] and len(single["id"]) == 24
 
 
 class PoisonLoss(L.Callback):

@@ -9,10 +9,11 @@ Training batch flow (spec 5.4, in ``on_after_batch_transfer`` so it runs on the 
    ``degradation.no_degradation_prob`` per batch, or when ``lq`` has a NaN, ``lq = gt`` (StableSR ``get_input``);
 4. ``lq, gt = clamp(2 lq - 1, -1, 1), 2 gt - 1``.
 
-Determinism: all randomness (degradation, pool shuffle, no-degradation coin) comes from one ``torch.Generator`` on the
-batch's device seeded with ``seed``; the sampler's order and each item's crop come from ``(seed, epoch)``.
-``state_dict()`` holds the generator state, the pool and the position in the epoch, so a resumed run continues with the
-identical batches.
+Determinism: all randomness (degradation, pool shuffle, no-degradation coin) comes from one ``torch.Generator`` per
+rank on the batch's device, seeded with ``derived_seed(seed, rank)`` (distinct streams per data-parallel rank); the
+epoch's order and each item's crop come from ``(seed, epoch)``, and rank ``r`` of ``R`` takes every ``R``-th item of
+that order. ``state_dict()`` holds every rank's generator state, pool and position in the epoch (gathered on rank 0),
+so a resumed run continues with the identical batches on every rank.
 """
 
 from collections.abc import Iterator, Sequence
@@ -21,28 +22,30 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sr.data.datasets import HRImageDataset, PairedImageDataset
 from sr.data.degradations import DegradationPipeline
+from sr.utils.distributed import derived_seed, gather_to_rank_zero, own_rank_entry, rank_and_world_size
 
 
-class EpochSeededSampler(Sampler):
-    """Shuffled indices from ``(seed, epoch)``, each paired with that epoch's augmentation seed.
+class EpochSeededSampler(DistributedSampler):
+    """Shuffled indices from ``(seed, epoch)``, each paired with that epoch's augmentation seed; rank ``rank`` of
+    ``world_size`` gets items ``rank, rank + world_size, ...`` of the first ``world_size * (length // world_size)``.
 
     Yields ``(index, augmentation_seed)``; ``set_epoch`` is called by Lightning at every epoch start;
-    ``skip_next(epoch, n)`` drops the first ``n`` items of the next pass if it is over ``epoch`` (mid-epoch resume).
+    ``skip_next(epoch, n)`` drops the first ``n`` items of this rank's next pass if it is over ``epoch`` (mid-epoch
+    resume). It is a ``DistributedSampler`` so that Lightning does not wrap it in its own rank split, whose
+    re-sharding after a skip would hand the ranks other items than an uninterrupted run.
     """
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True):
+    def __init__(self, length: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if length < world_size:
+            raise ValueError(f"{length} training images cannot be split over {world_size} ranks")
+        super().__init__(range(length), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=True)
         self.length = length
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
         self._skip = (0, 0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def skip_next(self, epoch: int, count: int) -> None:
         self._skip = (epoch, count)
@@ -61,10 +64,11 @@ class EpochSeededSampler(Sampler):
         (skip_epoch, skip), self._skip = self._skip, (0, 0)
         skip = skip if skip_epoch == self.epoch else 0
         augmentation_seed = self.augmentation_seed()
-        return iter([(index, augmentation_seed) for index in self.order()[skip:]])
+        shard = self.order()[self.rank : self.num_samples * self.num_replicas : self.num_replicas]
+        return iter([(index, augmentation_seed) for index in shard[skip:]])
 
     def __len__(self) -> int:
-        return self.length
+        return self.num_samples
 
 
 class TrainingPairPool:
@@ -149,6 +153,7 @@ class SRDataModule(L.LightningDataModule):
         self.train_dataset: HRImageDataset | None = None
         self.val_dataset: PairedImageDataset | None = None
         self.sampler: EpochSeededSampler | None = None
+        self._rank = 0
         self._generator: torch.Generator | None = None
         self._pending_generator_state: torch.Tensor | None = None
         self._epoch_position = (0, 0)  # (epoch, training batches consumed in it)
@@ -159,7 +164,9 @@ class SRDataModule(L.LightningDataModule):
                 self.train_dirs, self.crop_size, self.meta_info, self.use_hflip, self.use_rot, self.min_file_bytes,
                 self.seed,
             )
-            self.sampler = EpochSeededSampler(len(self.train_dataset), self.seed)
+            self._rank, world_size = rank_and_world_size()
+            self.sampler = EpochSeededSampler(len(self.train_dataset), self.seed, rank=self._rank,
+                                              world_size=world_size)
         if self.val_dataset is None and self.val_lr_dir is not None and self.val_hr_dir is not None:
             self.val_dataset = PairedImageDataset(self.val_lr_dir, self.val_hr_dir)
 
@@ -186,9 +193,10 @@ class SRDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def generator_for(self, device: torch.device) -> torch.Generator:
-        """The degradation generator, created on ``device`` at first use (seeded, or restored from a checkpoint)."""
+        """This rank's degradation generator, created on ``device`` at first use (seeded with
+        ``derived_seed(seed, rank)``, or restored from a checkpoint)."""
         if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            self._generator = torch.Generator(device=device).manual_seed(derived_seed(self.seed, self._rank))
             if self._pending_generator_state is not None:
                 self._generator.set_state(self._pending_generator_state)
                 self._pending_generator_state = None
@@ -215,15 +223,15 @@ class SRDataModule(L.LightningDataModule):
         return self.degrade_batch(batch["gt"])
 
     def state_dict(self) -> dict:
+        """``{"ranks": [state of rank 0, ...]}`` on rank 0 (a collective under DDP; other ranks get ``None``)."""
         generator_state = self._generator.get_state() if self._generator is not None else self._pending_generator_state
-        return {
-            "generator_state": generator_state,
-            "pool": self.pool.state_dict(),
-            "epoch_position": self._epoch_position,
-        }
+        own = {"generator_state": generator_state, "pool": self.pool.state_dict(),
+               "epoch_position": self._epoch_position}
+        return {"ranks": gather_to_rank_zero(own)}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        own = own_rank_entry(state_dict["ranks"], "data-pipeline state")
         self._generator = None
-        self._pending_generator_state = state_dict["generator_state"]
-        self.pool.load_state_dict(state_dict["pool"])
-        self._epoch_position = tuple(state_dict["epoch_position"])
+        self._pending_generator_state = own["generator_state"]
+        self.pool.load_state_dict(own["pool"])
+        self._epoch_position = tuple(own["epoch_position"])

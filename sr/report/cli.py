@@ -35,6 +35,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FileNotFoundError, FileExistsError) as problem:
         raise SystemExit(f"sr.report: {problem}") from None
     if args.wandb:
-        log_to_wandb(name, collect_sweep(args.sweep_dir), written)
+        log_to_wandb(name, collect_sweep(args.sweep_dir), written, {"sweep_dir": str(args.sweep_dir)}, args.sweep_dir)
     print(f"sr.report: wrote {sum(len(paths) for paths in written.values())} files to {out_dir}")
 

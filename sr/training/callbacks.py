@@ -2,10 +2,13 @@
 
 import logging
 import math
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from sr.io import write_image
@@ -70,7 +73,11 @@ class TrainableWeightsExporter(L.Callback):
         if not hasattr(pl_module, "export"):
             return
         existing = [path for path in pl_module.export_paths(self.output_dir) if path.exists()]
-        if existing and not self.overwrite:
+        # a run resumed from its own checkpoint (requeued, extended) replaces its own earlier export
+        resumes_here = trainer.ckpt_path is not None and Path(trainer.ckpt_path).resolve().is_relative_to(
+            self.output_dir.resolve()
+        )
+        if existing and not self.overwrite and not resumes_here:
             raise FileExistsError(
                 f"{existing[0]}: already exists; choose another run dir or set callbacks.exporter.overwrite=true"
             )
@@ -80,3 +87,87 @@ class TrainableWeightsExporter(L.Callback):
             path = pl_module.export(self.output_dir)
             log.info("trainable weights written to %s", path)
             print(f"[export] trainable weights: {path}")
+
+
+class SubmititRequeue:
+    """The preemption / time-limit signal of a submitit job (``SIGUSR2`` unless ``$SUBMITIT_PREEMPT_SIGNAL``),
+    turned into a request that training honours at the end of the current batch.
+
+    submitit's own handler checkpoints the submission, requeues the SLURM job and exits at once, in the middle of
+    whatever runs. When training starts, :meth:`install` replaces it by one that only records the signal;
+    :class:`RunCheckpoint` then saves ``last.ckpt`` at the next batch end and calls :meth:`requeue`, which hands the
+    signal to submitit's handler. Lightning puts back the handlers it found when fit ends, submitit's included (a
+    signal before the first batch reaches submitit directly: nothing trained yet). Outside a submitit job nothing is
+    installed.
+    """
+
+    def __init__(self):
+        self.signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        self.received = False
+        self._submitit_handler = None
+
+    def install(self) -> None:
+        handler = signal.getsignal(self.signum)
+        if callable(handler) and getattr(handler, "__module__", "").startswith("submitit"):
+            self._submitit_handler = handler
+            signal.signal(self.signum, self._record)
+
+    def _record(self, signum, frame) -> None:
+        log.warning("received %s: saving a checkpoint at the end of this batch, then requeueing",
+                    signal.Signals(signum).name)
+        self.received = True
+
+    def requested(self, trainer: L.Trainer) -> bool:
+        """Whether any rank received the signal (a collective: every rank calls it at the same batch)."""
+        if self._submitit_handler is None:
+            return False
+        return trainer.strategy.reduce_boolean_decision(self.received, all=False)
+
+    def requeue(self) -> None:
+        """submitit requeues the job (rank 0) and the process ends; the requeued job resumes from ``last.ckpt``."""
+        handler, self._submitit_handler = self._submitit_handler, None
+        signal.signal(self.signum, handler)
+        handler(self.signum, None)  # rank 0: requeue + sys.exit
+        raise SystemExit(-1)  # the other ranks end too; the requeue restarts every task
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is always the newest state of the run, saved where a resume is exact.
+
+    On top of the periodic checkpoints it saves ``last.ckpt`` at the end of the final training batch (``max_steps``
+    reached or ``trainer.should_stop`` set; Lightning's own end-of-training save happens after the epoch bookkeeping,
+    and resuming from it skipped the rest of the epoch)
+    and, in a submitit job, at the end of the batch during which the preemption / time-limit signal arrived, before
+    the job is requeued (:class:`SubmititRequeue`). Configure it with ``enable_version_counter=False``: a resumed run
+    overwrites its own ``last.ckpt`` instead of writing ``last-v1.ckpt`` beside a stale one.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requeue_signal = SubmititRequeue()
+        self._start_step = 0
+
+    @property
+    def last_checkpoint_path(self) -> Path:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.requeue_signal.install()  # after Lightning registered its own handlers (it restores them at the end)
+        self._start_step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # a resumed run that trained no further keeps the checkpoint it resumed from (Lightning would save the
+        # state after its end-of-epoch bookkeeping, from which a later extension would skip a partial epoch)
+        if trainer.ckpt_path is None or trainer.global_step != self._start_step:
+            super().on_train_end(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        requeue = self.requeue_signal.requested(trainer)
+        final = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step  # the module may stop itself
+        if (requeue or final) and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if requeue:
+            print(f"[train] step {trainer.global_step}: saved {self.last_checkpoint_path}; requeueing", flush=True)
+            self.requeue_signal.requeue()

@@ -106,7 +106,8 @@ class PriorModule(UpdateCounter):
                 self.manual_backward(loss_d)
                 optimizer_d.step()
             logs.update(logs_d)
-        self.log_dict({f"prior_vae/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=gt.shape[0])
+        self.log_dict({f"prior_vae/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=gt.shape[0],
+                      sync_dist=True)
         return loss_g.detach()
 
     def _unet_step(self, gt: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ class PriorModule(UpdateCounter):
             optimizer_unet.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer_unet.step()
-        self.log("prior_unet/mse", loss.detach(), prog_bar=True, batch_size=gt.shape[0])
+        self.log("prior_unet/mse", loss.detach(), prog_bar=True, batch_size=gt.shape[0], sync_dist=True)
         return loss.detach()
 
     def _apply_latent_scale(self) -> None:

@@ -9,7 +9,7 @@ Objective (spec 5.1), per training batch of ``lq`` (LR bicubic-upsampled to GT s
     target = n (eps-prediction)  |  sqrt(abar_t) n - sqrt(1 - abar_t) z_gt (v-prediction, scheduler.get_velocity)
 
 Randomness is counter-based: every training batch draws from a fresh ``torch.Generator`` seeded with
-``SeedSequence([seed, rank, batch_index])``, so a resumed run replays the same noise, timesteps and posterior samples
+``derived_seed(seed, rank, batch_index)``, so a resumed run replays the same noise, timesteps and posterior samples
 without carrying generator state, and DDP ranks never share noise.
 """
 
@@ -27,13 +27,14 @@ from sr.models import StableSR
 from sr.sampling.aggregation import AggregationSampler
 from sr.sampling.upscale import Upscaler
 from sr.training.callbacks import log_image
+from sr.utils.distributed import derived_seed, gather_to_rank_zero, own_rank_entry
 
 STAGE1_WEIGHTS_FILE = "stage1.safetensors"
 
 
 def batch_seed(seed: int, rank: int, batch_index: int) -> int:
-    """A 63-bit seed for one training batch: ``SeedSequence([seed, rank, batch_index])`` (independent streams)."""
-    return int(np.random.SeedSequence([seed, rank, batch_index]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed for one training batch: ``derived_seed(seed, rank, batch_index)`` (independent streams)."""
+    return derived_seed(seed, rank, batch_index)
 
 
 def diffusion_target(
@@ -76,7 +77,8 @@ def _rgb(image: torch.Tensor) -> torch.Tensor:
 
 
 class TrainableOnlyCheckpoint(L.LightningModule):
-    """Checkpoints hold only tensors with ``requires_grad`` (plus optimizer/loop state) and the global RNG states.
+    """Checkpoints hold only tensors with ``requires_grad`` (plus optimizer/loop state) and every rank's global RNG
+    states (``global_rng_states``: one entry per rank, each rank restores its own).
 
     The frozen SD UNet and VAE come from the model preset, never from a training checkpoint; a checkpoint that
     lacks a trainable tensor, or names a tensor the module does not have, is refused with the missing names.
@@ -88,11 +90,11 @@ class TrainableOnlyCheckpoint(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = self.trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["global_rng_state"] = global_rng_state()
+        checkpoint["global_rng_states"] = gather_to_rank_zero(global_rng_state())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "global_rng_state" in checkpoint:
-            restore_global_rng_state(checkpoint["global_rng_state"])
+        if "global_rng_states" in checkpoint:
+            restore_global_rng_state(own_rank_entry(checkpoint["global_rng_states"], "global RNG states"))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         known = set(super().state_dict().keys())
@@ -171,7 +173,7 @@ class Stage1Module(TrainableOnlyCheckpoint):
         # the global count of batches (not the per-epoch index) so every batch of a run gets its own seed
         generator = self.batch_generator(self.trainer.fit_loop.total_batch_idx)
         loss = self.stage1_loss(batch["lq"], batch["gt"], generator)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["gt"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["gt"].shape[0], sync_dist=True)  # mean of ranks
         return loss
 
     # ------------------------------------------------------------------ validation

@@ -60,6 +60,13 @@ class UpdateCounter(TrainableOnlyCheckpoint):
         if self.max_updates is not None and self.update_step >= self.max_updates:
             self.trainer.should_stop = True
 
+    def on_train_batch_start(self, batch, batch_idx):
+        """A run resumed after its last update (a finished run continued in its own dir) stops before training."""
+        if self.max_updates is not None and self.update_step >= self.max_updates:
+            self.trainer.should_stop = True
+            return -1  # Lightning: skip the rest of the epoch; with should_stop, fit ends
+        return None
+
 
 class CFWModule(UpdateCounter):
     """Trains ``model.cfw`` (and ``loss.discriminator``) on generated ``{lq, gt, latent}`` batches; ``export(run_dir)``
@@ -121,7 +128,9 @@ class CFWModule(UpdateCounter):
                     optimizer_d.step()
                     optimizer_d.zero_grad(set_to_none=True)
             logs.update(logs_d)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=batch["gt"].shape[0])
+        # sync_dist: the logged values are means over the data-parallel ranks, not rank 0's alone
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=batch["gt"].shape[0],
+                      sync_dist=True)
         self.log("train/w", w, batch_size=batch["gt"].shape[0])
         if boundary:
             self.count_update()

@@ -1,11 +1,13 @@
 """Where a result came from: the git revision of the code and the command line that produced it."""
 
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+COMMAND_ENV = "SR_COMMAND"  # the user's command line, inherited by SLURM jobs (sbatch exports the environment)
 
 
 def git_revision(repo_dir: str | Path | None = None) -> str:
@@ -28,8 +30,15 @@ def git_revision(repo_dir: str | Path | None = None) -> str:
 
 
 def command_line() -> str:
-    """The command that started this process, shell-quoted (``sys.orig_argv``)."""
-    return shlex.join(sys.orig_argv)
+    """The user's command, shell-quoted: the one :func:`pin_command_line` recorded in the environment (a SLURM job
+    or DDP rank inherits it from the process that submitted or started it), else this process's ``sys.orig_argv``."""
+    return os.environ.get(COMMAND_ENV) or shlex.join(sys.orig_argv)
+
+
+def pin_command_line() -> None:
+    """Called by the entry points: the jobs and ranks this process starts record its command, not their own
+    (``python -m submitit.core._submit ...`` under SLURM)."""
+    os.environ.setdefault(COMMAND_ENV, shlex.join(sys.orig_argv))
 
 
 def _git(arguments: list[str], cwd: Path) -> str:

@@ -1,0 +1,155 @@
+"""SLURM jobs sized from the run (``hydra/launcher=slurm``), refused before submission when the cluster cannot run them.
+
+``conf/hydra/launcher/slurm.yaml`` derives the request from the run's own config through the resolvers below:
+
+- tasks per node = ``trainer.devices`` (one task per device; Lightning reads the ranks from SLURM),
+- GPUs per node = ``trainer.devices``, none when ``trainer.accelerator`` is ``cpu``,
+- CPUs per task and memory per task from ``conf/slurm/default.yaml`` (``slurm.cpus_per_task``,
+  ``slurm.mem_gb_per_task``): the one place to fit the jobs to a cluster.
+
+The launcher (``hydra_plugins.stablesr_launcher.SlurmLauncher``: Hydra takes launchers from that package only)
+compares the request with the partition (:func:`check_partition`, ``sinfo``) before submitting: a job that asks for
+more CPUs, memory, GPUs, nodes or time than any node of the partition has would wait in the queue forever
+(``Reason=PartitionConfig``); it stops instead with one line naming the request, the limit and the override to change.
+"""
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+CPU_ACCELERATORS = ("cpu",)
+
+
+def tasks_per_node(accelerator: str, devices) -> int:
+    """One task per device (``devices`` must be a number: SLURM allocates before Lightning could count GPUs)."""
+    if str(devices) == "auto":
+        if accelerator in CPU_ACCELERATORS:
+            return 1
+        raise ValueError("hydra/launcher=slurm needs trainer.devices as a number (GPUs per node), not 'auto'")
+    return int(devices)
+
+
+def gpus_per_node(accelerator: str, devices) -> int | None:
+    """``devices`` GPUs per node, or none (``None``: no ``--gpus-per-node``) for a CPU run."""
+    if accelerator in CPU_ACCELERATORS:
+        return None
+    return tasks_per_node(accelerator, devices)
+
+
+def mem_gb_per_node(mem_gb_per_task: int, accelerator: str, devices) -> int:
+    """Memory of one node: ``mem_gb_per_task x tasks_per_node``."""
+    return int(mem_gb_per_task) * tasks_per_node(accelerator, devices)
+
+
+def job_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when this process sees a GPU (a SLURM job that was given one), else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class PartitionLimits:
+    """The largest node of a partition (``sinfo``) and its time limit in minutes (``None``: unlimited)."""
+
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+    nodes: int
+    max_minutes: int | None
+
+
+def parse_sinfo(text: str, partition: str | None) -> PartitionLimits:
+    """Limits of ``partition`` (the default one, marked ``*``, when ``None``) in ``sinfo -h -o '%P|%c|%m|%G|%D|%l'``
+    output."""
+    rows = [line.split("|") for line in text.strip().splitlines() if line.count("|") == 5]
+    if partition is None:
+        defaults = [row[0] for row in rows if row[0].endswith("*")]
+        if not defaults:
+            raise ValueError("the cluster has no default partition: set hydra.launcher.partition=<name>")
+        partition = defaults[0]
+    partition = partition.rstrip("*")
+    rows = [row for row in rows if row[0].rstrip("*") == partition]
+    if not rows:
+        raise ValueError(f"SLURM partition {partition!r} does not exist (sinfo lists no such partition)")
+    return PartitionLimits(
+        name=partition,
+        cpus=max(int(row[1].rstrip("+")) for row in rows),
+        mem_mb=max(int(row[2].rstrip("+")) for row in rows),
+        gpus=max(_gres_gpus(row[3]) for row in rows),
+        nodes=sum(int(row[4]) for row in rows),
+        max_minutes=_minutes(rows[0][5]),
+    )
+
+
+def _gres_gpus(gres: str) -> int:
+    """GPUs in a ``sinfo`` GRES field such as ``gpu:a100:8(S:0-1),shard:4`` (``(null)``: none)."""
+    count = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            count += int(parts[-1])
+    return count
+
+
+def _minutes(limit: str) -> int | None:
+    """``sinfo`` time limit ``[days-]hours:minutes:seconds`` / ``minutes`` / ``infinite`` -> minutes."""
+    if limit in ("infinite", "n/a", "UNLIMITED"):
+        return None
+    days, _, clock = limit.rpartition("-")
+    fields = [int(value) for value in clock.split(":")]
+    hours, minutes, seconds = ([0] * (3 - len(fields)) + fields) if len(fields) > 1 else (0, fields[0], 0)
+    return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
+
+
+def request_problems(params: dict, limits: PartitionLimits) -> list[str]:
+    """What in the launcher ``params`` (``hydra.launcher``) no node of the partition can give; empty when it fits."""
+    tasks = int(params.get("tasks_per_node") or 1)
+    cpus = int(params.get("cpus_per_task") or 1) * tasks
+    mem_mb = int(params.get("mem_gb") or 0) * 1024
+    gpus = int(params.get("gpus_per_node") or 0)
+    nodes = int(params.get("nodes") or 1)
+    minutes = int(params.get("timeout_min") or 0)
+    where = f"partition {limits.name!r}"
+    problems = []
+    if cpus > limits.cpus:
+        problems.append(f"{cpus} CPUs per node ({tasks} tasks x slurm.cpus_per_task) but the nodes of {where} have "
+                        f"at most {limits.cpus}: set slurm.cpus_per_task<={limits.cpus // tasks}")
+    if mem_mb > limits.mem_mb:
+        problems.append(f"{mem_mb // 1024} GB per node ({tasks} tasks x slurm.mem_gb_per_task) but the nodes of "
+                        f"{where} have {limits.mem_mb} MB: set slurm.mem_gb_per_task<={limits.mem_mb // 1024 // tasks}")
+    if gpus > limits.gpus:
+        fix = "trainer=cpu (no GPU)" if limits.gpus == 0 else f"trainer.devices<={limits.gpus}"
+        problems.append(f"{gpus} GPUs per node but the nodes of {where} have {limits.gpus}: {fix}")
+    if nodes > limits.nodes:
+        problems.append(f"{nodes} nodes but {where} has {limits.nodes}: set trainer.num_nodes<={limits.nodes}")
+    if limits.max_minutes is not None and minutes > limits.max_minutes:
+        problems.append(f"{minutes} minutes but {where} allows {limits.max_minutes}: "
+                        f"set hydra.launcher.timeout_min<={limits.max_minutes}")
+    return problems
+
+
+def check_partition(params: dict) -> PartitionLimits:
+    """Refuse (``SystemExit`` with one line) launcher ``params`` that no node of their partition can satisfy."""
+    if shutil.which("sinfo") is None:
+        raise SystemExit("hydra/launcher=slurm: sinfo not found; run on a SLURM login node")
+    completed = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%D|%l"], capture_output=True, text=True, timeout=60)
+    if completed.returncode != 0:
+        raise SystemExit(f"hydra/launcher=slurm: sinfo failed: {completed.stderr.strip()}")
+    try:
+        limits = parse_sinfo(completed.stdout, params.get("partition"))
+    except ValueError as problem:
+        raise SystemExit(f"hydra/launcher=slurm: {problem}") from None
+    problems = request_problems(params, limits)
+    if problems:
+        raise SystemExit("hydra/launcher=slurm: the job cannot be scheduled: " + "; ".join(problems))
+    log.info("SLURM request fits partition %s: %s", limits.name,
+             {key: params.get(key) for key in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb",
+                                               "timeout_min")})
+    return limits
