@@ -6,22 +6,27 @@
         [hydra/launcher=slurm] [report_dir=experiments/<name>]
     python eval.py rescore=true hydra.run.dir=<run dir> [metrics=[psnr_y,ssim_y,lpips_alex]]
 
-Each run dir gets images/<name>.png, timings.json and scores.json; when the run or sweep ends its report (table.md,
-table.csv, plots/, strips/) is written to <run or sweep dir>/report (or report_dir). A failed run is recorded in its
-scores.json and the sweep goes on; the command then exits with code 1, naming the failed runs.
+Each run dir gets images/<name>.png, fingerprint.json, timings.json and scores.json; when the run or sweep ends its
+report (table.md, table.csv, plots/, strips/) is written to <run or sweep dir>/report (or report_dir). Cached images
+and scores are reused only when their fingerprint (weights, sampling settings, seed, test set, metric conventions)
+matches; a run dir holding finished results of other settings is refused. A failed run is recorded in its
+scores.json with its root cause and the sweep goes on; the command then exits with code 1, naming the failed,
+unfinished and refused runs.
 """
 
 import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR, register_resolvers
-from sr.utils.provenance import pin_command_line
+from sr.errors import one_line_errors
 from sr.evaluation import evaluate
+from sr.utils.provenance import pin_command_line
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> str:
-    return evaluate(cfg)
+    with one_line_errors("eval", cfg.get("debug", False)):
+        return evaluate(cfg)
 
 
 register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}

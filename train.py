@@ -6,6 +6,9 @@ Examples::
     python train.py experiment=stablesr_sd21_base trainer=ddp trainer.devices=8
     python train.py experiment=stablesr_tiny ckpt_path=<run dir>/checkpoints/last.ckpt   # resume
     python train.py -m experiment=stablesr_tiny module.lr=1e-5,5e-5 trainer.max_steps=2 # sweep
+
+Settings (seed, ckpt_path, accelerator, output folder) are checked before anything is built; an error ends the run
+with one line (``debug=true`` or ``HYDRA_FULL_ERROR=1``: the traceback).
 """
 
 import sys
@@ -14,19 +17,18 @@ import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR, register_resolvers
-from sr.utils.provenance import pin_command_line
+from sr.errors import one_line_errors
 from sr.training import train
-from sr.training.callbacks import NonFiniteLossError
 from sr.utils.launch import child_rank_argv
+from sr.utils.provenance import pin_command_line
+from sr.validation import validate_train
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("train", cfg.get("debug", False)):
+        validate_train(cfg)
         train(cfg)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
 
 
 register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}

@@ -34,7 +34,6 @@ missing or extra parameter, or a wrong shape, fails loudly and no second copy of
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from sr.config import CONFIG_DIR
+from sr.errors import one_line_errors
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
 from sr.models.sft import is_sft_parameter
@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also write text_encoder/ (diffusers CLIPTextModel) for prompts other than ''",
     )
+    stablesr.add_argument("--debug", action="store_true", help="show the traceback of an error (one line otherwise)")
     args = parser.parse_args(argv)
     name = Path(args.ckpt).name
     guessed = "768v" if "768" in name else "turbo" if "turbo" in name else "512"
@@ -544,11 +545,9 @@ def main(argv: list[str] | None = None) -> None:
         warnings.warn(
             f"{args.ckpt}: the file name suggests --variant {guessed}, converting as {args.variant}", stacklevel=1
         )
-    convert_stablesr(args.ckpt, args.out, args.variant, args.vqgan, args.overwrite, args.ema, args.text_encoder)
+    with one_line_errors("sr.convert", args.debug, debug_flag="--debug"):
+        convert_stablesr(args.ckpt, args.out, args.variant, args.vqgan, args.overwrite, args.ema, args.text_encoder)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileExistsError, ValueError) as error:  # ConversionError and CheckpointError are ValueErrors
-        sys.exit(f"error: {error}")
+    main()

@@ -22,13 +22,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from sr.data.datasets import PairedImageDataset
-from sr.io import read_image, write_bytes_atomic, write_image
+from sr.errors import describe, traceback_wanted
+from sr.fingerprint import (
+    FINGERPRINT_FILE,
+    differences,
+    fingerprint,
+    generation_components,
+    read_fingerprint,
+    scoring_components,
+    write_fingerprint,
+)
+from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic, write_image
 from sr.metrics import MetricSuite
 from sr.launcher import job_device
 from sr.report.build import build_report
@@ -42,6 +53,7 @@ from sr.report.runs import (
 from sr.report.wandb_log import log_to_wandb
 from sr.sampling import build_sampler, build_upscaler
 from sr.utils.provenance import command_line
+from sr.validation import validate_eval
 
 TIMINGS_FILE = "timings.json"
 REPORT_DIR = "report"
@@ -216,8 +228,46 @@ def rescore_config(cfg: DictConfig, previous_config: dict | None) -> DictConfig:
     return OmegaConf.merge(OmegaConf.create(previous_config), scoring)
 
 
+def reconcile_cache(run_dir: Path, generation: dict, previous_status: str | None, overwrite: bool,
+                    rescore: bool = False) -> str | None:
+    """Make ``run_dir``'s cached images agree with the settings ``generation``; returns why the run must not
+    proceed (the folder holds finished results of other settings), else None.
+
+    - recorded fingerprint equal to this run's: the images are reused (an interrupted run resumes);
+    - different, and the recorded run finished (``scores.json`` "ok"): refused unless ``overwrite``, because those
+      are someone's results; the message lists what differs;
+    - different, and the run never finished (or ``overwrite``): its images, timings and scores are discarded and
+      recomputed: they were made with other settings and must not be scored with these;
+    - images without any fingerprint record (made by an older version or by hand): refused unless ``overwrite``;
+    - ``rescore`` scores the images as they are and never discards any: a record of other settings is refused, no
+      record at all is accepted (the run's recorded config, or the given one, describes the images).
+    """
+    recorded = read_fingerprint(run_dir)
+    images = sorted((run_dir / IMAGES_DIR).glob("*.png")) if (run_dir / IMAGES_DIR).is_dir() else []
+    if recorded is None and not images:
+        return None
+    if recorded is not None and recorded["components"] == generation:
+        return None
+    if rescore and recorded is None:
+        return None
+    changes = ("; ".join(differences(recorded["components"], generation)) if recorded is not None
+               else f"{len(images)} images without a {FINGERPRINT_FILE} record")
+    if rescore:
+        return (f"{run_dir}: rescore=true scores its images as they are, but they were made with other settings "
+                f"({changes})")
+    if not overwrite and (previous_status == "ok" or recorded is None):
+        return (f"{run_dir} holds results of other settings ({changes}); use another run or sweep dir, or "
+                "overwrite=true to replace them")
+    print(f"eval: {run_dir}: discarding {len(images)} image(s) made with other settings ({changes})", file=sys.stderr)
+    for path in images + [run_dir / TIMINGS_FILE, run_dir / SCORES_FILE]:
+        path.unlink(missing_ok=True)
+    return None
+
+
 def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = None) -> str:
-    """Run one evaluation into ``cfg.run_dir``; returns "ok", "failed" (recorded in scores.json) or "skipped".
+    """Run one evaluation into ``cfg.run_dir``; returns "ok", "skipped" (finished results of the same fingerprint),
+    "failed" (recorded in scores.json) or "not run: <reason>" (nothing written: the run dir holds finished results
+    of other settings, see :func:`reconcile_cache`, or a failure that would otherwise replace them).
 
     ``model`` / ``metric_suite``: already built ones (tests, notebooks); otherwise built from ``cfg``.
     """
@@ -225,21 +275,34 @@ def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = Non
     with open_dict(cfg):
         cfg.device = job_device(cfg.device)  # auto: cuda when the (SLURM) job has a GPU
     scores_path = run_dir / SCORES_FILE
-    previous = read_run(scores_path).record["status"] if scores_path.is_file() else None
-    if previous == "ok" and not (cfg.overwrite or cfg.rescore):
-        print(f"eval: {scores_path} is complete; skipped (rescore=true or overwrite=true to redo it)")
-        return "skipped"
+    previous = read_run(scores_path) if scores_path.is_file() else None
+    previous_status = previous.record["status"] if previous is not None else None
     if cfg.rescore and previous is not None:
-        cfg = rescore_config(cfg, read_run(scores_path).record.get("config"))
+        cfg = rescore_config(cfg, previous.record.get("config"))
     config = OmegaConf.to_container(cfg, resolve=True)
     settings: dict = {}
     conventions: dict = {}
     try:
+        validate_eval(cfg)
         data = load_test_set(cfg)
         settings = run_settings(cfg)
+        generation = generation_components(cfg, model_config(cfg), settings["tile_size"], settings["tile_overlap"])
+        if refusal := reconcile_cache(run_dir, generation, previous_status, cfg.overwrite, cfg.rescore):
+            print(f"eval: not run: {refusal}", file=sys.stderr)
+            return f"not run: {refusal}"
         suite = metric_suite if metric_suite is not None else build_metric_suite(cfg)
         conventions = suite.conventions()
+        fingerprints = {"images": fingerprint(generation),
+                        "scores": fingerprint(scoring_components(cfg, generation, conventions))}
+        if (previous_status == "ok" and scores_path.is_file() and previous.record.get("fingerprints") == fingerprints
+                and not (cfg.overwrite or cfg.rescore)):
+            print(f"eval: {scores_path} holds the results of these settings; skipped (rescore=true or overwrite=true "
+                  "to redo it)")
+            return "skipped"
         images_dir = run_dir / IMAGES_DIR
+        for folder in (run_dir, images_dir):
+            remove_stale_temporaries(folder)
+        write_fingerprint(run_dir, generation)
         if not cfg.rescore:
             sample_images(cfg, data, images_dir, run_dir, model)
         per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
@@ -247,16 +310,19 @@ def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = Non
         seconds = [timings[name] for name in data.names if name in timings]
         seconds_per_image = sum(seconds) / len(seconds) if seconds else None
     except Exception as error:  # noqa: BLE001 - recorded in scores.json so that the rest of the sweep goes on
-        message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        traceback.print_exc(file=sys.stderr)
+        message = describe(error)
+        if traceback_wanted(cfg.get("debug", False)):
+            traceback.print_exc(file=sys.stderr)
         print(f"eval: run {run_dir} failed: {message}", file=sys.stderr)
+        if previous_status == "ok" and scores_path.is_file() and not cfg.overwrite:
+            return f"not run: {run_dir} failed ({message}); its finished results were kept"
         write_run_scores(run_dir, settings=settings or {"run": run_dir.name}, per_image={}, aggregate={},
                          seconds_per_image=None, conventions=conventions, config=config, status="failed",
-                         error=message, overwrite=previous is not None)
+                         error=message, overwrite=scores_path.is_file())
         return "failed"
     write_run_scores(run_dir, settings=settings, per_image=per_image, aggregate=aggregate,
                      seconds_per_image=seconds_per_image, conventions=conventions, config=config,
-                     overwrite=previous is not None)
+                     fingerprints=fingerprints, overwrite=scores_path.is_file())
     print(f"eval: {len(per_image)} images scored -> {scores_path}")
     return "ok"
 
@@ -280,23 +346,34 @@ def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, w
 
 
 class EvalReportCallback(Callback):
-    """Hydra callback of eval.py: after the run or the whole sweep, build the report and exit 1 if a run failed.
+    """Hydra callback of eval.py: after the run or the whole sweep, build the report and exit 1 if a run failed,
+    is unfinished or was not run.
 
-    Works for any launcher (SLURM included): it reads the runs' scores.json rather than the jobs' return values.
+    Failed and unfinished runs come from the run dirs (any launcher, SLURM included); runs refused because their dir
+    holds finished results of other settings write nothing, so they are collected from the jobs' return values
+    (launchers that run the jobs in this process: basic, local; SLURM jobs print the refusal in their log).
     """
 
     def __init__(self, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool, rescore: bool):
         self.name, self.report, self.report_dir, self.wandb = name, report, report_dir, wandb
         self.overwrite = overwrite or rescore
+        self.not_run: list[str] = []
 
     def _finish(self, results_dir: Path, config: DictConfig) -> None:
         try:
             failures = finish(results_dir, self.name, self.report, self.report_dir, self.wandb, self.overwrite,
                               eval_wandb_config(config))
         except (FileNotFoundError, FileExistsError) as problem:
-            raise SystemExit(f"eval: report not written: {problem}") from None
-        if failures:
-            raise SystemExit("eval: {} run(s) failed:\n  {}".format(len(failures), "\n  ".join(failures)))
+            if not self.not_run:
+                raise SystemExit(f"eval: report not written: {problem}") from None
+            failures = []
+        problems = failures + [f"not run: {reason}" for reason in self.not_run]
+        if problems:
+            raise SystemExit("eval: {} run(s) failed or not run:\n  {}".format(len(problems), "\n  ".join(problems)))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
+        if job_return.status == JobStatus.COMPLETED and str(job_return.return_value).startswith("not run: "):
+            self.not_run.append(str(job_return.return_value).removeprefix("not run: "))
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         self._finish(Path(config.hydra.runtime.output_dir), config)

@@ -3,12 +3,19 @@
 Images are ``[C, H, W]`` float32 in ``[0, 1]`` (``C = 3`` for RGB, ``1`` for grey); alpha is a separate ``[1, H, W]``.
 Pillow decodes everything except 16-bit colour (PNG/TIFF), which Pillow silently reduces to 8 bit; those go through
 OpenCV. Writes are atomic (a hidden temporary file in the destination folder, then ``os.replace``) and refuse to
-replace an existing file unless ``overwrite=True``.
+replace an existing file unless ``overwrite=True``. A temporary file is named
+``.<name>.partial-<host>_<pid>_<random>.tmp``; one left behind by a killed process is removed by
+:func:`remove_stale_temporaries`, which the commands call on their output folders when they start.
+
+EXIF orientation is applied for every format that carries it (JPEG, PNG ``eXIf``, WebP, TIFF), 16-bit included.
 """
 
 import io
 import os
+import re
+import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +24,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 SUFFIX_FORMATS = {
@@ -30,6 +37,11 @@ DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 # Byte offset of the bit-depth field in a PNG: 8-byte signature, chunk length, "IHDR", width, height.
 PNG_BIT_DEPTH_OFFSET = 24
 TIFF_BITS_PER_SAMPLE_TAG = 258
+EXIF_ORIENTATION_TAG = 0x0112
+TEMPORARY_MARK = ".partial-"
+_TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.partial-(?P<host>[A-Za-z0-9-]*)_(?P<pid>\d+)_[A-Za-z0-9_]+\.tmp$")
+# a temporary file of another machine (shared file system), or of the format without host/pid, is stale after a day
+FOREIGN_TEMPORARY_MAX_AGE_S = 24 * 3600
 
 ImageMode = Literal["rgb", "gray"]
 _GRAY_PIL_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
@@ -107,13 +119,24 @@ def _pil_pixels(pil_image: Image.Image) -> tuple[np.ndarray, ImageMode, np.ndarr
     return np.asarray(pil_image.convert("RGB")), "rgb", None
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode a PNG, JPEG, WebP, TIFF or BMP file (8/16-bit, grey or colour, optional alpha).
+def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """``array [H, W, ...]`` as displayed under EXIF ``orientation`` (1..8), as ``PIL.ImageOps.exif_transpose``:
+    2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise."""
+    transforms = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    return transforms[orientation](array) if orientation in transforms else array
 
-    Raises ``ImageReadError`` for a missing file, a file that is not an image, truncated or corrupt data, an image
-    over ``max_pixels`` pixels (checked from the header, before decoding) or an unsupported sample format.
-    """
-    path = Path(path)
+
+def _open_image(path: Path, max_pixels: int) -> Image.Image:
+    """Pillow's lazy handle on ``path`` (header read only); ``ImageReadError`` for a missing, unrecognised or too
+    large image."""
     if not path.is_file():
         raise ImageReadError(path, "no such file")
     try:
@@ -124,10 +147,30 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageReadError(path, "not an image file (format not recognised)") from None
     except Image.DecompressionBombError as error:
         raise ImageReadError(path, f"image too large ({error})") from None
-    with pil_image:
+    width, height = pil_image.size
+    if width * height > max_pixels:
+        pil_image.close()
+        raise ImageReadError(path, f"image too large: {width}x{height} exceeds {max_pixels} pixels")
+    return pil_image
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding the pixels (as read: the EXIF
+    orientation is not applied, which does not change the pixel count). Raises ``ImageReadError`` like
+    :func:`read_image`."""
+    with _open_image(Path(path), max_pixels) as pil_image:
         width, height = pil_image.size
-        if width * height > max_pixels:
-            raise ImageReadError(path, f"image too large: {width}x{height} exceeds {max_pixels} pixels")
+    return height, width
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode a PNG, JPEG, WebP, TIFF or BMP file (8/16-bit, grey or colour, optional alpha).
+
+    Raises ``ImageReadError`` for a missing file, a file that is not an image, truncated or corrupt data, an image
+    over ``max_pixels`` pixels (checked from the header, before decoding) or an unsupported sample format.
+    """
+    path = Path(path)
+    with _open_image(path, max_pixels) as pil_image:
         source_format = pil_image.format
         bits = _bits_per_sample(path, pil_image)
         if bits > 8 and bits != 16:
@@ -140,8 +183,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             mode: ImageMode = "gray" if pil_image.mode in _GRAY_PIL_MODES else "rgb"
             pixels, alpha = _decode_sixteen_bit_colour(path, has_gray_channels=mode == "gray")
         else:
-            oriented = ImageOps.exif_transpose(pil_image) if source_format == "JPEG" else pil_image
-            pixels, mode, alpha = _pil_pixels(oriented)
+            pixels, mode, alpha = _pil_pixels(pil_image)
+        orientation = pil_image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    pixels = apply_exif_orientation(pixels, orientation)
+    alpha = None if alpha is None else apply_exif_orientation(alpha, orientation)
     bit_depth = 16 if bits == 16 else 8
     return LoadedImage(
         image=_to_chw_float(pixels, bit_depth),
@@ -231,7 +276,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}{TEMPORARY_MARK}{_host_tag()}_{os.getpid()}_", suffix=".tmp"
+    )
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
@@ -243,23 +290,78 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
     return path
 
 
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temporary files of :func:`write_bytes_atomic` in ``folder`` whose writer is gone.
+
+    Stale: written on this machine by a process that no longer runs (killed mid-write), or older than
+    ``FOREIGN_TEMPORARY_MAX_AGE_S`` when written elsewhere or in the earlier ``.<name>.<random>.tmp`` format.
+    A live writer's file is never touched. Returns the deleted paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for entry in folder.glob(".*.tmp"):
+        match = _TEMPORARY_NAME.match(entry.name)
+        if match and match["host"] == _host_tag():
+            stale = not _process_alive(int(match["pid"]))
+        else:
+            try:
+                stale = now - entry.stat().st_mtime > FOREIGN_TEMPORARY_MAX_AGE_S
+            except FileNotFoundError:
+                continue
+        if stale and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """The files of an input: ``images`` (by suffix) and ``others`` (files that are not, e.g. ``.txt``, ``.gif``)."""
+
+    images: list[Path]
+    others: list[Path]
+
+
+def scan_images(path_or_folder: str | os.PathLike, recursive: bool = False) -> FolderListing:
+    """:func:`list_images` plus the visible files it leaves out, so a command can count and name them."""
+    path = Path(path_or_folder)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ImageReadError(path, f"not an image file name; expected one of {', '.join(IMAGE_SUFFIXES)}")
+        return FolderListing([path], [])
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    entries = path.rglob("*") if recursive else path.iterdir()
+    files = sorted(
+        entry for entry in entries
+        if entry.is_file() and not any(part.startswith(".") for part in entry.relative_to(path).parts)
+    )
+    return FolderListing(
+        images=[entry for entry in files if entry.suffix.lower() in IMAGE_SUFFIXES],
+        others=[entry for entry in files if entry.suffix.lower() not in IMAGE_SUFFIXES],
+    )
+
+
 def list_images(path_or_folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """The image files (by suffix, case-insensitive) in a folder, sorted; or ``[file]`` for an image file.
 
     Hidden files are skipped; ``recursive`` also lists sub-folders (hidden ones skipped too), as training roots need.
     """
-    path = Path(path_or_folder)
-    if path.is_file():
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ImageReadError(path, f"not an image file name; expected one of {', '.join(IMAGE_SUFFIXES)}")
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    entries = path.rglob("*") if recursive else path.iterdir()
-    return sorted(
-        entry
-        for entry in entries
-        if entry.is_file()
-        and entry.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in entry.relative_to(path).parts)
-    )
+    return scan_images(path_or_folder, recursive).images

@@ -262,7 +262,7 @@ def test_bad_paths_and_truncated_files_name_the_file(tmp_path):
     torch.save({"state_dict": {"w": torch.randn(64, 64)}}, full)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"truncated\.ckpt: .*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"truncated\.ckpt: truncated checkpoint"):
         load_checkpoint_state_dict(truncated)
 
     weights = {"a": torch.randn(2, 3)}

@@ -122,8 +122,8 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep, test_set, tmp_path,
     failed = [row for row in rows if row["status"] == "failed"]
     ok = [row for row in rows if row["status"] == "ok"]
     assert len(failed) == 1 and len(ok) == 1 and ok[0]["psnr_y_mean"]
-    assert "tile overlap must satisfy" in failed[0]["error"]
-    assert "FAILED: ValueError: tile overlap must satisfy" in (tmp_path / "report" / "table.md").read_text()
+    assert failed[0]["error"] == "tile.overlap=16: must be smaller than the tile size (16)"
+    assert "FAILED: tile.overlap=16: must be smaller" in (tmp_path / "report" / "table.md").read_text()
     failed_record = json.loads((tmp_path / "1" / "scores.json").read_text())
     assert failed_record["status"] == "failed" and failed_record["config"]["tile"]["overlap"] == 16
 
@@ -160,6 +160,7 @@ def test_interrupted_run_resumes_without_resampling_present_images(sweep, test_s
     (run_dir / "images").mkdir(parents=True)
     kept = run_dir / "images" / "camera.png"
     kept.write_bytes((source / "images" / "camera.png").read_bytes())
+    (run_dir / "fingerprint.json").write_bytes((source / "fingerprint.json").read_bytes())
     stamp = kept.stat().st_mtime_ns
     sampled: list[int] = []
     real_build = sr.evaluation.build_upscaler

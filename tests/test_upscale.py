@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sr.sampling import build_upscaler, output_size, reflect_pad_to, round_up
-from upscale import output_path, run
+from sr.errors import ConfigError
+from sr.upscale_folder import output_path, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -134,7 +135,7 @@ def test_folder_run_reports_bad_files_skips_existing_and_is_reproducible(tiny_mo
     for name in ("big.png", "corrupt.png", "truncated.png", "done.png"):
         assert sum(name in line for line in errors) == 1, (name, errors)
     assert any("too large" in line for line in errors)
-    assert "3 written, 1 skipped (output exists), 3 failed, of 7 images" in captured.out
+    assert "3 written, 1 skipped (output exists), 3 failed, 0 kept (made with other settings), of 7 images" in captured.out
     assert existing.read_bytes() == b"previous result"
     assert sorted(p.name for p in output.glob("*.png")) == ["done.png", "good.png", "gray.png", "rgba.png"]
 
@@ -163,8 +164,8 @@ def test_folder_run_reports_bad_files_skips_existing_and_is_reproducible(tiny_mo
 
 
 def test_missing_input_and_output_naming(tiny_model, tmp_path, capsys):
-    assert run(upscale_config(f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'out'}"), tiny_model) == 1
-    assert "nothing: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="nothing: no such file or folder"):
+        run(upscale_config(f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'out'}"), tiny_model)
     assert output_path(Path("a/photo.jpg"), Path("o"), "png") == Path("o/photo.png")
     assert output_path(Path("a/photo.jpg"), Path("o"), "input") == Path("o/photo.jpg")
     with pytest.raises(ValueError, match="unknown output format"):
@@ -180,5 +181,5 @@ def test_command_line_exit_code_and_summary(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 1, result.stderr
-    assert "4 written, 0 skipped (output exists), 3 failed, of 7 images" in result.stdout
+    assert "4 written, 0 skipped (output exists), 3 failed, 0 kept (made with other settings), of 7 images" in result.stdout
     assert len(list((tmp_path / "out").glob("*.png"))) == 4

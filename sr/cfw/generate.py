@@ -32,6 +32,8 @@ from sr.data.datasets import HRImageDataset
 from sr.io import write_bytes_atomic, write_image
 from sr.sampling.aggregation import AggregationSampler
 from sr.config import CONFIG_DIR, register_resolvers
+from sr.errors import ConfigError, one_line_errors
+from sr.validation import device_problem
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +119,14 @@ def build_generator(cfg: DictConfig) -> CFWDataGenerator:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="cfw_generate")
 def main(cfg: DictConfig) -> None:
-    if cfg.seed is None:
-        raise ValueError("cfw_generate.yaml: seed must be set (every sample is seeded from it)")
-    generator = build_generator(cfg)
-    out = Path(to_absolute_path(cfg.out))
-    written = generator.run(shard_ids(cfg.num_samples, cfg.shard, cfg.num_shards), out)
+    with one_line_errors("sr.cfw.generate", cfg.get("debug", False)):
+        if cfg.seed is None:
+            raise ConfigError("seed must be set (every sample is seeded from it)")
+        if problem := device_problem(cfg.device):
+            raise ConfigError(problem)
+        generator = build_generator(cfg)
+        out = Path(to_absolute_path(cfg.out))
+        written = generator.run(shard_ids(cfg.num_samples, cfg.shard, cfg.num_shards), out)
     print(f"[cfw generate] {len(written)} samples written to {out} (shard {cfg.shard}/{cfg.num_shards})")
 
 

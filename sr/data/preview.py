@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from sr.config import CONFIG_DIR
 from sr.data.degradations import DegradationPipeline
-from sr.io import ImageReadError, read_image, write_image
+from sr.errors import ConfigError, one_line_errors
+from sr.io import read_image, write_image
 
 
 def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -34,18 +35,13 @@ def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="preview")
 def main(cfg: DictConfig) -> None:
-    if cfg.n < 1:
-        raise SystemExit(f"n must be >= 1, got {cfg.n}")
-    try:
+    with one_line_errors("sr.data.preview", cfg.get("debug", False)):
+        if not isinstance(cfg.n, int) or cfg.n < 1:
+            raise ConfigError(f"n={cfg.n!r}: must be an integer >= 1")
         image = read_image(cfg.image).rgb
-    except ImageReadError as error:
-        raise SystemExit(str(error)) from None
-    pipeline = instantiate(cfg.degradation)
-    grid = degradation_grid(pipeline, image, cfg.n, cfg.seed)
-    try:
+        pipeline = instantiate(cfg.degradation)
+        grid = degradation_grid(pipeline, image, cfg.n, cfg.seed)
         path = write_image(cfg.out, grid, overwrite=cfg.overwrite)
-    except (FileExistsError, ValueError) as error:
-        raise SystemExit(str(error)) from None
     print(f"wrote {path}")
 
 

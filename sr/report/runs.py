@@ -1,4 +1,8 @@
-"""One run's result file: write ``<run_dir>/scores.json``, read it back, and collect every run below a sweep."""
+"""One run's result file: write ``<run_dir>/scores.json``, read it back, and collect every run below a sweep.
+
+``scores.json`` holds ``SCORES_KEYS``; ``fingerprints`` (``{"images", "scores"}``, see ``sr.fingerprint``) says which
+settings produced the images and the scores.
+"""
 
 import json
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ SCORES_KEYS = (
     "config",
     "git_revision",
     "command",
+    "fingerprints",
 )
 RUN_STATUSES = ("ok", "failed")
 LEADING_SETTINGS = ("w", "tile_overlap", "steps", "model")
@@ -36,6 +41,7 @@ def write_run_scores(
     config: dict,
     status: str = "ok",
     error: str | None = None,
+    fingerprints: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``<run_dir>/scores.json`` atomically (git revision and command line added here); returns its path."""
@@ -54,6 +60,7 @@ def write_run_scores(
         "config": config,
         "git_revision": git_revision(),
         "command": command_line(),
+        "fingerprints": fingerprints,
     }
     path = Path(run_dir) / SCORES_FILE
     write_bytes_atomic(path, json.dumps(record, indent=2, allow_nan=False, default=str).encode(), overwrite)

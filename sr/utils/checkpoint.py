@@ -19,6 +19,7 @@ unpickle again with :class:`_PlaceholderUnpickler`, which
 import io
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -27,6 +28,9 @@ from safetensors.torch import load_file as load_safetensors
 from torch._weights_only_unpickler import _get_allowed_globals
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default format is a zip archive
+PICKLE_PROTOCOL_OPCODE = 0x80   # the first byte of a pickle (protocol >= 2): torch.save's legacy format
+SAFETENSORS_HEADER_BYTES = 8    # little-endian u64 header length
 
 
 class CheckpointError(ValueError):
@@ -118,7 +122,38 @@ def _load_pickle_with_placeholders(path: Path):
     return unpickler.load()
 
 
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """Raise ``CheckpointError`` with the actual problem when ``path`` cannot be a checkpoint: missing, a folder,
+    empty, a zip archive cut short (no central directory: an interrupted copy or save), or bytes that are neither a
+    zip archive nor a pickle (``.safetensors``: shorter than its header). Reads only the first and last bytes."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; the save or copy did not complete")
+    with open(path, "rb") as handle:
+        head = handle.read(len(ZIP_MAGIC))
+    if path.suffix == ".safetensors":
+        if size < SAFETENSORS_HEADER_BYTES:
+            raise CheckpointError(f"{path}: {size} bytes, too short for a safetensors file (truncated?)")
+        return path
+    if head == ZIP_MAGIC:
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path}: truncated checkpoint ({size} bytes; its zip archive has no end record): the save or copy "
+                "was cut short, use an earlier checkpoint or copy it again"
+            )
+        return path
+    if head[0] != PICKLE_PROTOCOL_OPCODE:
+        raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle; {size} bytes)")
+    return path
+
+
 def _load_pickled_checkpoint(path: Path):
+    check_checkpoint_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
@@ -154,11 +189,7 @@ def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tenso
     memory-mapped, so a 6 GB file does not need 6 GB of RAM up front). A Lightning checkpoint yields its
     ``"state_dict"`` entry; a file holding a bare ``{name: tensor}`` dict yields that dict.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    path = check_checkpoint_file(path)
     if path.suffix == ".safetensors":
         try:
             return load_safetensors(path, device="cpu")
