@@ -4,8 +4,9 @@ A fingerprint is the first 16 hex digits of the SHA-256 of a flat, JSON-serialis
 
     generation (images):  model.name, model.architecture (hash of the preset's config, its random-init seed
                           included), model.<weights> (SHA-256 of each weights file / folder, or the hub id),
-                          scheduler (its config), scale, steps, start, w, color_fix, input_size, tile.size,
-                          tile.overlap (resolved), tile.batch_size, vae_tile.size, vae_tile.overlap, seed, device
+                          scheduler (its config), scale, steps, start, respacing, w, color_fix, input_size,
+                          tile.size, tile.overlap (resolved), tile.weighting, tile.batch_size, vae_tile.size,
+                          vae_tile.overlap, seed, device
                           type, test_set.lr (SHA-256 over the LR files' names and bytes)
     scores:               generation + test_set.hr + metrics, crop_border, fid_patch_size, conventions
 
@@ -26,8 +27,8 @@ from sr.io import list_images, write_bytes_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 WEIGHT_KEYS = ("pretrained", "stage1_weights", "cfw_weights")
-SAMPLING_KEYS = ("scale", "steps", "start", "w", "color_fix", "input_size", "tile.batch_size", "vae_tile.size",
-                 "vae_tile.overlap", "seed")
+SAMPLING_KEYS = ("scale", "steps", "start", "respacing", "w", "color_fix", "input_size", "tile.weighting",
+                 "tile.batch_size", "vae_tile.size", "vae_tile.overlap", "seed")
 SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size")
 CHUNK_BYTES = 1 << 24
 _digest_cache: dict[tuple[str, int, int], str] = {}

@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
+from sr.ops.tiling import TILE_WEIGHTINGS
+from sr.sampling.respacing import RESPACINGS
 
 LATENT_TILE_MULTIPLE = 8     # the SD UNet downsamples latents 8x: a tile side must be a multiple of 8
 VAE_FACTOR = 8               # pixels per latent pixel
@@ -97,8 +99,8 @@ class _Problems:
             return _UNSET
         return value
 
-    def choice(self, key: str, choices: tuple[str, ...]):
-        value = self.get(key)
+    def choice(self, key: str, choices: tuple[str, ...], default=_UNSET):
+        value = self.get(key, default)
         if value is not _UNSET and value not in choices:
             self.add(key, value, f"must be one of {', '.join(choices)}")
             return _UNSET
@@ -114,6 +116,8 @@ def _sampling_problems(problems: _Problems, latent_tile: int | None) -> None:
     problems.number("steps", low=1, integer=True)
     problems.number("w", low=0, high=1)
     problems.choice("start", SAMPLING_STARTS)
+    problems.choice("respacing", RESPACINGS, default="scheduler")
+    problems.choice("tile.weighting", TILE_WEIGHTINGS, default="centred")
     problems.choice("color_fix", COLOR_FIXES)
     problems.number("input_size", low=1, integer=True, optional=True, default=None)
 
@@ -143,7 +147,8 @@ def validate_sampling(settings, latent_tile: int | None = None) -> None:
     """Check the sampling keys of ``settings`` (a config or a plain dict with the keys of
     ``conf/sampling/default.yaml``); ``latent_tile`` is the model's tile used when ``tile.size`` is null.
 
-    Valid: ``scale > 0``; integer ``steps >= 1``; ``0 <= w <= 1``; ``start`` in lr/noise; ``color_fix`` in
+    Valid: ``scale > 0``; integer ``steps >= 1``; ``0 <= w <= 1``; ``start`` in lr/noise; ``respacing`` in
+    official/scheduler; ``tile.weighting`` in centred/official; ``color_fix`` in
     adain/wavelet/none; ``input_size`` null or a positive integer; ``tile.size`` a multiple of 8 latent pixels;
     ``0 <= tile.overlap < tile.size``; ``tile.batch_size >= 1``; ``vae_tile.size`` a multiple of 64 px;
     ``vae_tile.overlap`` a multiple of 8 px below ``vae_tile.size``. Raises ``ConfigError`` listing every problem.
