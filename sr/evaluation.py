@@ -329,7 +329,7 @@ def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = Non
 
 def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool,
            wandb_config: dict | None = None) -> list[str]:
-    """Report on the runs below ``results_dir`` (a run or sweep dir); returns the error lines of failed runs.
+    """Report on the runs below ``results_dir`` (a run or sweep dir); returns a line per failed or unfinished run.
 
     The default report folder, ``<results_dir>/report``, is a view of that dir's scores and is rebuilt every time;
     an explicit ``report_dir`` is replaced only when ``overwrite``. With ``wandb``, the table (numeric columns), plots
@@ -342,7 +342,7 @@ def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, w
         print(f"eval: report of {len(runs)} run(s) in {out_dir}")
         if wandb:
             log_to_wandb(name, runs, written, wandb_config or {}, results_dir)
-    return [f"{run.run_dir}: {run.record['error']}" for run in runs if not run.ok]
+    return [f"{run.run_dir}: {run.record['status']}: {run.record['error']}" for run in runs if not run.ok]
 
 
 class EvalReportCallback(Callback):

@@ -251,6 +251,34 @@ def test_estimate_grows_with_the_output_not_the_input():
     assert half.terms["cfw_features"] * 2 == x4.terms["cfw_features"]
 
 
+# ----------------------------------------------------------------------- row 5: report with an unfinished run
+def test_report_names_unfinished_runs_and_fails(test_set, tmp_path, monkeypatch, capsys):
+    from sr.report.cli import main as report_main
+
+    sweep = tmp_path / "S"
+    assert run_entry_point(monkeypatch, "eval", "-m", *EVAL_FAST, *data_overrides(test_set), "w=0,1",
+                           f"hydra.sweep.dir={sweep}") == 0
+    (sweep / "1" / "scores.json").unlink()  # job 1 killed before it was scored
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # job 2 killed right after Hydra made its folder
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(sweep), "--out", str(tmp_path / "report")])
+    assert exit_.value.code == 1
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "(3 runs: 1 ok, 0 failed, 2 unfinished)" in table
+    assert table.count("UNFINISHED") == 2
+    err = capsys.readouterr().err
+    assert f"{sweep / '1'}: unfinished: no scores.json" in err and f"{sweep / '2'}: unfinished" in err
+
+    # job 0's images re-sampled with other settings after scoring: its old scores are not shown
+    record = json.loads((sweep / "0" / FINGERPRINT_FILE).read_text())
+    (sweep / "0" / FINGERPRINT_FILE).write_text(json.dumps(record | {"fingerprint": "0123456789abcdef"}))
+    with pytest.raises(SystemExit):
+        report_main([str(sweep), "--out", str(tmp_path / "report"), "--overwrite"])
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "(3 runs: 0 ok, 0 failed, 3 unfinished)" in table and "re-sampled with other settings" in table
+
+
 # --------------------------------------------------------------------- row 6: failed run keeps the root cause
 def test_failed_run_records_the_innermost_error(test_set, tmp_path, monkeypatch):
     mismatched = tmp_path / "mismatched"

@@ -159,7 +159,7 @@ def test_failed_run_is_marked_and_the_rest_still_tabulated(tmp_path):
     out = tmp_path / "report"
     written = build_report(sweep, out, "with-failure")
     markdown = (out / "table.md").read_text()
-    assert "6 runs" not in markdown and "(5 runs, 2 failed)" in markdown
+    assert "6 runs" not in markdown and "(5 runs: 3 ok, 2 failed, 0 unfinished)" in markdown
     assert "FAILED: CUDA out of memory" in markdown
     assert f"FAILED: unreadable {sweep / 'broken' / 'scores.json'}" in markdown
     with open(out / "table.csv", newline="") as stream:

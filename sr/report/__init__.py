@@ -8,7 +8,8 @@ Run layout (written by eval.py through :func:`sr.report.runs.write_run_scores`):
 ``scores.json`` holds ``settings`` (w, tile_overlap, steps, model, lr_dir, hr_dir, ...), ``per_image``
 ``{name: {metric: value}}``, ``aggregate`` ``{metric: {"mean", "std", "n"} | "n/a (...)"}``, ``seconds_per_image``,
 ``status`` ("ok" | "failed"), ``error``, ``conventions`` (``MetricSuite.conventions()``), ``config`` (the resolved
-Hydra config), ``git_revision`` and ``command``.
+Hydra config), ``git_revision``, ``command`` and ``fingerprints``. A run dir without ``scores.json`` (or whose images
+were re-sampled after scoring) is an unfinished run: reports list it and ``python -m sr.report`` exits 1.
 
 Modules:
 

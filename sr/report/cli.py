@@ -3,12 +3,15 @@
 ``python -m sr.report <sweep dir> [--name NAME] [--out experiments/NAME]`` gathers every ``scores.json`` below the sweep into ``table.md`` / ``table.csv`` (one row per run; failed runs marked
 with their error), plots every metric against ``w`` (one line per tile overlap) and against ``tile_overlap`` (one
 line per w) under ``plots/``, and writes LR | SR(w=...) | HR comparison strips under ``strips/``. ``--wandb`` logs
-the table and images to W&B. A plain argparse tool: it reads result files and composes no config.
+the table and images to W&B. Exit status 1 when a run failed or is unfinished (each named on stderr). A plain argparse tool: it reads result files and composes no config.
 """
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from sr.errors import one_line_errors
 
 from sr.report.build import build_report
 from sr.report.runs import collect_sweep
@@ -25,16 +28,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--strip-images", type=int, default=3, help="how many images get a comparison strip")
     parser.add_argument("--wandb", action="store_true", help="log table and images to W&B")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (one line otherwise)")
     args = parser.parse_args(argv)
     name = args.name or args.sweep_dir.resolve().name
     out_dir = args.out or Path("experiments") / name
-    try:
-        written = build_report(
-            args.sweep_dir, out_dir, name, args.lr_dir, args.hr_dir, args.strip_images, args.overwrite
-        )
-    except (FileNotFoundError, FileExistsError) as problem:
-        raise SystemExit(f"sr.report: {problem}") from None
-    if args.wandb:
-        log_to_wandb(name, collect_sweep(args.sweep_dir), written, {"sweep_dir": str(args.sweep_dir)}, args.sweep_dir)
+    with one_line_errors("sr.report", args.debug, debug_flag="--debug"):
+        try:
+            written = build_report(
+                args.sweep_dir, out_dir, name, args.lr_dir, args.hr_dir, args.strip_images, args.overwrite
+            )
+        except (FileNotFoundError, FileExistsError) as problem:
+            raise SystemExit(f"sr.report: {problem}") from None
+        runs = collect_sweep(args.sweep_dir)
+        if args.wandb:
+            log_to_wandb(name, runs, written, {"sweep_dir": str(args.sweep_dir)}, args.sweep_dir)
     print(f"sr.report: wrote {sum(len(paths) for paths in written.values())} files to {out_dir}")
+    incomplete = [run for run in runs if not run.ok]
+    for run in incomplete:
+        print(f"sr.report: {run.run_dir}: {run.record['status']}: {run.record['error']}", file=sys.stderr)
+    if incomplete:
+        raise SystemExit(1)
 

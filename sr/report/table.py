@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sr.metrics.suite import LOWER_IS_BETTER, METRIC_NAMES
-from sr.report.runs import LEADING_SETTINGS, Run
+from sr.report.runs import LEADING_SETTINGS, Run, status_counts
 from sr.utils.provenance import command_line, git_revision
 
 METRIC_DECIMALS = {"psnr": 2, "psnr_y": 2, "psnr_ycbcr": 2, "fid": 2, "fid_patch": 2, "musiq": 2, "niqe": 3}
@@ -51,7 +51,7 @@ def build_rows(runs: Sequence[Run]) -> tuple[list[str], list[str], list[list[str
         row += [format_aggregate(metric, run.record["aggregate"].get(metric)) if run.ok else "" for metric in metrics]
         seconds = run.record["seconds_per_image"]
         row += [str(image_count(run)), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else ""]
-        row.append("ok" if run.ok else f"FAILED: {run.record['error']}")
+        row.append("ok" if run.ok else f"{run.record['status'].upper()}: {run.record['error']}")
         rows.append(row)
     return settings, metrics, rows
 
@@ -66,7 +66,7 @@ def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run]) -> str:
     lines = [
         f"# {name}",
         "",
-        f"Sweep: `{sweep_dir}` ({len(runs)} runs, {sum(not run.ok for run in runs)} failed).",
+        f"Sweep: `{sweep_dir}` ({len(runs)} runs: {status_counts(runs)}).",
         f"Report: `{command_line()}` at git revision `{git_revision()}`.",
         f"Runs' git revisions: {', '.join(f'`{rev}`' for rev in sorted({str(r.record['git_revision']) for r in runs}))}.",
         f"Eval commands: {'; '.join(f'`{cmd}`' for cmd in sorted({r.record['command'] for r in runs if r.record['command']}))}.",
