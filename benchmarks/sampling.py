@@ -5,7 +5,7 @@
 
 Prints, side by side:
 1. batched tiles vs one tile per UNet call: time ratio (goal >= 1.3x on 2 CPU cores);
-2. aggregation overhead: full ``AggregationSampler.sample`` time / time of the bare ``model.predict`` calls on the
+2. aggregation overhead: full ``sr.sampling.denoise`` time / time of the bare ``StableSR.predict`` calls on the
    same tile batches and steps (goal <= 1.05);
 3. peak memory of a full 4x upscale to 512^2, 1024^2, 2048^2 outputs, each in a fresh process: peak RSS
    (``VmHWM``, reset via ``/proc/self/clear_refs`` after building and warming up the model) minus the RSS just
@@ -30,14 +30,17 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from sr.ops.tiling import TileGrid  # noqa: E402
-from sr.sampling import AggregationSampler, TileFusion, build_upscaler  # noqa: E402
+from sr.pipelines import sampling_arguments, use_scheduler  # noqa: E402
+from sr.sampling import TileFusion, denoise  # noqa: E402
 
 
 def load(overrides: list[str]):
+    """(run config, pipeline sampling with the config's scheduler) of ``conf/upscale.yaml`` + ``overrides``."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="upscale", overrides=["input=unset", "output=unset", "progress=false", *overrides])
-    model = instantiate(cfg.model).eval()
-    return cfg, model
+    pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
+    pipe.set_progress_bar_config(disable=True)
+    return cfg, pipe
 
 
 def timed(function) -> float:
@@ -47,7 +50,7 @@ def timed(function) -> float:
 
 
 def bare_predict_time(model, z_lr: torch.Tensor, tile: int, overlap: int, batch: int, steps: int) -> float:
-    """The same model.predict calls the sampler makes (same tile batches, steps), with no aggregation or stepping."""
+    """The same model.predict calls denoise makes (same tile batches, steps), with no aggregation or stepping."""
     fusion = TileFusion(TileGrid.build(*z_lr.shape[-2:], tile, overlap), z_lr, batch)
     x_batches = [lr_tiles.clone() for lr_tiles in fusion.lr_tile_batches]
     timestep = torch.tensor(999)
@@ -63,19 +66,22 @@ def bare_predict_time(model, z_lr: torch.Tensor, tile: int, overlap: int, batch:
 
 def sampler_benchmark(steps: int, repeats: int) -> None:
     """Timings are the minimum over ``repeats`` interleaved runs: robust to other processes sharing the cores."""
-    cfg, model = load([])
-    tile, overlap, side = model.latent_tile, model.latent_tile // 2, 2 * model.latent_tile  # 3 x 3 tiles
+    _, pipe = load([])
+    model, tile = pipe.model, pipe.config.latent_tile
+    overlap, side = tile // 2, 2 * tile  # 3 x 3 tiles
     z_lr = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
-    scheduler = instantiate(cfg.scheduler)
     tiles = len(TileGrid.build(side, side, tile, overlap))
-    AggregationSampler(scheduler, 1, tile, overlap, tiles, progress=False).sample(model, z_lr)  # warm-up
-    samplers = {
-        batch: AggregationSampler(scheduler, steps, tile, overlap, batch, progress=False) for batch in (1, tiles)
-    }
-    results = {batch: [float("inf"), float("inf")] for batch in samplers}
+
+    def sample(batch: int, num_steps: int) -> None:
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(num_steps)
+        denoise(model.predict, scheduler, z_lr, tile, overlap, batch, "lr", torch.Generator().manual_seed(0))
+
+    sample(tiles, 1)  # warm-up
+    results = {batch: [float("inf"), float("inf")] for batch in (1, tiles)}
     for _ in range(repeats):
-        for batch, sampler in samplers.items():
-            full = timed(lambda: sampler.sample(model, z_lr, torch.Generator().manual_seed(0)))
+        for batch in results:
+            full = timed(lambda: sample(batch, steps))
             bare = bare_predict_time(model, z_lr, tile, overlap, batch, steps)
             results[batch] = [min(results[batch][0], full), min(results[batch][1], bare)]
     print(f"latent {side}x{side}, tile {tile}, overlap {overlap} ({tiles} tiles), {steps} DDPM steps, "
@@ -95,8 +101,12 @@ def proc_status_bytes(field: str) -> int:
 
 
 def memory_child(output_side: int, steps: int, vae_tile: int) -> None:
-    cfg, model = load([f"steps={steps}", "tile.batch_size=4", f"vae_tile.size={vae_tile}", "vae_tile.overlap=64"])
-    upscaler = build_upscaler(model, cfg)
+    cfg, pipe = load([f"steps={steps}", "tile.batch_size=4", f"vae_tile.size={vae_tile}", "vae_tile.overlap=64"])
+    settings = {**sampling_arguments(cfg), "output_type": "pt"}
+
+    def upscaler(image, generator):
+        return pipe(image, generator=generator, **settings).images
+
     upscaler(torch.rand(1, 3, 16, 16), torch.Generator().manual_seed(0))  # warm-up: allocator, kernels
     lr = torch.rand(1, 3, output_side // 4, output_side // 4, generator=torch.Generator().manual_seed(0))
     # Reset the kernel's peak-RSS mark (VmHWM) so model building and warm-up do not count.

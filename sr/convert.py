@@ -8,10 +8,11 @@ Every tensor of the source files goes to exactly one place, or is dropped by one
 source keys                        destination
 =================================  ==================================================================================
 ``model.diffusion_model.*`` (862)  diffusers' ``convert_ldm_unet_checkpoint``: ``unet/`` (686) and, for the 176
-                                   ``*.spade.*`` keys, ``sft/sft.safetensors`` under ``<diffusers resnet>.spade.*``
+                                   ``<diffusers resnet>.spade.*`` keys, the SFT adapter ``sft/`` under
+                                   ``<diffusers resnet>.*``
 ``first_stage_model.*`` (248)      diffusers' ``convert_ldm_vae_checkpoint``: ``vae/``
 ``structcond_stage_model.*``       prefix stripped: ``time_aware_encoder/``
-``cond_stage_model.model.*``       OpenCLIP ViT-H text tower: the empty-prompt embedding ``prompt_embeds.safetensors``
+``cond_stage_model.model.*``       OpenCLIP ViT-H text tower: the empty-prompt embedding ``prompt_embedding/``
                                    (token + position embedding, first 23 of 24 blocks, ``ln_final``). Dropped: the
                                    last block, ``text_projection`` and ``logit_scale`` (the penultimate-layer context
                                    never uses them). ``--text-encoder`` also writes a diffusers ``CLIPTextModel``.
@@ -29,6 +30,8 @@ vqgan ``loss.perceptual_loss.*``,  dropped: frozen LPIPS-VGG weights (the ``lpip
 
 The modules are built on the ``meta`` device and filled with ``load_state_dict(strict=True, assign=True)``, so a
 missing or extra parameter, or a wrong shape, fails loudly and no second copy of the 5.6 GB of weights is made.
+The output folder is a ``StableSRPipeline`` (``StableSRPipeline.from_pretrained(out)``) whose config carries the
+variant preset's ``latent_tile`` and sampling defaults.
 """
 
 import argparse
@@ -55,8 +58,9 @@ from sr.config import CONFIG_DIR
 from sr.errors import one_line_errors
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
-from sr.models.sft import is_sft_parameter
-from sr.models.stablesr import StableSR
+from sr.models.prompt import PromptEmbedding
+from sr.pipelines import StableSRPipeline
+from sr.pipelines.build import new_sft_adapter, preset_sampling
 from sr.utils.checkpoint import load_checkpoint_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
@@ -65,6 +69,7 @@ ENCODER_PREFIX = "structcond_stage_model."
 TEXT_PREFIX = "cond_stage_model.model."
 EMA_PREFIX = "model_ema."
 CFW_PREFIX = "decoder.fusion_layer_"
+SPADE_TAG = ".spade."  # diffusers' converter names SFT weights <resnet path>.spade.<parameter>
 DISCRIMINATOR_PREFIX = "loss.discriminator."
 DROPPED_VQGAN_PREFIXES = ("loss.perceptual_loss.", "loss.logvar")
 VQGAN_VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
@@ -111,6 +116,8 @@ class Architecture:
     sft: dict
     scheduler: dict
     text_heads: int
+    latent_tile: int = 64
+    sampling: dict = field(default_factory=dict)
 
     @classmethod
     def from_preset(cls, preset: str, text_heads: int = OPEN_CLIP_VIT_H_HEADS) -> "Architecture":
@@ -124,6 +131,8 @@ class Architecture:
             config.get("sft") or {},
             config["scheduler"],
             text_heads,
+            config.get("latent_tile", 64),
+            config.get("sampling") or {},
         )
 
 
@@ -404,26 +413,34 @@ def compare_vae_copies(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Te
 
 def build_model(
     architecture: Architecture, converted: Converted, cfw_state: dict | None, source: str = "checkpoint"
-) -> StableSR:
-    """A ``StableSR`` whose every parameter is a converted tensor (built on ``meta``, filled strictly by assignment)."""
+) -> StableSRPipeline:
+    """A ``StableSRPipeline`` whose every parameter is a converted tensor (built on ``meta``, filled strictly by
+    assignment); no CFW component without ``cfw_state``."""
     prompt_embeds = empty_prompt_embedding(converted.groups["text_tower"], architecture.text_heads)
-    scheduler = DDPMScheduler(**architecture.scheduler)
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**architecture.unet), AutoencoderKL(**architecture.vae)
-        encoder, cfw = TimeAwareEncoder(**architecture.encoder), CFW(**architecture.cfw)
-        model = StableSR(unet, vae, encoder, cfw, prompt_embeds.to("meta"), scheduler, architecture.sft)
-    model.prompt_embeds = prompt_embeds
-    parts = [
-        (model.unet, converted.groups["unet"], "UNet"),
-        (model.vae, converted.groups["vae"], "VAE"),
-        (model.encoder, converted.groups["time_aware_encoder"], "time-aware encoder"),
-    ]
-    if cfw_state is not None:
-        parts.append((model.cfw, cfw_state, "CFW"))
+        encoder = TimeAwareEncoder(**architecture.encoder)
+        sft = new_sft_adapter(unet, encoder, architecture.sft)
+        cfw = CFW(**architecture.cfw) if cfw_state is not None else None
+    unet_state, sft_state = split_sft(converted.groups["unet"])
+    parts = [(unet, unet_state, "UNet"), (sft, sft_state, "SFT"), (vae, converted.groups["vae"], "VAE"),
+             (encoder, converted.groups["time_aware_encoder"], "time-aware encoder")]
+    if cfw is not None:
+        parts.append((cfw, cfw_state, "CFW"))
     for module, state, name in parts:
         _assign_exactly(module, state, name, source)
-    model.cfw_is_untrained = cfw_state is None  # released fusion layers are trained: saved as cfw_trained: true
-    return model
+    return StableSRPipeline(
+        unet, vae, encoder, sft, cfw, DDPMScheduler(**architecture.scheduler), PromptEmbedding.of(prompt_embeds),
+        latent_tile=architecture.latent_tile, sampling=preset_sampling(architecture.sampling),
+        cfw_trained=cfw is not None,
+    )
+
+
+def split_sft(unet_state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(plain UNet tensors, SFT adapter tensors): ``<resnet>.spade.<p>`` becomes the adapter's ``<resnet>.<p>``."""
+    unet = {key: value for key, value in unet_state.items() if SPADE_TAG not in key}
+    sft = {key.replace(SPADE_TAG, "."): value for key, value in unet_state.items() if SPADE_TAG in key}
+    return unet, sft
 
 
 def _assign_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], name: str, source: str) -> None:
@@ -454,9 +471,10 @@ def convert_stablesr(
     text_encoder: bool = False,
     architecture: Architecture | None = None,
 ) -> Path:
-    """Convert the released checkpoint(s) into a ``StableSR.from_pretrained`` folder at ``out``; returns ``out``.
+    """Convert the released checkpoint(s) into a ``StableSRPipeline.from_pretrained`` folder at ``out``; returns
+    ``out``.
 
-    Without ``vqgan`` the folder has no ``cfw/`` (decode with ``w = 0``). ``architecture`` defaults to the
+    Without ``vqgan`` the pipeline has no CFW component (decode with ``w = 0``). ``architecture`` defaults to the
     variant's preset (``VARIANTS``; tests pass a small one). Written into a temporary sibling folder, renamed last.
     """
     out = Path(out)
@@ -480,12 +498,9 @@ def convert_stablesr(
         _report(f"{vqgan}: {cfw_converted.summary()}")
         steps.update()
 
-    model = build_model(architecture, converted, cfw_converted.groups["cfw"] if cfw_converted else None, str(ckpt))
-    if cfw_converted is None:
-        model.cfw.to_empty(device="cpu")  # StableSR.save_pretrained writes cfw/ unconditionally; removed below
-    sft_count = sum(is_sft_parameter(key) for key in converted.groups["unet"])
+    pipe = build_model(architecture, converted, cfw_converted.groups["cfw"] if cfw_converted else None, str(ckpt))
     _report(
-        f"filled {sum(1 for _ in model.unet.parameters())} UNet tensors ({sft_count} SFT), "
+        f"filled {sum(1 for _ in pipe.unet.parameters())} UNet tensors, {sum(1 for _ in pipe.sft.parameters())} SFT, "
         f"{len(converted.groups['vae'])} VAE, {len(converted.groups['time_aware_encoder'])} encoder"
         + (f", {len(cfw_converted.groups['cfw'])} CFW" if cfw_converted else ", no CFW (pass --vqgan)")
     )
@@ -494,10 +509,8 @@ def convert_stablesr(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        folder = model.save_pretrained(staging / "model")
-        if cfw_converted is None:
-            shutil.rmtree(folder / "cfw")  # random fusion layers must not pass for released ones
-        else:
+        folder = pipe.save_pretrained(staging / "model")
+        if cfw_converted is not None:
             discriminator = {k: v.contiguous() for k, v in cfw_converted.groups["discriminator"].items()}
             save_file(discriminator, folder / "cfw" / DISCRIMINATOR_FILE)
         steps.update()

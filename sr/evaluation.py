@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
@@ -51,14 +51,14 @@ from sr.report.runs import (
     write_run_scores,
 )
 from sr.report.wandb_log import log_to_wandb
-from sr.sampling import build_sampler, build_upscaler
+from sr.pipelines import StableSRPipeline, resolved_settings, sampling_arguments, use_scheduler
 from sr.utils.provenance import command_line
 from sr.validation import validate_eval
 
 TIMINGS_FILE = "timings.json"
 REPORT_DIR = "report"
 
-_model_cache: dict[str, torch.nn.Module] = {}
+_model_cache: dict[str, StableSRPipeline] = {}
 
 
 def model_config(cfg: DictConfig) -> DictConfig:
@@ -74,8 +74,8 @@ def model_config(cfg: DictConfig) -> DictConfig:
     return resolved
 
 
-def load_model(cfg: DictConfig) -> torch.nn.Module:
-    """The StableSR model of ``cfg`` on ``cfg.device`` in eval mode.
+def load_model(cfg: DictConfig) -> StableSRPipeline:
+    """The StableSR pipeline of ``cfg`` on ``cfg.device``.
 
     The last model built is kept: a sweep run in one process (Hydra's basic launcher) varies only sampling settings,
     so its jobs share one model instead of loading the weights once per job.
@@ -84,24 +84,24 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
     key = json.dumps({"model": OmegaConf.to_container(config), "device": str(cfg.device)}, sort_keys=True)
     if key not in _model_cache:
         _model_cache.clear()
-        _model_cache[key] = instantiate(config).to(cfg.device).eval()
+        _model_cache[key] = instantiate(config).to(cfg.device)
     return _model_cache[key]
 
 
 def run_settings(cfg: DictConfig) -> dict:
-    """The table columns of a run: sampling settings as the sampler resolves them, plus data/weights provenance."""
-    sampler = build_sampler(cfg, cfg.model.latent_tile, progress=False)
+    """The table columns of a run: sampling settings as the pipeline resolves them, plus data/weights provenance."""
+    resolved = resolved_settings(cfg)
     weights = model_config(cfg)
     return {
         "w": float(cfg.w),
-        "tile_overlap": sampler.tile_overlap,
+        "tile_overlap": resolved.tile_overlap,
         "steps": int(cfg.steps),
         "model": cfg.model.name,
-        "tile_size": sampler.tile_size,
-        "scheduler": type(sampler.scheduler).__name__,
+        "tile_size": resolved.tile_size,
+        "scheduler": get_class(cfg.scheduler._target_).__name__,
         "start": cfg.start,
-        "respacing": sampler.respacing,
-        "tile_weighting": sampler.tile_weighting,
+        "respacing": resolved.respacing,
+        "tile_weighting": resolved.tile_weighting,
         "color_fix": cfg.color_fix,
         "scale": cfg.scale,
         "input_size": cfg.input_size,
@@ -175,20 +175,23 @@ def read_timings(run_dir: Path) -> dict[str, float]:
         raise ValueError(f"{path}: not a JSON object of seconds per image ({problem})") from None
 
 
-def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, run_dir: Path, model) -> int:
+def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, run_dir: Path,
+                  pipe: StableSRPipeline | None) -> int:
     """Upscale every LR image whose ``images/<name>.png`` is missing (all of them with ``overwrite``); returns how
     many were sampled. Each image gets ``torch.Generator().manual_seed(seed)``, so results do not depend on order."""
     pending = [index for index, name in enumerate(data.names)
                if cfg.overwrite or not (images_dir / f"{name}.png").is_file()]
     if not pending:
         return 0
-    upscaler = build_upscaler(model if model is not None else load_model(cfg), cfg, progress=False)
+    pipe = use_scheduler(pipe if pipe is not None else load_model(cfg), instantiate(cfg.scheduler))
+    pipe.set_progress_bar_config(disable=True)
+    settings = sampling_arguments(cfg)
     timings = read_timings(run_dir)
     for index in tqdm(pending, desc=f"sampling {run_dir.name}", disable=not cfg.progress):
         item = data[index]
         generator = torch.Generator().manual_seed(int(cfg.seed))
         start = time.perf_counter()
-        sr = upscaler(item["lq"][None], generator)[0]
+        sr = pipe(item["lq"], generator=generator, output_type="pt", **settings).images[0]
         timings[item["name"]] = time.perf_counter() - start
         write_image(images_dir / f"{item['name']}.png", sr, overwrite=cfg.overwrite)
         write_bytes_atomic(run_dir / TIMINGS_FILE, json.dumps(timings, indent=2).encode(), overwrite=True)
@@ -264,12 +267,12 @@ def reconcile_cache(run_dir: Path, generation: dict, previous_status: str | None
     return None
 
 
-def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = None) -> str:
+def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite: MetricSuite | None = None) -> str:
     """Run one evaluation into ``cfg.run_dir``; returns "ok", "skipped" (finished results of the same fingerprint),
     "failed" (recorded in scores.json) or "not run: <reason>" (nothing written: the run dir holds finished results
     of other settings, see :func:`reconcile_cache`, or a failure that would otherwise replace them).
 
-    ``model`` / ``metric_suite``: already built ones (tests, notebooks); otherwise built from ``cfg``.
+    ``pipe`` / ``metric_suite``: already built ones (tests, notebooks); otherwise built from ``cfg``.
     """
     run_dir = Path(cfg.run_dir)
     with open_dict(cfg):
@@ -304,7 +307,7 @@ def evaluate(cfg: DictConfig, model=None, metric_suite: MetricSuite | None = Non
             remove_stale_temporaries(folder)
         write_fingerprint(run_dir, generation)
         if not cfg.rescore:
-            sample_images(cfg, data, images_dir, run_dir, model)
+            sample_images(cfg, data, images_dir, run_dir, pipe)
         per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
         timings = read_timings(run_dir)
         seconds = [timings[name] for name in data.names if name in timings]

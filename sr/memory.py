@@ -86,14 +86,12 @@ def estimate_peak(
     return MemoryEstimate(sum(terms.values()), terms, target[0], target[1])
 
 
-def estimate_upscale_peak(upscaler, height: int, width: int) -> MemoryEstimate:
-    """:func:`estimate_peak` with the settings and model of an ``sr.sampling.Upscaler``."""
-    model = upscaler.model
+def estimate_upscale_peak(pipe, settings, height: int, width: int) -> MemoryEstimate:
+    """:func:`estimate_peak` for a ``StableSRPipeline`` call with resolved ``SamplingSettings``."""
     return estimate_peak(
-        height, width, scale=upscaler.scale, input_size=upscaler.input_size, vae_tile=upscaler.vae_tile_size,
-        vae_channels=list(model.vae.config.block_out_channels), unet_channels=model.unet.config.block_out_channels[0],
-        tile_size=upscaler.sampler.tile_size, tile_batch_size=upscaler.sampler.tile_batch_size,
-        dtype=next(model.vae.parameters()).dtype,
+        height, width, scale=settings.scale, input_size=settings.input_size, vae_tile=settings.vae_tile_size,
+        vae_channels=list(pipe.vae.config.block_out_channels), unet_channels=pipe.unet.config.block_out_channels[0],
+        tile_size=settings.tile_size, tile_batch_size=settings.tile_batch_size, dtype=pipe.vae.dtype,
     )
 
 

@@ -23,6 +23,7 @@ Guarantees of :func:`run`:
 
 import sys
 import traceback
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from sr.fingerprint import differences, sampling_components
 from sr.io import ImageReadError, image_size, read_image, remove_stale_temporaries, scan_images, write_bytes_atomic, \
     write_image
 from sr.memory import available_memory, estimate_upscale_peak, format_bytes
-from sr.sampling import Upscaler, build_upscaler
+from sr.pipelines import StableSRPipeline, sampling_arguments, use_scheduler
 from sr.utils.provenance import git_revision
 from sr.validation import parse_memory, validate_upscale
 
@@ -101,12 +102,12 @@ def save_run_config(cfg: DictConfig, output_folder: Path, written: list[str], co
     return write_bytes_atomic(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode(), overwrite=True)
 
 
-def upscale_file(upscaler: Upscaler, source: Path, destination: Path, seed: int, max_pixels: int,
-                 overwrite: bool) -> Path:
-    """Read ``source``, upscale it (alpha with bicubic), write ``destination``; raises ``ImageReadError`` etc."""
+def upscale_file(upscale, source: Path, destination: Path, seed: int, max_pixels: int, overwrite: bool) -> Path:
+    """Read ``source``, upscale it with one call ``upscale(image, generator=...)`` (a ``StableSRPipeline`` with its
+    settings bound, ``output_type="pt"``; alpha with bicubic), write ``destination``; raises ``ImageReadError`` etc."""
     loaded = read_image(source, max_pixels=max_pixels)
     generator = torch.Generator().manual_seed(seed)
-    image = upscaler(loaded.image[None], generator)[0]
+    image = upscale(loaded.image, generator=generator).images[0]
     alpha = None
     if loaded.alpha is not None:
         alpha = F.interpolate(loaded.alpha[None], size=image.shape[-2:], mode="bicubic", align_corners=False)
@@ -117,10 +118,12 @@ def upscale_file(upscaler: Upscaler, source: Path, destination: Path, seed: int,
     return write_image(destination, image, alpha=alpha, bit_depth=16 if sixteen_bit else 8, overwrite=overwrite)
 
 
-def memory_problem(upscaler: Upscaler, source: Path, limit: int | None, max_pixels: int, device) -> str | None:
-    """Why ``source`` must be skipped for memory (its estimated peak exceeds what is available), or None."""
+def memory_problem(pipe: StableSRPipeline, settings, source: Path, limit: int | None, max_pixels: int,
+                   device) -> str | None:
+    """Why ``source`` must be skipped for memory (its estimated peak exceeds what is available), or None;
+    ``settings``: the call's resolved ``SamplingSettings``."""
     height, width = image_size(source, max_pixels)
-    estimate = estimate_upscale_peak(upscaler, height, width)
+    estimate = estimate_upscale_peak(pipe, settings, height, width)
     available = available_memory(device)
     budget = available if limit is None else min(limit, available)
     if estimate.total <= budget:
@@ -131,10 +134,10 @@ def memory_problem(upscaler: Upscaler, source: Path, limit: int | None, max_pixe
             "skipped (lower scale or vae_tile.size)")
 
 
-def run(cfg: DictConfig, model=None) -> int:
+def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     """Upscale ``cfg.input`` into ``cfg.output``; returns the exit code (0, or 1 if any image failed).
 
-    ``model``: an already built ``StableSR`` (tests, notebooks); otherwise ``instantiate(cfg.model)``. Raises
+    ``pipe``: an already built ``StableSRPipeline`` (tests, notebooks); otherwise ``instantiate(cfg.model)``. Raises
     ``ConfigError`` (one line) for settings that cannot work, before anything is built or written.
     """
     validate_upscale(cfg)
@@ -145,11 +148,14 @@ def run(cfg: DictConfig, model=None) -> int:
     output_folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(output_folder):
         print(f"upscale: removed {stale.name}, left by an interrupted write", file=sys.stderr)
-    if model is None:
-        model = instantiate(cfg.model)
-    model = model.to(cfg.device).eval()
-    upscaler = build_upscaler(model, cfg)
-    components = sampling_components(cfg, cfg.model, upscaler.sampler.tile_size, upscaler.sampler.tile_overlap)
+    if pipe is None:
+        pipe = instantiate(cfg.model)
+    pipe = use_scheduler(pipe.to(cfg.device), instantiate(cfg.scheduler))
+    pipe.set_progress_bar_config(disable=not cfg.progress, leave=False)
+    settings = sampling_arguments(cfg)
+    resolved = pipe.sampling_settings(**settings)
+    upscale = partial(pipe, output_type="pt", **settings)
+    components = sampling_components(cfg, cfg.model, resolved.tile_size, resolved.tile_overlap)
     producers = recorded_outputs(output_folder)
 
     written: list[str] = []
@@ -174,11 +180,11 @@ def run(cfg: DictConfig, model=None) -> int:
                 skipped += 1
             continue
         try:
-            if problem := memory_problem(upscaler, source, limit, cfg.max_pixels, cfg.device):
+            if problem := memory_problem(pipe, resolved, source, limit, cfg.max_pixels, cfg.device):
                 print(problem, file=sys.stderr)
                 failed += 1
                 continue
-            upscale_file(upscaler, source, destination, cfg.seed, cfg.max_pixels, cfg.overwrite)
+            upscale_file(upscale, source, destination, cfg.seed, cfg.max_pixels, cfg.overwrite)
         except ImageReadError as error:
             print(str(error), file=sys.stderr)
             failed += 1

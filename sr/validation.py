@@ -119,7 +119,7 @@ def _sampling_problems(problems: _Problems, latent_tile: int | None) -> None:
     problems.choice("respacing", RESPACINGS, default="scheduler")
     problems.choice("tile.weighting", TILE_WEIGHTINGS, default="centred")
     problems.choice("color_fix", COLOR_FIXES)
-    problems.number("input_size", low=1, integer=True, optional=True, default=None)
+    problems.number("input_size", low=0, integer=True, optional=True, default=None)
 
     tile = problems.number("tile.size", integer=True, optional=True, default=None)
     if tile is None:
@@ -149,7 +149,7 @@ def validate_sampling(settings, latent_tile: int | None = None) -> None:
 
     Valid: ``scale > 0``; integer ``steps >= 1``; ``0 <= w <= 1``; ``start`` in lr/noise; ``respacing`` in
     official/scheduler; ``tile.weighting`` in centred/official; ``color_fix`` in
-    adain/wavelet/none; ``input_size`` null or a positive integer; ``tile.size`` a multiple of 8 latent pixels;
+    adain/wavelet/none; ``input_size`` null, 0 (both: off) or a positive integer; ``tile.size`` a multiple of 8 latent pixels;
     ``0 <= tile.overlap < tile.size``; ``tile.batch_size >= 1``; ``vae_tile.size`` a multiple of 64 px;
     ``vae_tile.overlap`` a multiple of 8 px below ``vae_tile.size``. Raises ``ConfigError`` listing every problem.
     """

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
 from safetensors.torch import load_file, save_file
 
 from sr.convert import (
@@ -34,7 +33,8 @@ from sr.convert import (
     main,
     open_clip_text_context,
 )
-from sr.models.stablesr import STATUS_FILE, StableSR
+from sr.pipelines import StableSRPipeline
+from sr.pipelines.build import from_configs, new_sft_adapter
 from sr.utils.checkpoint import (
     CheckpointError,
     PickledObjectPlaceholder,
@@ -354,17 +354,22 @@ def meta_model_state(architecture: Architecture) -> dict[str, dict[str, torch.Si
     from sr.models.encoder import TimeAwareEncoder
 
     with torch.device("meta"):
-        model = StableSR(
-            UNet2DConditionModel(**architecture.unet),
-            AutoencoderKL(**architecture.vae),
-            TimeAwareEncoder(**architecture.encoder),
-            CFW(**architecture.cfw),
-            torch.zeros(1),
-            DDPMScheduler(),
-            architecture.sft,
-        )
-    parts = {"unet": model.unet, "vae": model.vae, "time_aware_encoder": model.encoder, "cfw": model.cfw}
-    return {name: {k: v.shape for k, v in module.state_dict().items()} for name, module in parts.items()}
+        unet, vae = UNet2DConditionModel(**architecture.unet), AutoencoderKL(**architecture.vae)
+        encoder, cfw = TimeAwareEncoder(**architecture.encoder), CFW(**architecture.cfw)
+        sft = new_sft_adapter(unet, encoder, architecture.sft)
+    shapes = {name: {k: v.shape for k, v in module.state_dict().items()}
+              for name, module in {"vae": vae, "time_aware_encoder": encoder, "cfw": cfw}.items()}
+    shapes["unet"] = {k: v.shape for k, v in released_unet_state(unet, sft).items()}
+    return shapes
+
+
+def released_unet_state(unet, sft) -> dict[str, torch.Tensor]:
+    """The UNet and SFT tensors under the diffusers names of the released UNet (``<resnet>.spade.<p>``)."""
+    spade = {}
+    for key, value in sft.state_dict().items():
+        path = next(p for p in sft.config.resnet_paths if key.startswith(p + "."))
+        spade[f"{path}.spade.{key[len(path) + 1:]}"] = value
+    return {**unet.state_dict(), **spade}
 
 
 def real_schedule(scheduler_config: dict) -> dict[str, torch.Tensor]:
@@ -486,7 +491,7 @@ def tiny_release(tmp_path_factory):
     """A tiny model and the two "released" files made from it with the official key structure."""
     preset = _load_preset("tiny")
     architecture = Architecture.from_preset("tiny", TEXT_HEADS_TINY)
-    model = StableSR.from_config(
+    model = from_configs(
         preset["unet"],
         preset["vae"],
         preset["encoder"],
@@ -495,11 +500,11 @@ def tiny_release(tmp_path_factory):
         preset.get("sft"),
         preset["prompt_length"],
         seed=3,
-    )
+    ).model
     with torch.no_grad():  # released weights are not at init (zero convs, unit norms): make every tensor distinct
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
-    unet_state = model.unet.state_dict()
+    unet_state = released_unet_state(model.unet, model.sft)
     vae_state = model.vae.state_dict()
     attention_up_blocks = up_blocks_with_attention(preset["unet"])
     num_levels = len(preset["vae"]["block_out_channels"])
@@ -526,7 +531,7 @@ def tiny_release(tmp_path_factory):
         **derived,
         **{"model.diffusion_model." + ldm_unet_name(k, attention_up_blocks): v for k, v in unet_state.items()},
         **{"first_stage_model." + k: v for k, v in ldm_vae_state_dict(vae_state, num_levels).items()},
-        **{"structcond_stage_model." + k: v for k, v in model.encoder.state_dict().items()},
+        **{"structcond_stage_model." + k: v for k, v in model.time_aware_encoder.state_dict().items()},
         **{"cond_stage_model.model." + k: v for k, v in tower.items()},
     }
     discriminator = {
@@ -572,18 +577,17 @@ def test_tiny_release_converts_and_loads_with_identical_weights(tiny_release, tm
         architecture=tiny_release.architecture,
     )
 
-    loaded = StableSR.from_pretrained(out)
-    source = tiny_release.model
-    assert_same_tensors(loaded.unet.state_dict(), source.unet.state_dict())
-    assert_same_tensors(loaded.vae.state_dict(), source.vae.state_dict())
-    assert_same_tensors(loaded.encoder.state_dict(), source.encoder.state_dict())
-    assert_same_tensors(loaded.cfw.state_dict(), source.cfw.state_dict())
+    pipe = StableSRPipeline.from_pretrained(out)
+    loaded, source = pipe.model, tiny_release.model
+    for part in ("unet", "sft", "vae", "time_aware_encoder", "cfw"):
+        assert_same_tensors(getattr(loaded, part).state_dict(), getattr(source, part).state_dict())
     assert_same_tensors(load_file(out / "cfw" / "discriminator.safetensors"), tiny_release.discriminator)
-    assert loaded.num_sft_layers == 22
-    assert dict(loaded.noise_scheduler.config)["beta_schedule"] == "scaled_linear"
-
-    # the released CFW layers count as trained: decoding with w > 0 does not warn, and the layers take part
-    assert json.loads((out / STATUS_FILE).read_text()) == {"cfw_trained": True} and not loaded.cfw_is_untrained
+    assert len(loaded.sft.config.resnet_paths) == 22
+    assert dict(loaded.scheduler.config)["beta_schedule"] == "scaled_linear"
+    assert pipe.config.latent_tile == 32 and pipe.config.sampling["num_inference_steps"] == 50  # the tiny preset
+    # the released CFW layers count as trained (model_index.json): decoding with w > 0 does not warn, and the
+    # layers take part
+    assert json.loads((out / "model_index.json").read_text())["cfw_trained"] is True and loaded.cfw_trained
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -622,10 +626,14 @@ def test_tiny_release_without_vqgan_overwrite_and_text_encoder(tiny_release, tmp
 
     assert not (out / "stale.txt").exists() and not (out / "cfw").exists()
     assert (out / "text_encoder" / "config.json").is_file()
-    loaded = StableSR.from_pretrained(out)
+    loaded = StableSRPipeline.from_pretrained(out)
     assert_same_tensors(loaded.unet.state_dict(), tiny_release.model.unet.state_dict())
-    # no --vqgan: no CFW layers, so decoding with w > 0 still warns
-    assert json.loads((out / STATUS_FILE).read_text()) == {"cfw_trained": False} and loaded.cfw_is_untrained
+    # no --vqgan: no CFW layers, so decoding with w > 0 still warns (and decodes with the plain decoder)
+    assert loaded.cfw is None and json.loads((out / "model_index.json").read_text())["cfw_trained"] is False
+    model = loaded.model
+    latent, features = model.encode(torch.rand(1, 3, 32, 32) * 2 - 1, sample=False)
+    with torch.no_grad(), pytest.warns(UserWarning, match="none: plain decoder"):
+        assert torch.equal(model.decode(latent, features, w=0.5), model.decode(latent, features, w=0.0))
 
 
 def test_ema_weights_are_opt_in(tiny_release):
@@ -651,7 +659,7 @@ def test_tiny_release_with_a_missing_tensor_fails_loudly(tiny_release, tmp_path,
     save_lightning_checkpoint(ckpt, state, monkeypatch)
     with pytest.raises(
         ConversionError,
-        match=r"incomplete\.ckpt: UNet: 1 of our tensors unfilled .*down_blocks\.1\.resnets\.0\.spade\.mlp_beta\.bias",
+        match=r"incomplete\.ckpt: SFT: 1 of our tensors unfilled .*down_blocks\.1\.resnets\.0\.mlp_beta\.bias",
     ):
         convert_stablesr(ckpt, tmp_path / "out", architecture=tiny_release.architecture)
     assert not (tmp_path / "out").exists()
@@ -667,7 +675,8 @@ def test_cli_refuses_existing_output(tiny_release, tmp_path):
 # ---------------------------------------------------------------------------------------------------- (c) full size
 @pytest.mark.slow
 def test_full_size_fake_release_end_to_end(tmp_path, monkeypatch):
-    """Real shapes (5.6 + 0.4 GB of random fp32, ~12 GB disk), the real CLI, then ``StableSR.from_pretrained``."""
+    """Real shapes (5.6 + 0.4 GB of random fp32, ~12 GB disk), the real CLI, then
+    ``StableSRPipeline.from_pretrained``."""
     generator = torch.Generator().manual_seed(0)
 
     def random_state(manifest: str) -> dict[str, torch.Tensor]:
@@ -686,7 +695,7 @@ def test_full_size_fake_release_end_to_end(tmp_path, monkeypatch):
     save_lightning_checkpoint(ckpt, stablesr_state, monkeypatch)
     torch.save({"state_dict": vqgan_state}, vqgan)
     checks = {  # ours <- official, across every group
-        ("unet", "up_blocks.3.resnets.2.spade.mlp_gamma.weight"): stablesr_state[
+        ("sft", "up_blocks.3.resnets.2.mlp_gamma.weight"): stablesr_state[
             "model.diffusion_model.output_blocks.11.0.spade.mlp_gamma.weight"
         ],
         ("unet", "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"): stablesr_state[
@@ -695,7 +704,7 @@ def test_full_size_fake_release_end_to_end(tmp_path, monkeypatch):
         ("vae", "decoder.mid_block.attentions.0.to_q.weight"): stablesr_state[
             "first_stage_model.decoder.mid.attn_1.q.weight"
         ][:, :, 0, 0],
-        ("encoder", "fea_tran.3.skip_connection.weight"): stablesr_state[
+        ("time_aware_encoder", "fea_tran.3.skip_connection.weight"): stablesr_state[
             "structcond_stage_model.fea_tran.3.skip_connection.weight"
         ],
         ("cfw", "fusion_layer_1.encode_enc_3.conv2.bias"): vqgan_state[
@@ -707,11 +716,11 @@ def test_full_size_fake_release_end_to_end(tmp_path, monkeypatch):
 
     main(["stablesr", "--ckpt", str(ckpt), "--vqgan", str(vqgan), "--out", str(out)])
 
-    loaded = StableSR.from_pretrained(out)
+    loaded = StableSRPipeline.from_pretrained(out).model
     for (part, key), expected in checks.items():
         assert torch.equal(getattr(loaded, part).state_dict()[key], expected), key
     assert loaded.prompt_embeds.shape == (1, 77, 1024) and torch.isfinite(loaded.prompt_embeds).all()
-    assert loaded.num_sft_layers == 22
+    assert len(loaded.sft.config.resnet_paths) == 22
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 import sr.evaluation
+from sr.pipelines import StableSRPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT_HR = REPO / "data" / "samples" / "heldout_pairs" / "hr"
@@ -138,7 +139,7 @@ def test_rescore_scores_existing_images_without_sampling(sweep, test_set, monkey
     def no_sampling(*args, **kwargs):
         raise AssertionError("rescore must not build the model or sample")
 
-    monkeypatch.setattr(sr.evaluation, "build_upscaler", no_sampling)
+    monkeypatch.setattr(StableSRPipeline, "__call__", no_sampling)
     monkeypatch.setattr(sr.evaluation, "load_model", no_sampling)
     # only the run dir and the new metric list are given: settings and test set come from the run's scores.json
     code = run_eval(monkeypatch, "rescore=true", f"hydra.run.dir={run_dir}", "metrics=[psnr,psnr_y]",
@@ -163,13 +164,13 @@ def test_interrupted_run_resumes_without_resampling_present_images(sweep, test_s
     (run_dir / "fingerprint.json").write_bytes((source / "fingerprint.json").read_bytes())
     stamp = kept.stat().st_mtime_ns
     sampled: list[int] = []
-    real_build = sr.evaluation.build_upscaler
+    real_call = StableSRPipeline.__call__
 
-    def counting_build(*args, **kwargs):
-        upscaler = real_build(*args, **kwargs)
-        return lambda lr, generator: sampled.append(1) or upscaler(lr, generator)
+    def counting_call(*args, **kwargs):
+        sampled.append(1)
+        return real_call(*args, **kwargs)
 
-    monkeypatch.setattr(sr.evaluation, "build_upscaler", counting_build)
+    monkeypatch.setattr(StableSRPipeline, "__call__", counting_call)
     code = run_eval(monkeypatch, *FAST, *data_overrides(test_set), "w=0", "tile.overlap=0", f"hydra.run.dir={run_dir}")
     assert code == 0 and len(sampled) == 1 and kept.stat().st_mtime_ns == stamp
     record = json.loads((run_dir / "scores.json").read_text())

@@ -82,7 +82,7 @@ def data_overrides(test_set: Path) -> list[str]:
 def tiny_model():
     from hydra.utils import instantiate
 
-    return instantiate(compose("upscale", ["input=unset", "output=unset"]).model).eval()
+    return instantiate(compose("upscale", ["input=unset", "output=unset"]).model)
 
 
 def upscale_config(*overrides: str):
@@ -319,7 +319,7 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("override, message", BAD_SETTINGS)
 def test_bad_sampling_settings_are_one_line_before_anything_runs(override, message, tmp_path, monkeypatch, capsys,
                                                                   one_line_mode):
-    monkeypatch.setattr(sr.upscale_folder, "build_upscaler", lambda *a, **k: pytest.fail("model built"))
+    monkeypatch.setattr(sr.upscale_folder, "use_scheduler", lambda *a, **k: pytest.fail("model built"))
     write_png(tmp_path / "in" / "a.png")
     code = run_entry_point(monkeypatch, "upscale", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
                            *UPSCALE_FAST, override)

@@ -1,5 +1,6 @@
 """The StableSR model parts (issue 2): SFT, time-aware encoder, CFW, freezing, saving/loading, full-size configs."""
 
+import copy
 import json
 import os
 
@@ -11,8 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sr.models import CFW, StableSR, TimeAwareEncoder, build_stablesr
-from sr.models.sft import attach_sft, detach_sft, modulated_resnets, set_sft_features, sft_disabled
+from sr.models import CFW, SFTAdapter, TimeAwareEncoder
+from sr.models.prompt import embed_prompts
+from sr.models.sft import modulated_resnets
+from sr.pipelines import StableSRPipeline, build_pipeline
 
 CONF_MODEL = os.path.join(os.path.dirname(__file__), "..", "conf", "model")
 REFERENCE = os.path.join(os.path.dirname(__file__), "manifests")
@@ -24,8 +27,14 @@ def preset(name: str, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return instantiate(preset("tiny")).eval()
+def tiny_pipe():
+    return instantiate(preset("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_pipe):
+    """The tiny model's operations (``StableSR``); tests that change weights work on a deep copy."""
+    return tiny_pipe.model
 
 
 def tiny_unet_config():
@@ -39,55 +48,52 @@ def unet_inputs(cross_attention_dim: int, size: int = 16):
     return x, torch.tensor([10, 700]), context
 
 
-def test_sft_detached_unet_is_exactly_the_plain_unet():
-    torch.manual_seed(0)
+def test_sft_adapter_applies_only_inside_its_block_and_leaves_the_unet_plain(tiny):
     plain = UNet2DConditionModel(**tiny_unet_config()).eval()
-    patched = UNet2DConditionModel(**tiny_unet_config()).eval()
-    patched.load_state_dict(plain.state_dict())
-    assert attach_sft(patched, cond_channels=32, hidden_channels=16) == 22
-    detach_sft(patched)
-    assert patched.state_dict().keys() == plain.state_dict().keys()
+    assert tiny.unet.state_dict().keys() == plain.state_dict().keys()  # no SPADE keys in the UNet
+    plain.load_state_dict(tiny.unet.state_dict())
     x, t, context = unet_inputs(plain.config.cross_attention_dim)
-    with torch.no_grad():
-        assert torch.equal(patched(x, t, context).sample, plain(x, t, context).sample)
-
-
-def test_sft_disabled_is_the_plain_unet_and_enabled_changes_it(tiny):
-    plain = UNet2DConditionModel(**tiny_unet_config()).eval()
-    plain.load_state_dict({k: v for k, v in tiny.unet.state_dict().items() if ".spade." not in k})
-    x, t, context = unet_inputs(plain.config.cross_attention_dim)
+    features = tiny.time_aware_encoder(torch.randn(2, 4, 16, 16), t)
     with torch.no_grad():
         reference = plain(x, t, context).sample
-        with sft_disabled(tiny.unet):
-            assert torch.equal(tiny.unet(x, t, context).sample, reference)
-        set_sft_features(tiny.unet, tiny.encoder(torch.randn(2, 4, 16, 16), t))
-        assert not torch.allclose(tiny.unet(x, t, context).sample, reference, atol=1e-3)
+        assert torch.equal(tiny.unet(x, t, context).sample, reference)
+        with tiny.sft.applied(tiny.unet, features):
+            modulated = tiny.unet(x, t, context).sample
+        assert not torch.allclose(modulated, reference, atol=1e-3)
+        assert torch.equal(tiny.unet(x, t, context).sample, reference)  # hooks gone after the block
+    assert not any(resnet.conv2._forward_hooks for _, resnet in modulated_resnets(tiny.unet))
+    with pytest.raises(RuntimeError, match="boom"), tiny.sft.applied(tiny.unet, features):
+        raise RuntimeError("boom")
+    assert not any(resnet.conv2._forward_hooks for _, resnet in modulated_resnets(tiny.unet))
 
 
 def test_the_22_sft_layers_sit_where_the_spec_places_them(tiny):
     expected = [f"down_blocks.{b}.resnets.{j}" for b in range(4) for j in range(2)]
     expected += ["mid_block.resnets.0", "mid_block.resnets.1"]
     expected += [f"up_blocks.{b}.resnets.{j}" for b in range(4) for j in range(3)]
-    assert sorted(name for name, _ in modulated_resnets(tiny.unet)) == sorted(expected)
-    for _, resnet in modulated_resnets(tiny.unet):
-        assert resnet.spade.mlp_gamma.out_channels == resnet.conv2.out_channels
-        assert resnet.spade.mlp_shared[0].in_channels == tiny.encoder.config.out_channels
+    assert sorted(tiny.sft.config.resnet_paths) == sorted(expected)
+    for path, resnet in modulated_resnets(tiny.unet):
+        spade = tiny.sft.get_submodule(path)
+        assert spade.mlp_gamma.out_channels == resnet.conv2.out_channels
+        assert spade.mlp_shared[0].in_channels == tiny.time_aware_encoder.config.out_channels
+    assert all(key.split(".mlp_")[0].split(".param_free_norm")[0] in expected for key in tiny.sft.state_dict())
 
 
 def test_modulated_resblock_equals_the_spec_formula(tiny):
     """GN(h) * (1 + gamma) + beta on the residual branch after conv2, before the skip add (spec section 4)."""
-    resnet = tiny.unet.down_blocks[1].resnets[0]  # 32 -> 64 channels: exercises the 1x1 shortcut too
-    spade = resnet.spade
+    model = copy.deepcopy(tiny)
+    resnet = model.unet.down_blocks[1].resnets[0]  # 32 -> 64 channels: exercises the 1x1 shortcut too
+    spade = model.sft.get_submodule("down_blocks.1.resnets.0")
     with torch.no_grad():  # make gamma/beta clearly non-trivial
         for p in spade.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     captured = {}
     resnet.register_forward_hook(lambda m, args, out: captured.update(x=args[0], temb=args[1], out=out))
-    x, t, context = unet_inputs(tiny.unet.config.cross_attention_dim, size=32)
-    features = tiny.encoder(torch.randn(2, 4, 32, 32), t)
+    x, t, context = unet_inputs(model.unet.config.cross_attention_dim, size=32)
+    features = model.time_aware_encoder(torch.randn(2, 4, 32, 32), t)
     with torch.no_grad():
-        set_sft_features(tiny.unet, features)
-        tiny.unet(x, t, context)
+        with model.sft.applied(model.unet, features):
+            model.unet(x, t, context)
         inp, temb = captured["x"], captured["temb"]
         h = F.conv2d(F.silu(F.group_norm(inp, 32, resnet.norm1.weight, resnet.norm1.bias, 1e-5)),
                      resnet.conv1.weight, resnet.conv1.bias, padding=1)
@@ -128,18 +134,17 @@ def test_timestep_changes_the_encoder_features():
 
 
 def test_stage1_gradients_reach_only_encoder_and_sft(tiny):
-    tiny.freeze_except("stage1")
-    x_t, t, _ = unet_inputs(tiny.unet.config.cross_attention_dim)
-    loss = tiny.predict(x_t, t, torch.randn(2, 4, 16, 16)).square().mean()
+    model = copy.deepcopy(tiny)
+    model.freeze_except("stage1")
+    x_t, t, _ = unet_inputs(model.unet.config.cross_attention_dim)
+    loss = model.predict(x_t, t, torch.randn(2, 4, 16, 16)).square().mean()
     loss.backward()
-    for name, p in tiny.named_parameters():
-        trainable = name.startswith("encoder.") or ".spade." in name
+    for name, p in model.named_parameters():
+        trainable = name.startswith(("time_aware_encoder.", "sft."))
         assert p.requires_grad == trainable, name
         if not trainable:
             assert p.grad is None, name
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny.parameters_of("stage1"))
-    tiny.zero_grad(set_to_none=True)
-    tiny.freeze_except(None)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.sft.parameters())
 
 
 def test_cfw_w0_is_exactly_the_plain_decoder_and_w_changes_it(tiny):
@@ -165,12 +170,13 @@ def test_cfw_names_and_sizes_match_the_released_checkpoint():
 
 
 def test_sd21_modules_match_the_released_parameter_map():
-    """All 862 UNet (+176 SPADE) and 248 VAE keys of stablesr_ldm_to_diffusers_map.tsv exist with their shapes."""
+    """All 862 UNet (+176 SPADE: the adapter's ``<resnet>.<p>`` as ``<resnet>.spade.<p>``) and 248 VAE keys of
+    stablesr_ldm_to_diffusers_map.tsv exist with their shapes."""
     cfg = OmegaConf.to_container(preset("sd21_base").unet), OmegaConf.to_container(preset("sd21_base").vae)
     with torch.device("meta"):
         unet, vae = UNet2DConditionModel(**cfg[0]), AutoencoderKL(**cfg[1])
         assert sum(p.numel() for p in unet.parameters()) == 865_910_724
-        attach_sft(unet, cond_channels=256, hidden_channels=128)
+        sft = SFTAdapter.for_unet(unet, cond_channels=256, hidden_channels=128)
     expected = {}
     with open(os.path.join(REFERENCE, "stablesr_ldm_to_diffusers_map.tsv")) as handle:
         for line in handle:
@@ -178,27 +184,34 @@ def test_sd21_modules_match_the_released_parameter_map():
                 _, name, shape = line.rstrip("\n").split("\t")
                 expected[name] = shape
     ours = {f"unet.{k}": _shape(v) for k, v in unet.state_dict().items()}
+    ours |= {f"unet.{path}.spade.{k[len(path) + 1:]}": _shape(v) for k, v in sft.state_dict().items()
+             for path in sft.config.resnet_paths if k.startswith(path + ".")}
     ours |= {f"vae.{k}": _shape(v) for k, v in vae.state_dict().items()}
     assert ours == expected
-    assert sum(p.numel() for k, p in unet.named_parameters() if ".spade." in k) == 53_020_160
+    assert sum(p.numel() for p in sft.parameters()) == 53_020_160
 
 
-def test_save_pretrained_round_trip_through_the_folder_loading_path(tiny, tmp_path):
-    folder = tiny.save_pretrained(tmp_path / "tiny_model")
+def test_save_pretrained_round_trip_through_the_folder_loading_path(tmp_path):
+    pipe = instantiate(preset("tiny", "seed=5"))  # its own model: other tests may not change the weights it saves
+    folder = pipe.save_pretrained(tmp_path / "tiny_model")
     assert not (set(os.listdir(tmp_path)) - {"tiny_model"})  # no staging folder left behind
     with pytest.raises(FileExistsError):
-        tiny.save_pretrained(folder)
-    loaded = instantiate(preset("tiny", f"pretrained={folder}")).eval()
-    assert loaded.state_dict().keys() == tiny.state_dict().keys()
-    x_t, t, _ = unet_inputs(tiny.unet.config.cross_attention_dim)
+        pipe.save_pretrained(folder)
+    loaded = instantiate(preset("tiny", f"pretrained={folder}"))
+    assert isinstance(loaded, StableSRPipeline) and loaded.config.latent_tile == 32
+    model, reloaded = pipe.model, loaded.model
+    assert reloaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    x_t, t, _ = unet_inputs(model.unet.config.cross_attention_dim)
     z_lr = torch.randn(2, 4, 16, 16)
     with torch.no_grad():
-        assert torch.equal(loaded.predict(x_t, t, z_lr), tiny.predict(x_t, t, z_lr))
+        assert torch.equal(reloaded.predict(x_t, t, z_lr), model.predict(x_t, t, z_lr))
         latent = torch.randn(1, 4, 8, 8)
-        features = tiny.encode(torch.rand(1, 3, 64, 64) * 2 - 1, sample=False)[1]
-        assert torch.equal(loaded.decode(latent, features, 0.7), tiny.decode(latent, features, 0.7))
-    unet_keys = json.loads((folder / "unet" / "config.json").read_text())
-    assert unet_keys["_class_name"] == "UNet2DConditionModel"
+        features = model.encode(torch.rand(1, 3, 64, 64) * 2 - 1, sample=False)[1]
+        assert torch.equal(reloaded.decode(latent, features, 0.7), model.decode(latent, features, 0.7))
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    assert unet_config["_class_name"] == "UNet2DConditionModel"
+    assert not [k for k in UNet2DConditionModel.from_pretrained(folder / "unet").state_dict() if "spade" in k]
 
 
 def test_plain_sd_folder_loads_with_its_text_encoder(tmp_path):
@@ -214,20 +227,23 @@ def test_plain_sd_folder_loads_with_its_text_encoder(tmp_path):
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "vocab.json").write_text(json.dumps(vocab))
     (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(tmp_path / "tok" / "vocab.json"), str(tmp_path / "tok" / "merges.txt"), model_max_length=8,
-                  pad_token="<|endoftext|>").save_pretrained(tmp_path / "tokenizer")
+    tokenizer = CLIPTokenizer(str(tmp_path / "tok" / "vocab.json"), str(tmp_path / "tok" / "merges.txt"),
+                              model_max_length=8, pad_token="<|endoftext|>")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
     text_config = CLIPTextConfig(vocab_size=4, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1)
-    CLIPTextModel(text_config).save_pretrained(tmp_path / "text_encoder")
-    model = build_stablesr(pretrained=str(tmp_path), encoder=OmegaConf.to_container(cfg.encoder),
-                           cfw=OmegaConf.to_container(cfg.cfw), sft=OmegaConf.to_container(cfg.sft))
-    assert model.prompt_embeds.shape == (1, 8, 64)
-    torch.testing.assert_close(model.prompt_embeds, model.encode_prompt([""]))
+    text_encoder = CLIPTextModel(text_config).eval()
+    text_encoder.save_pretrained(tmp_path / "text_encoder")
+    pipe = build_pipeline(pretrained=str(tmp_path), encoder=OmegaConf.to_container(cfg.encoder),
+                          cfw=OmegaConf.to_container(cfg.cfw), sft=OmegaConf.to_container(cfg.sft))
+    assert pipe.model.prompt_embeds.shape == (1, 8, 64)
+    torch.testing.assert_close(pipe.model.prompt_embeds, embed_prompts(text_encoder, tokenizer, [""]))
+    assert len(pipe.sft.config.resnet_paths) == 22 and not pipe.config.cfw_trained
 
 
 def test_missing_or_mismatched_files_are_clear_errors(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="no unet/"):
-        StableSR.from_pretrained(tmp_path)
+        build_pipeline(pretrained=tmp_path)
     with pytest.raises(FileNotFoundError, match="stage1.safetensors"):
         tiny.load_trainable(tmp_path / "stage1.safetensors")
     other = TimeAwareEncoder(model_channels=64, out_channels=32, attention_resolutions=(2, 4), num_heads=2)
@@ -253,8 +269,8 @@ def test_trainable_checkpoint_round_trip(tiny, tmp_path):
 @pytest.mark.slow
 def test_full_size_sd21_base_runs_one_modulated_step():
     """The real sd21_base architecture with random weights (~866M UNet parameters): one SFT-modulated UNet call."""
-    model = instantiate(preset("sd21_base", "pretrained=null")).eval()
-    assert model.num_sft_layers == 22
+    model = instantiate(preset("sd21_base", "pretrained=null")).model
+    assert len(model.sft.config.resnet_paths) == 22
     x_t = torch.randn(1, 4, 64, 64)
     with torch.no_grad():
         out = model.predict(x_t, torch.tensor([999]), torch.randn(1, 4, 64, 64))

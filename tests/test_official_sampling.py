@@ -10,8 +10,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from sr.config import compose
 from sr.ops.tiling import TileGrid
-from sr.sampling import AggregationSampler, build_sampler
-from sr.sampling.respacing import official_respaced_timesteps, set_sampling_timesteps
+from sr.pipelines import SamplingSettings, resolved_settings
+from sr.sampling import denoise
+from sr.sampling.respacing import check_respacing, official_respaced_timesteps, set_sampling_timesteps
 
 SPEC_SCHEDULE = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -122,16 +123,17 @@ def test_sampler_visits_the_official_timesteps_and_ddim_is_refused():
             calls.append(int(timesteps))
             return torch.zeros_like(x_t)
 
-    sampler = AggregationSampler(DDPMScheduler(**SPEC_SCHEDULE), 21, 8, 4, progress=False, respacing="official")
-    sampler.sample(RecordingModel(), torch.zeros(1, 4, 8, 8), torch.Generator().manual_seed(0))
+    scheduler = DDPMScheduler(**SPEC_SCHEDULE)
+    set_sampling_timesteps(scheduler, 21, "official")
+    denoise(RecordingModel().predict, scheduler, torch.zeros(1, 4, 8, 8), 8, 4, 1, "lr", torch.Generator().manual_seed(0))
     assert calls == official_respaced_timesteps(21)
     dpm = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     set_sampling_timesteps(dpm, 21, "official")
     assert dpm.timesteps.tolist() == official_respaced_timesteps(21)
     with pytest.raises(ValueError, match="respacing=official needs a scheduler that takes custom timesteps"):
-        AggregationSampler(DDIMScheduler(), 21, 8, 4, respacing="official")
-    with pytest.raises(ValueError, match="unknown respacing 'offical'"):
-        AggregationSampler(DDPMScheduler(), 21, 8, 4, respacing="offical")
+        check_respacing(DDIMScheduler(), "official")
+    with pytest.raises(ValueError, match="^respacing='offical': must be one of official, scheduler"):
+        SamplingSettings.resolve(8, respacing="offical")
 
 
 class TileMeanModel:
@@ -146,8 +148,7 @@ class TileMeanModel:
 @pytest.mark.parametrize("weighting", ["official", "centred"])
 def test_sampler_blends_tiles_with_the_chosen_weights(weighting):
     z_lr = torch.randn(1, 4, 24, 24, generator=torch.Generator().manual_seed(3))
-    sampler = AggregationSampler(DDPMScheduler(**SPEC_SCHEDULE), 1, 16, 8, 4, "noise", False, tile_weighting=weighting)
-    result = sampler.sample(TileMeanModel(), z_lr, torch.Generator().manual_seed(4))
+    result = blend_one_step(z_lr, weighting)
     # Reference: x_T = noise; one DDPM step at t = 0 with the model outputs blended by TileGrid's weights.
     grid = TileGrid.build(24, 24, 16, 8, weighting=weighting)
     x_t = torch.randn(z_lr.shape, generator=torch.Generator().manual_seed(4))
@@ -156,10 +157,16 @@ def test_sampler_blends_tiles_with_the_chosen_weights(weighting):
     scheduler.set_timesteps(1)
     expected = scheduler.step(eps, 0, x_t).prev_sample
     torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
-    other = "centred" if weighting == "official" else "official"
-    other_result = AggregationSampler(DDPMScheduler(**SPEC_SCHEDULE), 1, 16, 8, 4, "noise", False,
-                                      tile_weighting=other).sample(TileMeanModel(), z_lr, torch.Generator().manual_seed(4))
+    other_result = blend_one_step(z_lr, "centred" if weighting == "official" else "official")
     assert not torch.allclose(result, other_result, rtol=1e-4, atol=1e-4)
+
+
+def blend_one_step(z_lr: torch.Tensor, weighting: str) -> torch.Tensor:
+    """One DDPM step of progressive aggregation from noise, 16-tiles with overlap 8, blended with ``weighting``."""
+    scheduler = DDPMScheduler(**SPEC_SCHEDULE)
+    scheduler.set_timesteps(1)
+    return denoise(TileMeanModel().predict, scheduler, z_lr, 16, 8, 4, "noise", torch.Generator().manual_seed(4),
+                   tile_weighting=weighting)[0]
 
 
 @pytest.mark.parametrize(
@@ -169,9 +176,9 @@ def test_sampler_blends_tiles_with_the_chosen_weights(weighting):
 )
 def test_official_presets_sample_with_the_released_tile_weights_and_respacing(model, expected):
     cfg = compose("upscale", [f"model={model}", "input=unset", "output=unset"])
-    sampler = build_sampler(cfg, cfg.model.latent_tile, progress=False)
-    assert sampler.tile_weighting == expected
-    assert sampler.respacing == ("official" if expected == "official" else "scheduler")
+    settings = resolved_settings(cfg)
+    assert settings.tile_weighting == expected
+    assert settings.respacing == ("official" if expected == "official" else "scheduler")
     override = compose("upscale", [f"model={model}", "input=unset", "output=unset", "tile.weighting=centred",
                                    "respacing=scheduler"])
     assert (override.tile.weighting, override.respacing) == ("centred", "scheduler")

@@ -10,8 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from sr.config import compose as compose_config
-from sr.models import StableSR
-from sr.models.sft import is_sft_parameter
+from sr.pipelines import StableSRPipeline
 from sr.training import train
 from sr.training.prior import random_crop
 
@@ -38,26 +37,25 @@ def test_prior_phases_train_their_parts_and_the_folder_loads_back(tmp_path):
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
-    initial = instantiate(cfg.model)
+    initial = instantiate(cfg.model).model
     result = train(cfg)
     module = result["module"]
     assert int(module.updates) == 4 and result["trainer"].state.finished
 
-    loaded = StableSR.from_pretrained(tmp_path / "model")
+    loaded = StableSRPipeline.from_pretrained(tmp_path / "model").model
     scale = float(module.latent_scale)
     assert scale > 0 and loaded.scaling_factor == pytest.approx(scale) and scale != pytest.approx(0.18215)
     trained, start = loaded.state_dict(), initial.state_dict()
     for prefix in ("vae.", "unet."):  # both phases changed their weights; SFT and the encoder were not trained
-        base = [k for k in trained if k.startswith(prefix) and not is_sft_parameter(k)]
-        assert any(not torch.equal(trained[k], start[k]) for k in base), f"{prefix} did not train"
-    for key in [k for k in trained if is_sft_parameter(k) or k.startswith("encoder.")]:
+        assert any(not torch.equal(trained[k], start[k]) for k in trained if k.startswith(prefix)), prefix
+    for key in [k for k in trained if k.startswith(("sft.", "time_aware_encoder.", "cfw.", "prompt_embedding."))]:
         assert torch.equal(trained[key], start[key]), key
     for key, tensor in module.model.state_dict().items():
         assert torch.equal(tensor, trained[key]), key
 
     again = train(cfg)  # the same run dir: the finished run continues from its own last.ckpt, nothing left to do
     assert int(again["module"].updates) == 4
-    for key, tensor in StableSR.from_pretrained(tmp_path / "model").state_dict().items():
+    for key, tensor in StableSRPipeline.from_pretrained(tmp_path / "model").model.state_dict().items():
         assert torch.equal(tensor, trained[key]), key
     shutil.rmtree(tmp_path / "checkpoints")  # now the folder holds another run's model
     with pytest.raises(FileExistsError, match="model"):  # the exporter refuses to replace it

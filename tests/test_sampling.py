@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from sr.ops.tiling import TileGrid
-from sr.sampling import AggregationSampler, TileFusion, fresh_scheduler, noised_latent, reflect_pad_to
+from sr.pipelines import SamplingSettings
+from sr.sampling import TileFusion, denoise, fresh_scheduler, initial_latent, reflect_pad_to
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -71,11 +72,17 @@ def untiled_loop(model, z_lr, num_steps, generator, scheduler=None):
     return x
 
 
+def sample(name, model, z_lr, steps, tile, overlap, batch, generator=None, start="lr"):
+    """``denoise`` with a fresh ``name`` scheduler (conf/scheduler) set to ``steps``; returns ``x_0``."""
+    scheduler = fresh_scheduler(scheduler_from_config(name), model.prediction_type)
+    scheduler.set_timesteps(steps)
+    return denoise(model.predict, scheduler, z_lr, tile, overlap, batch, start, generator)[0]
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        model = instantiate(compose(config_name="model/tiny").model)
-    return model.eval()
+        return instantiate(compose(config_name="model/tiny").model).model
 
 
 # ----------------------------------------------------------------------------------------- schedule (spec 7.1)
@@ -122,17 +129,29 @@ def test_every_scheduler_config_starts_at_999_and_takes_the_model_prediction_typ
 
 
 def test_lr_start_is_the_lr_latent_noised_to_999_with_the_original_alphas():
-    sampler = AggregationSampler(scheduler_from_config("ddpm"), num_steps=200, tile_size=8, tile_overlap=4)
-    scheduler = fresh_scheduler(sampler.scheduler, "epsilon")
+    scheduler = fresh_scheduler(scheduler_from_config("ddpm"), "epsilon")
     scheduler.set_timesteps(200)
     z_lr = torch.randn(1, 4, 8, 8)
-    start = sampler.initial_latent(scheduler, z_lr, torch.Generator().manual_seed(3))
+    start = initial_latent(scheduler, z_lr, "lr", torch.Generator().manual_seed(3))
     noise = torch.randn(z_lr.shape, generator=torch.Generator().manual_seed(3))
     expected = 0.068265 * z_lr + 0.997667 * noise
     torch.testing.assert_close(start, expected, rtol=0, atol=2e-5 * (z_lr.abs().max() + noise.abs().max()).item())
-    torch.testing.assert_close(noised_latent(z_lr, noise, 1.0), z_lr)
-    sampler.start = "noise"
-    torch.testing.assert_close(sampler.initial_latent(scheduler, z_lr, torch.Generator().manual_seed(3)), noise)
+    torch.testing.assert_close(initial_latent(scheduler, z_lr, "noise", torch.Generator().manual_seed(3)), noise)
+    with pytest.raises(ValueError, match="middle"):
+        initial_latent(scheduler, z_lr, "middle", None)
+
+
+def test_given_start_latent_replaces_the_draw_and_is_returned():
+    z_lr = torch.randn(1, 4, 12, 20)
+    scheduler = fresh_scheduler(scheduler_from_config("ddim"), "epsilon")
+    scheduler.set_timesteps(3)
+    _, drawn = denoise(PointwiseModel().predict, scheduler, z_lr, 16, 8, 2, "lr", torch.Generator().manual_seed(1))
+    assert drawn.shape == (1, 4, 16, 20)  # the latent padded to one tile
+    replay, _ = denoise(PointwiseModel().predict, scheduler, z_lr, 16, 8, 2, "noise", None, x_t=drawn)
+    original, _ = denoise(PointwiseModel().predict, scheduler, z_lr, 16, 8, 2, "lr", torch.Generator().manual_seed(1))
+    assert torch.equal(replay, original)  # DDIM (eta 0) draws nothing after x_T
+    with pytest.raises(ValueError, match="must have shape"):
+        denoise(PointwiseModel().predict, scheduler, z_lr, 16, 8, 2, x_t=torch.zeros(1, 4, 12, 20))
 
 
 # ------------------------------------------------------------------------------------- aggregation (spec 8.1)
@@ -145,9 +164,8 @@ def test_many_tiles_of_a_pointwise_model_equal_the_untiled_loop(prediction_type)
         overlap = rng.randint(0, tile - 1)
         batch = rng.randint(1, 5)
         z_lr = torch.randn(2, 4, height, width, generator=torch.Generator().manual_seed(height * width))
-        sampler = AggregationSampler(scheduler_from_config("ddpm"), 4, tile, overlap, batch, "lr", progress=False)
         model = PointwiseModel(prediction_type)
-        tiled = sampler.sample(model, z_lr, torch.Generator().manual_seed(1))
+        tiled = sample("ddpm", model, z_lr, 4, tile, overlap, batch, torch.Generator().manual_seed(1))
         assert all(shape[-2:] == (tile, tile) for _, shape in model.calls)
         padded = reflect_pad_to(z_lr, max(height, tile), max(width, tile))
         reference = untiled_loop(PointwiseModel(prediction_type), padded, 4, torch.Generator().manual_seed(1))
@@ -159,7 +177,7 @@ def test_many_tiles_of_a_pointwise_model_equal_the_untiled_loop(prediction_type)
 def test_tiles_are_batched_and_timesteps_are_the_original_ones():
     z_lr = torch.randn(1, 4, 24, 40)
     model = PointwiseModel()
-    AggregationSampler(scheduler_from_config("ddpm"), 3, 16, 8, 4, progress=False).sample(model, z_lr)
+    sample("ddpm", model, z_lr, 3, 16, 8, 4)
     grid_tiles = len(TileGrid.build(24, 40, 16, 8))  # 2 x 4 = 8 tiles -> batches of 4, 4
     assert grid_tiles == 8
     assert [shape[0] for _, shape in model.calls] == [4, 4] * 3
@@ -176,16 +194,15 @@ def test_constant_output_stays_constant_and_every_pixel_is_covered():
         z_lr = torch.randn(1, 4, height, width)
         fusion = TileFusion(TileGrid.build(height, width, tile, overlap), z_lr, tile_batch_size=rng.randint(1, 6))
         assert torch.isfinite(fusion.inverse_weight_sum).all() and (fusion.inverse_weight_sum > 0).all()
-        fused = fusion(ConstantModel(value), torch.randn_like(z_lr), torch.tensor(999))
+        fused = fusion(ConstantModel(value).predict, torch.randn_like(z_lr), torch.tensor(999))
         torch.testing.assert_close(fused, value.view(1, 4, 1, 1).expand_as(z_lr), rtol=1e-6, atol=1e-6)
 
 
 def test_same_seed_same_latent_and_different_seed_different_latent():
     z_lr = torch.randn(1, 4, 20, 20)
-    sampler = AggregationSampler(scheduler_from_config("ddpm"), 3, 8, 4, 2, progress=False)
-    first = sampler.sample(PointwiseModel(), z_lr, torch.Generator().manual_seed(5))
-    again = sampler.sample(PointwiseModel(), z_lr, torch.Generator().manual_seed(5))
-    other = sampler.sample(PointwiseModel(), z_lr, torch.Generator().manual_seed(6))
+    first = sample("ddpm", PointwiseModel(), z_lr, 3, 8, 4, 2, torch.Generator().manual_seed(5))
+    again = sample("ddpm", PointwiseModel(), z_lr, 3, 8, 4, 2, torch.Generator().manual_seed(5))
+    other = sample("ddpm", PointwiseModel(), z_lr, 3, 8, 4, 2, torch.Generator().manual_seed(6))
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
 
@@ -193,8 +210,7 @@ def test_same_seed_same_latent_and_different_seed_different_latent():
 @pytest.mark.parametrize("name", ["ddim", "dpmsolver"])
 def test_faster_schedulers_through_the_sampler_equal_their_untiled_loop(name):
     z_lr = torch.randn(1, 4, 20, 28)
-    sampler = AggregationSampler(scheduler_from_config(name), 5, 8, 3, 3, progress=False)
-    tiled = sampler.sample(PointwiseModel("v_prediction"), z_lr, torch.Generator().manual_seed(2))
+    tiled = sample(name, PointwiseModel("v_prediction"), z_lr, 5, 8, 3, 3, torch.Generator().manual_seed(2))
     reference_scheduler = fresh_scheduler(scheduler_from_config(name), "v_prediction")
     reference = untiled_loop(
         PointwiseModel("v_prediction"), z_lr, 5, torch.Generator().manual_seed(2), reference_scheduler
@@ -202,20 +218,37 @@ def test_faster_schedulers_through_the_sampler_equal_their_untiled_loop(name):
     torch.testing.assert_close(tiled, reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [dict(tile_size=12), dict(tile_overlap=16), dict(num_steps=0), dict(start="middle"),
-                                 dict(tile_batch_size=0)])
-def test_bad_sampler_arguments_are_refused(bad):
-    arguments = dict(num_steps=2, tile_size=16, tile_overlap=8, tile_batch_size=1, start="lr")
+RUN_CONFIG_KEYS = {"num_inference_steps": "steps", "tile_size": "tile.size", "tile_overlap": "tile.overlap",
+                   "tile_batch_size": "tile.batch_size", "vae_tile_size": "vae_tile.size",
+                   "vae_tile_overlap": "vae_tile.overlap"}
+
+
+@pytest.mark.parametrize("bad", [dict(tile_size=12), dict(tile_overlap=16), dict(num_inference_steps=0),
+                                 dict(start="middle"), dict(tile_batch_size=0), dict(scale=0), dict(color_fix="x"),
+                                 dict(vae_tile_size=100), dict(vae_tile_overlap=12), dict(input_size=-1)])
+def test_bad_sampling_settings_are_refused_with_the_setting_named(bad):
+    """Refused under the run-config key (sr.validation decides the ranges for the pipeline and the commands)."""
+    arguments = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, tile_batch_size=1, start="lr")
     arguments.update(bad)
-    with pytest.raises(ValueError):
-        AggregationSampler(scheduler_from_config("ddpm"), **arguments)
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=f"^{RUN_CONFIG_KEYS.get(name, name)}="):
+        SamplingSettings.resolve(32, **arguments)
+
+
+def test_sampling_settings_resolve_defaults_in_order():
+    assert SamplingSettings.resolve(32) == SamplingSettings(tile_size=32, tile_overlap=16)
+    preset = {"num_inference_steps": 50, "w": 0.0, "tile_overlap": 4}
+    resolved = SamplingSettings.resolve(32, preset, w=0.7, tile_size=16, tile_overlap=None)
+    assert (resolved.num_inference_steps, resolved.w, resolved.tile_size, resolved.tile_overlap) == (50, 0.7, 16, 4)
+    assert SamplingSettings.resolve(32, tile_size=16).tile_overlap == 8  # half the tile when nobody sets it
+    with pytest.raises(TypeError, match="steps"):
+        SamplingSettings.resolve(32, steps=3)
 
 
 # ----------------------------------------------------------------------------------------- the real tiny model
 def test_one_tile_latent_equals_the_untiled_loop_with_the_tiny_model(tiny_model):
     z_lr = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    sampler = AggregationSampler(scheduler_from_config("ddpm"), 2, 16, 8, 4, progress=False)
-    tiled = sampler.sample(tiny_model, z_lr, torch.Generator().manual_seed(9))
+    tiled = sample("ddpm", tiny_model, z_lr, 2, 16, 8, 4, torch.Generator().manual_seed(9))
     with torch.no_grad():
         reference = untiled_loop(tiny_model, z_lr, 2, torch.Generator().manual_seed(9))
     assert torch.equal(tiled, reference)
@@ -224,9 +257,5 @@ def test_one_tile_latent_equals_the_untiled_loop_with_the_tiny_model(tiny_model)
 def test_tile_batch_size_does_not_change_the_tiny_model_result(tiny_model):
     # 24x24 latent, 16x16 tiles (the tiny UNet's smallest valid input) with overlap 8: 2 x 2 tiles.
     z_lr = torch.randn(1, 4, 24, 24, generator=torch.Generator().manual_seed(1))
-    results = [
-        AggregationSampler(scheduler_from_config("ddpm"), 1, 16, 8, batch, progress=False).sample(
-            tiny_model, z_lr, torch.Generator().manual_seed(4))
-        for batch in (1, 4)
-    ]
+    results = [sample("ddpm", tiny_model, z_lr, 1, 16, 8, batch, torch.Generator().manual_seed(4)) for batch in (1, 4)]
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-4)

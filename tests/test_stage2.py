@@ -91,7 +91,7 @@ def test_cfw_training_moves_only_cfw_and_discriminator(generated, tmp_path):
     cfg = compose_train_config(overrides, tmp_path)
     from hydra.utils import instantiate
 
-    reference = instantiate(cfg.model)  # same preset seed: the weights the run starts from
+    reference = instantiate(cfg.model).model  # same preset seed: the weights the run starts from
     result = train(cfg)
     module = result["module"]
     model = module.model
@@ -118,9 +118,8 @@ def test_cfw_training_moves_only_cfw_and_discriminator(generated, tmp_path):
 
 
 def test_gradients_reach_only_cfw_then_only_the_discriminator(generated, generator):
-    model = copy.deepcopy(generator.model)
-    loss = AutoencoderLoss(perceptual="stand_in", disc_start=0, disc_channels=8)
-    CFWModule(model, loss)  # freezes everything but CFW (+ discriminator)
+    model = CFWModule(copy.deepcopy(generator.pipe), loss := AutoencoderLoss(
+        perceptual="stand_in", disc_start=0, disc_channels=8)).model  # freezes everything but CFW (+ discriminator)
     item = GeneratedCFWDataset(generated)[0]
     lq, gt, latent = (item[k][None] for k in ("lq", "gt", "latent"))
     _, features = encoder_features(model.vae, lq)
@@ -129,7 +128,7 @@ def test_gradients_reach_only_cfw_then_only_the_discriminator(generated, generat
     loss.discriminator.requires_grad_(False)  # what toggled_optimizer does for the generator step
     loss_g.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cfw.parameters())
-    for part in (model.vae, model.unet, model.encoder, loss.discriminator):
+    for part in (model.vae, model.unet, model.time_aware_encoder, model.sft, loss.discriminator):
         assert all(p.grad is None for p in part.parameters())
     model.cfw.zero_grad(set_to_none=True)
     loss.discriminator.requires_grad_(True)
@@ -142,9 +141,9 @@ def test_gradients_reach_only_cfw_then_only_the_discriminator(generated, generat
 def test_cfw_module_rejects_bad_arguments(generator):
     loss = AutoencoderLoss(perceptual="stand_in", disc_channels=8)
     with pytest.raises(ValueError, match="w_sampling"):
-        CFWModule(generator.model, loss, w_sampling="gaussian")
+        CFWModule(generator.pipe, loss, w_sampling="gaussian")
     with pytest.raises(ValueError, match="accumulate_grad_batches"):
-        CFWModule(generator.model, loss, accumulate_grad_batches=0)
+        CFWModule(generator.pipe, loss, accumulate_grad_batches=0)
 
 
 def test_released_cfw_recipe_is_pinned():

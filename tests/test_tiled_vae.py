@@ -5,8 +5,8 @@ import torch
 import yaml
 
 from sr.io import read_image
+from sr.pipelines.build import from_configs
 from sr.models.cfw import decode_latent, encoder_features
-from sr.models.stablesr import StableSR
 from sr.models.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
 
 
@@ -14,9 +14,9 @@ from sr.models.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
 def tiny():
     with open("conf/model/tiny.yaml") as handle:
         cfg = yaml.safe_load(handle)
-    model = StableSR.from_config(
+    model = from_configs(
         cfg["unet"], cfg["vae"], cfg["encoder"], cfg["cfw"], cfg["scheduler"], cfg["sft"], cfg["prompt_length"], 0
-    ).eval()
+    )
     return model.vae, model.cfw
 
 

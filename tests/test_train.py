@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from sr.cfw.generate import build_generator, shard_ids
 from sr.io import read_image
-from sr.models import StableSR
-from sr.models.sft import is_sft_parameter
+from sr.pipelines import StableSRPipeline
+from sr.pipelines.build import from_configs
 from sr.tracking import wandb_run_identity
 from wandb_offline import offline_run
 from sr.training import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
@@ -38,9 +38,25 @@ SHORT_RUN = [
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> StableSR:
+def tiny_model() -> StableSRPipeline:
     with initialize_config_dir(CONF, version_base="1.3"):
         return instantiate(compose("train").model)
+
+
+def test_building_a_model_leaves_the_global_rng_alone():
+    """Weights come from a forked RNG seeded with the preset's seed: the run's seed still controls training draws."""
+    with initialize_config_dir(CONF, version_base="1.3"):
+        config = compose("train").model
+    draws, weights = [], []
+    for seed in (1, 2):
+        L.seed_everything(seed)
+        state = torch.get_rng_state()
+        pipe = instantiate(config)
+        assert torch.equal(torch.get_rng_state(), state)
+        draws.append(torch.rand(4))
+        weights.append(next(pipe.unet.parameters()).detach().clone())
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(weights[0], weights[1])  # the preset's own seed, not the run's
 
 
 def _fixed_batch(size: int = 64) -> dict[str, torch.Tensor]:
@@ -57,7 +73,7 @@ def _fixed_batch(size: int = 64) -> dict[str, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------------- the objective
 def test_diffusion_target_eps_and_v_match_the_formulas(tiny_model):
-    scheduler = tiny_model.noise_scheduler
+    scheduler = tiny_model.scheduler
     latents, noise, timesteps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
     assert torch.equal(diffusion_target(scheduler, latents, noise, timesteps), noise)
     v_scheduler = type(scheduler).from_config(scheduler.config, prediction_type="v_prediction")
@@ -78,46 +94,48 @@ def test_batch_seeds_differ_across_batches_and_ranks_and_repeat():
 def test_stage1_loss_is_the_spec_objective(tiny_model):
     """The module's loss equals an independent re-computation of spec 5.1 with the same random draws."""
     module = Stage1Module(tiny_model)
+    model = module.model
     batch = _fixed_batch()
     loss = module.stage1_loss(batch["lq"], batch["gt"], torch.Generator().manual_seed(5))
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():
-        z_lr = tiny_model.scaling_factor * tiny_model.vae.encode(batch["lq"]).latent_dist.sample(generator)
-        z_gt = tiny_model.scaling_factor * tiny_model.vae.encode(batch["gt"]).latent_dist.sample(generator)
+        z_lr = model.scaling_factor * model.vae.encode(batch["lq"]).latent_dist.sample(generator)
+        z_gt = model.scaling_factor * model.vae.encode(batch["gt"]).latent_dist.sample(generator)
         t = torch.randint(0, 1000, (2,), generator=generator)
         noise = torch.randn(z_gt.shape, generator=generator)
-        alpha_bar = tiny_model.noise_scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        alpha_bar = model.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = alpha_bar.sqrt() * z_gt + (1 - alpha_bar).sqrt() * noise
-        expected = (tiny_model.predict(x_t, t, z_lr) - noise).square().mean()
+        expected = (model.predict(x_t, t, z_lr) - noise).square().mean()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_overfits_a_fixed_batch_and_touches_only_the_stage1_weights(tiny_model, steps: int = 50):
     """A fixed batch with fixed noise, timesteps and posterior samples: the loss must fall (memorisation)."""
     module = Stage1Module(tiny_model, lr=1e-3)
-    frozen_before = {k: v.clone() for k, v in tiny_model.state_dict().items()
-                     if k.startswith(("vae.", "cfw.")) or (k.startswith("unet.") and not is_sft_parameter(k))}
-    trainable_before = [p.detach().clone() for p in tiny_model.parameters_of("stage1")]
+    model = module.model
+    frozen = ("vae.", "cfw.", "unet.", "prompt_embedding.")
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(frozen)}
+    trainable_before = [p.detach().clone() for p in model.parameters_of("stage1")]
     optimizer = module.configure_optimizers()
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {
-        id(p) for p in tiny_model.parameters_of("stage1")
+        id(p) for p in model.parameters_of("stage1")
     }
     batch, losses = _fixed_batch(), []
     for step in range(steps):
         loss = module.stage1_loss(batch["lq"], batch["gt"], torch.Generator().manual_seed(0))
         loss.backward()
         if step == 0:
-            for name, parameter in tiny_model.named_parameters():
-                if name.startswith(("vae.", "cfw.")) or (name.startswith("unet.") and not is_sft_parameter(name)):
+            for name, parameter in model.named_parameters():
+                if name.startswith(frozen):
                     assert parameter.grad is None and not parameter.requires_grad, name
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last, losses)
-    frozen_after = tiny_model.state_dict()
+    frozen_after = model.state_dict()
     assert all(torch.equal(frozen_after[k], v) for k, v in frozen_before.items())
-    assert any(not torch.equal(a, b) for a, b in zip(trainable_before, tiny_model.parameters_of("stage1")))
+    assert any(not torch.equal(a, b) for a, b in zip(trainable_before, model.parameters_of("stage1")))
 
 
 def test_sd21_stage1_checkpoint_holds_exactly_the_spec_parameter_count():
@@ -125,15 +143,15 @@ def test_sd21_stage1_checkpoint_holds_exactly_the_spec_parameter_count():
     with initialize_config_dir(CONF, version_base="1.3"):
         cfg = OmegaConf.to_container(compose("train", overrides=["model=sd21_base"]).model, resolve=True)
     with torch.device("meta"):
-        model = StableSR.from_config(cfg["unet"], cfg["vae"], cfg["encoder"], cfg["cfw"], cfg["scheduler"],
-                                     cfg["sft"], cfg["prompt_length"])
-        module = Stage1Module(model, val_tile_size=64)
+        pipe = from_configs(cfg["unet"], cfg["vae"], cfg["encoder"], cfg["cfw"], cfg["scheduler"], cfg["sft"],
+                            cfg["prompt_length"])
+        module = Stage1Module(pipe)
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     kept = checkpoint["state_dict"]
     assert len(kept) == 200 + 176
     assert sum(t.numel() for t in kept.values()) == SD21_PARAMETERS_STAGE1
-    assert all(k.startswith("model.encoder.") or ".spade." in k for k in kept)
+    assert all(k.startswith(("model.time_aware_encoder.", "model.sft.")) for k in kept)
 
 
 # ---------------------------------------------------------------------------------------------------- full runs
@@ -172,7 +190,8 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     for key, tensor in reference.items():
         torch.testing.assert_close(again[key], tensor, rtol=0, atol=1e-6, msg=key)
     # step 2 changed the weights, so the equality above is not trivial
-    at_step_1 = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.encoder.")}
+    at_step_1 = {k.replace("model.time_aware_encoder.", "encoder."): v for k, v in checkpoint["state_dict"].items()
+                 if k.startswith("model.time_aware_encoder.")}
     assert any(not torch.equal(tensor, reference[key]) for key, tensor in at_step_1.items())
     assert (tmp_path / "straight" / CONFIG_RECORD).is_file() and (tmp_path / "straight" / PROVENANCE_RECORD).is_file()
 
@@ -292,7 +311,7 @@ class PoisonLoss(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             with torch.no_grad():
-                next(iter(pl_module.model.encoder.parameters())).fill_(float("nan"))
+                next(iter(pl_module.model.time_aware_encoder.parameters())).fill_(float("nan"))
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -307,7 +326,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_csv_logger_writes_metrics_and_validation_grids(tmp_path):
     overrides = SHORT_RUN + ["logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                             "trainer.limit_val_batches=1", "module.val_steps=2", "trainer.log_every_n_steps=1"]
+                             "trainer.limit_val_batches=1", "module.validation.num_inference_steps=2",
+                             "trainer.log_every_n_steps=1"]
     result = train(compose_train_config(overrides, tmp_path))
     with open(tmp_path / "csv" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -351,8 +371,8 @@ def _smoke_config(experiment: str, output_dir: Path):
         if sibling_data is not None:
             cfg.data = sibling_data
             cfg.trainer.accumulate_grad_batches = 1
-        if "val_steps" in cfg.module:
-            cfg.module.val_steps = 1
+        if "validation" in cfg.module:
+            cfg.module.validation.num_inference_steps = 1
     return cfg
 
 

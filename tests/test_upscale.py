@@ -14,8 +14,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from sr.sampling import build_upscaler, output_size, reflect_pad_to, round_up
 from sr.errors import ConfigError
+from sr.pipelines import sampling_arguments, use_scheduler
+from sr.sampling import output_size, reflect_pad_to, round_up
 from sr.upscale_folder import output_path, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +32,16 @@ def upscale_config(*overrides: str):
 @pytest.fixture(scope="module")
 def tiny_model():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        model = instantiate(compose(config_name="model/tiny").model)
-    return model.eval()
+        pipe = instantiate(compose(config_name="model/tiny").model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def upscale(pipe, lr: torch.Tensor, seed: int, *overrides: str) -> torch.Tensor:
+    """``pipe`` called as upscale.py calls it, with ``upscale_config(*overrides)``'s scheduler and settings."""
+    cfg = upscale_config(*overrides)
+    use_scheduler(pipe, instantiate(cfg.scheduler))
+    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt", **sampling_arguments(cfg)).images
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -62,36 +71,35 @@ def test_reflect_pad_to_handles_pads_longer_than_the_side():
     ],
 )
 def test_output_is_exactly_scale_times_input(tiny_model, height, width, overrides):
-    upscaler = build_upscaler(tiny_model, upscale_config(*overrides))
     lr = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    out = upscaler(lr, torch.Generator().manual_seed(0))
-    assert out.shape == (1, 3, *output_size(height, width, upscaler.scale))
+    out = upscale(tiny_model, lr, 0, *overrides)
+    assert out.shape == (1, 3, *output_size(height, width, upscale_config(*overrides).scale))
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
 
 
 def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
     lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
-    upscaler = build_upscaler(tiny_model, upscale_config())
-    eps = upscaler(lr, torch.Generator().manual_seed(0))
-    original = tiny_model.noise_scheduler
-    tiny_model.noise_scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
+    eps = upscale(tiny_model, lr, 0)
+    original = tiny_model.scheduler
+    tiny_model.scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
     try:
-        v = upscaler(lr, torch.Generator().manual_seed(0))
+        v = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt",
+                       **sampling_arguments(upscale_config())).images
     finally:
-        tiny_model.noise_scheduler = original
+        tiny_model.scheduler = original
     assert v.shape == eps.shape == (1, 3, 32, 48)
     assert torch.isfinite(v).all() and not torch.equal(v, eps)
 
 
 def test_gray_input_gives_gray_output(tiny_model):
     lr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    out = build_upscaler(tiny_model, upscale_config())(lr, torch.Generator().manual_seed(5))
+    out = upscale(tiny_model, lr, 5)
     assert out.shape == (1, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
 
 
 def test_colour_fix_adain_matches_the_upsampled_lr_statistics(tiny_model):
     lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5 + 0.25
-    out = build_upscaler(tiny_model, upscale_config("color_fix=adain"))(lr, torch.Generator().manual_seed(0))
+    out = upscale(tiny_model, lr, 0, "color_fix=adain")
     reference = F.interpolate(lr * 2 - 1, size=(32, 32), mode="bicubic", align_corners=False).clamp(-1, 1)
     reference = (reference + 1) / 2
     # AdaIN then clamp: means/stds per channel follow the LR (clamping only bites at the tails).

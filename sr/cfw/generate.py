@@ -5,10 +5,10 @@ Per sample id ``i`` (``i = 0 .. num_samples-1``, this shard's ids are ``i % num_
     gt        = crop_size crop (+ hflip) of image i mod N from source_dirs        (seed: sample_seed(seed, i))
     lq, gt    = degradation(gt)                                                 (sharpened GT when the config says so)
     lq_up     = clamp(bicubic(lq, gt size), 0, 1)  (= gt with p no_degradation_prob)  -> inputs/<id>.png ; gt -> gts/
-    z_lr      = s * E(2 lq_up - 1).sample()
-    x_T       = sqrt(a_999) z_lr + sqrt(1 - a_999) n ; `steps` respaced DDPM steps, untiled (one tile = the latent)
-    latent    = x_0                                        -> latents/<id>.npy  ([1, 4, h, w] float32, scaled)
-    preview   = D(latent / s)                              -> samples/<id>.png
+    latent    = x_0 of StableSRPipeline(lq_up, scale=1, output_type="latent"): z_lr = s * E(2 lq_up - 1).sample(),
+                x_T = sqrt(a_999) z_lr + sqrt(1 - a_999) n, `steps` respaced steps, untiled (one tile = the latent)
+                                                           -> latents/<id>.npy  ([1, 4, h, w] float32, scaled)
+    preview   = D(latent / s)  (StableSR.decode, w = 0)   -> samples/<id>.png
 
 Every random draw of sample ``i`` comes from generators seeded by ``sample_seed(seed, i)``, so shards, resumed runs
 and single runs write identical files. A sample is finished when all four files exist; finished samples are skipped,
@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 from sr.cfw.dataset import sample_files
 from sr.data.datasets import HRImageDataset
 from sr.io import write_bytes_atomic, write_image
-from sr.sampling.aggregation import AggregationSampler
 from sr.config import CONFIG_DIR, register_resolvers
 from sr.errors import ConfigError, one_line_errors
 from sr.validation import device_problem
+from sr.pipelines import StableSRPipeline, use_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 class CFWDataGenerator:
     """Makes the files of one sample id (module docstring); ``run(ids, out)`` skips finished ones."""
 
-    def __init__(self, model, degradation, sampler: AggregationSampler, images: HRImageDataset, seed: int,
+    def __init__(self, pipe: StableSRPipeline, degradation, steps: int, images: HRImageDataset, seed: int,
                  device: torch.device):
-        self.model, self.degradation, self.sampler = model, degradation, sampler
+        self.pipe, self.degradation, self.steps = pipe, degradation, steps
         self.images, self.seed, self.device = images, seed, device
 
     @torch.no_grad()
@@ -76,9 +76,10 @@ class CFWDataGenerator:
         no_degradation = torch.rand((), generator=generator, device=self.device).item()
         if no_degradation < self.degradation.no_degradation_prob:
             lq = gt
-        z_lr, _ = self.model.encode(lq * 2 - 1, generator=generator)
-        latent = self.sampler.sample(self.model, z_lr, generator)
-        preview = ((self.model.decode(latent) + 1) / 2).clamp(0, 1)
+        latent_side = gt.shape[-1] // 8
+        latent = self.pipe(lq, num_inference_steps=self.steps, scale=1, input_size=0, start="lr",
+                           tile_size=latent_side, tile_overlap=0, generator=generator, output_type="latent").images
+        preview = ((self.pipe.model.decode(latent) + 1) / 2).clamp(0, 1)
         return {"inputs": lq[0], "gts": gt[0], "samples": preview[0], "latents": latent.float()}
 
     def run(self, ids: list[int], out: Path) -> list[int]:
@@ -103,18 +104,14 @@ def sample_name(sample_id: int) -> str:
 
 def build_generator(cfg: DictConfig) -> CFWDataGenerator:
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = instantiate(cfg.model).to(device).eval()
     if cfg.crop_size % 64:
         raise ValueError(f"crop_size must be a multiple of 64 (latent side a multiple of 8), got {cfg.crop_size}")
-    latent_side = cfg.crop_size // 8
-    sampler = AggregationSampler(
-        instantiate(cfg.scheduler), num_steps=cfg.steps, tile_size=latent_side, tile_overlap=0, start="lr",
-        progress=False,
-    )
+    pipe = use_scheduler(instantiate(cfg.model).to(device), instantiate(cfg.scheduler))
+    pipe.set_progress_bar_config(disable=True)
     images = HRImageDataset(
         [to_absolute_path(d) for d in cfg.source_dirs], crop_size=cfg.crop_size, use_hflip=True, seed=cfg.seed
     )
-    return CFWDataGenerator(model, instantiate(cfg.degradation), sampler, images, cfg.seed, device)
+    return CFWDataGenerator(pipe, instantiate(cfg.degradation), cfg.steps, images, cfg.seed, device)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="cfw_generate")

@@ -1,26 +1,30 @@
-"""SFT modulation of the frozen UNet's residual blocks (spec section 4).
+"""SFT modulation of the frozen UNet's residual blocks (spec section 4), as an adapter kept outside the UNet.
 
-Every ``ResnetBlock2D`` of a diffusers UNet gets a ``spade`` submodule that re-normalises and modulates the output of
-its residual branch (after ``conv2``, before the skip add) with the time-aware encoder feature of the same width::
+Every ``ResnetBlock2D`` of a diffusers UNet gets a SPADE layer that re-normalises and modulates the output of its
+residual branch (after ``conv2``, before the skip add) with the time-aware encoder feature of the same width::
 
     n     = GroupNorm(h)                      # learnable affine, 32 groups, eps 1e-5
     a     = ReLU(conv3x3(feature))            # cond_channels -> hidden_channels
     out   = n * (1 + conv3x3_gamma(a)) + conv3x3_beta(a)
 
-It is injected with a forward hook on ``conv2`` rather than a copy of diffusers' block code, so any SD-family UNet
-config works, and the parameters land at ``<resnet path>.spade.*``: the names diffusers' own LDM converter gives the
-released checkpoint's SPADE weights. SPADE is not identity at initialisation (as released).
+The layers live in :class:`SFTAdapter` (a diffusers ``ModelMixin``), keyed by the resnet's path in the UNet:
+parameter ``down_blocks.0.resnets.0.mlp_gamma.weight`` modulates ``unet.down_blocks[0].resnets[0]``. The UNet itself
+stays an untouched diffusers ``UNet2DConditionModel`` (its ``state_dict`` is the plain one): ``adapter.applied(unet,
+features)`` registers a forward hook on each ``conv2`` for the duration of one ``with`` block only, and the encoder
+features reach the hooks through that block's closure, so nothing is left set after a call. UNet gradient
+checkpointing would recompute blocks outside the ``with`` block; it is not used (the UNet is frozen in every stage).
+SPADE is not identity at initialisation (as released).
 """
 
 from contextlib import contextmanager
 
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from sr.models.encoder import GroupNorm32
-
-SFT_PARAMETER_TAG = ".spade."
 
 
 class SPADE(nn.Module):
@@ -40,77 +44,69 @@ class SPADE(nn.Module):
         return self.param_free_norm(h) * (1 + self.mlp_gamma(shared)) + self.mlp_beta(shared)
 
 
-class _SFTState:
-    """The encoder features of the current UNet call, shared by all hooks of one UNet."""
-
-    def __init__(self):
-        self.features: dict[int, torch.Tensor] | None = None
-        self.enabled = True
-
-
 def modulated_resnets(unet: nn.Module) -> list[tuple[str, ResnetBlock2D]]:
-    """The UNet's residual blocks in module order (22 for SD-1/2 UNets)."""
+    """The UNet's residual blocks in module order (22 for SD-1/2 UNets), with their paths."""
     return [(name, module) for name, module in unet.named_modules() if isinstance(module, ResnetBlock2D)]
 
 
-def attach_sft(unet: nn.Module, cond_channels: int, hidden_channels: int = 128, norm_groups: int = 32) -> int:
-    """Give every residual block of ``unet`` a ``spade`` layer and the hook that applies it; returns their number."""
-    if hasattr(unet, "_sft_state"):
-        raise RuntimeError("SFT is already attached to this UNet")
-    state = _SFTState()
-    resnets = modulated_resnets(unet)
-    for _, resnet in resnets:
-        resnet.spade = SPADE(resnet.conv2.out_channels, cond_channels, hidden_channels, norm_groups).to(
-            device=resnet.conv2.weight.device, dtype=resnet.conv2.weight.dtype
-        )
-        resnet._sft_hook = resnet.conv2.register_forward_hook(_make_hook(resnet.spade, state))
-    unet._sft_state = state
-    return len(resnets)
+class SFTAdapter(ModelMixin, ConfigMixin):
+    """One SPADE layer per UNet residual block, stored under the block's path (module docstring).
 
+    ``resnet_paths[i]`` is a ``ResnetBlock2D`` path in the UNet and ``norm_channels[i]`` its ``conv2`` width.
+    """
 
-def _make_hook(spade: SPADE, state: _SFTState):
-    def apply_spade(_module, _inputs, h):
-        if not state.enabled:
-            return h
-        if state.features is None:
-            raise RuntimeError("SFT is attached but no time-aware encoder features were set (use set_sft_features)")
+    @register_to_config
+    def __init__(
+        self,
+        resnet_paths: list[str],
+        norm_channels: list[int],
+        cond_channels: int = 256,
+        hidden_channels: int = 128,
+        norm_groups: int = 32,
+    ):
+        super().__init__()
+        if len(resnet_paths) != len(norm_channels):
+            raise ValueError(f"SFT adapter: {len(resnet_paths)} resnet paths but {len(norm_channels)} widths")
+        for path, channels in zip(resnet_paths, norm_channels):
+            _set_nested(self, path, SPADE(channels, cond_channels, hidden_channels, norm_groups))
+
+    @classmethod
+    def for_unet(cls, unet: nn.Module, cond_channels: int, hidden_channels: int = 128,
+                 norm_groups: int = 32) -> "SFTAdapter":
+        """A freshly initialised adapter for every residual block of ``unet`` (in module order)."""
+        resnets = modulated_resnets(unet)
+        return cls([path for path, _ in resnets], [resnet.conv2.out_channels for _, resnet in resnets],
+                   cond_channels, hidden_channels, norm_groups)
+
+    def forward(self, resnet_path: str, h: torch.Tensor, features: dict[int, torch.Tensor]) -> torch.Tensor:
+        """SPADE of ``resnet_path`` on ``h`` with the encoder feature of ``h``'s width (``features`` by width)."""
         width = h.shape[-1]
-        if width not in state.features:
-            raise KeyError(f"no encoder feature of width {width}; have widths {sorted(state.features)}")
-        return spade(h, state.features[width])
+        if width not in features:
+            raise KeyError(f"no encoder feature of width {width}; have widths {sorted(features)}")
+        return self.get_submodule(resnet_path)(h, features[width])
 
-    return apply_spade
-
-
-def detach_sft(unet: nn.Module) -> None:
-    """Remove the SFT layers and hooks: the UNet is the plain diffusers UNet again."""
-    for _, resnet in modulated_resnets(unet):
-        resnet._sft_hook.remove()
-        del resnet._sft_hook
-        del resnet.spade
-    del unet._sft_state
-
-
-def set_sft_features(unet: nn.Module, features: dict[int, torch.Tensor] | None) -> None:
-    """Features used by the following UNet calls (kept set so gradient checkpointing can recompute)."""
-    unet._sft_state.features = features
-
-
-@contextmanager
-def sft_disabled(unet: nn.Module):
-    """Run the UNet as the plain diffusers UNet (e.g. to train the tiny prior) while SFT stays attached."""
-    state = unet._sft_state
-    previous, state.enabled = state.enabled, False
-    try:
-        yield
-    finally:
-        state.enabled = previous
+    @contextmanager
+    def applied(self, unet: nn.Module, features: dict[int, torch.Tensor]):
+        """Within the ``with`` block, ``unet``'s residual blocks are modulated with ``features`` (by width)."""
+        handles = []
+        try:
+            for path in self.config.resnet_paths:
+                conv2 = unet.get_submodule(path).conv2
+                handles.append(conv2.register_forward_hook(
+                    lambda _module, _inputs, h, path=path: self(path, h, features)
+                ))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
-def is_sft_parameter(name: str) -> bool:
-    return SFT_PARAMETER_TAG in f".{name}"
-
-
-def sft_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the SFT parameters of the UNet, under their diffusers paths (``down_blocks.0.resnets.0.spade....``)."""
-    return {name: tensor for name, tensor in unet.state_dict().items() if is_sft_parameter(name)}
+def _set_nested(root: nn.Module, path: str, module: nn.Module) -> None:
+    """``root.<path> = module``, creating ``nn.ModuleDict`` containers for the missing parents of the dotted path."""
+    *parents, leaf = path.split(".")
+    node = root
+    for name in parents:
+        if not hasattr(node, name):
+            node.add_module(name, nn.ModuleDict())
+        node = getattr(node, name)
+    node.add_module(leaf, module)

@@ -1,18 +1,18 @@
-"""Sampling: progressive-aggregation sampler (latent tiles) and the any-size upscaling pipeline."""
+"""Sampling math: progressive aggregation (latent tiles fused every step), padding and output sizes.
 
-from sr.sampling.aggregation import AggregationSampler, TileFusion, fresh_scheduler, noised_latent
-from sr.sampling.padding import reflect_pad_to, round_up
-from sr.sampling.upscale import Upscaler, build_sampler, build_upscaler, output_size, working_scale
+``sr.pipelines.StableSRPipeline`` is the one caller that assembles these into an upscale.
+"""
+
+from sr.sampling.aggregation import TileFusion, denoise, fresh_scheduler, initial_latent, padded_size
+from sr.sampling.padding import output_size, reflect_pad_to, round_up, working_scale
 
 __all__ = [
-    "AggregationSampler",
     "TileFusion",
-    "Upscaler",
-    "build_sampler",
-    "build_upscaler",
+    "denoise",
     "fresh_scheduler",
-    "noised_latent",
+    "initial_latent",
     "output_size",
+    "padded_size",
     "reflect_pad_to",
     "round_up",
     "working_scale",

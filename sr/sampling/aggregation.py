@@ -3,21 +3,23 @@
 One image (or a batch of same-size images) is denoised on its full latent ``x``; at every step ``t`` (original
 0..999 units)::
 
-    out_k = model.predict(x[tile k], t, z_lr[tile k])          # encoder on the LR-latent tile, as trained
+    out_k = predict(x[tile k], t, z_lr[tile k])                # encoder on the LR-latent tile, as trained
     out   = sum_k w * out_k / sum_k w                           # w: Gaussian tile weight (sr.ops.tiling)
     x     = scheduler.step(out, t, x)                           # ONE step on the full latent, one noise draw
 
-Start (``start="lr"``, the any-size scripts' default) with the original 1000-step ``alpha_bar``::
+Start (``start="lr"``, the any-size scripts' default) with the original 1000-step ``alpha_bar``, through the
+scheduler's own forward process (``scheduler.add_noise``)::
 
     x_T = sqrt(alpha_bar[t_0]) * z_lr + sqrt(1 - alpha_bar[t_0]) * eps,    t_0 = first sampling timestep (999)
 
-or pure noise ``x_T = init_noise_sigma * eps`` (``start="noise"``).
+or pure noise ``x_T = init_noise_sigma * eps`` (``start="noise"``); or a given ``x_T``.
 
 The scheduler is any diffusers scheduler with ``set_timesteps`` / ``step`` (DDPM respaced = the released recipe,
-DDIM, DPM-Solver++); ``respacing`` picks its timesteps (``official``: the released code's, ``scheduler``: its own
+DDIM, DPM-Solver++); ``fresh_scheduler`` makes the per-call copy with the model's ``prediction_type``, so no state
+is kept between images; ``respacing`` picks its timesteps (``official``: the released code's, ``scheduler``: its own
 ``timestep_spacing``; sr.sampling.respacing) and ``tile_weighting`` the Gaussian (``official`` or ``centred``;
-sr.ops.tiling). A fresh copy is made for every ``sample`` call with the model's ``prediction_type``, so one
-sampler object serves eps- and v-prediction models and keeps no state between images.
+sr.ops.tiling). ``sr.pipelines.StableSRPipeline`` is the caller: it validates the settings and owns the model; this
+module is the math.
 
 Sizes: tiles are ``tile_size`` x ``tile_size`` latent pixels (a multiple of 8, the UNet's downsampling factor);
 a latent side shorter than one tile is reflect-padded up to the tile and the result cropped back, because the model
@@ -28,26 +30,21 @@ in place. When one tile covers the whole latent the model output is used as is (
 Randomness: every draw (start noise, per-step noise) comes from the caller's ``torch.Generator``.
 """
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
-from sr.ops.tiling import TileGrid, TileWeighting, check_tile_weighting
+from sr.ops.tiling import TileGrid, TileWeighting
 from sr.sampling.padding import reflect_pad_to
-from sr.sampling.respacing import Respacing, check_respacing, set_sampling_timesteps
 
-__all__ = ["AggregationSampler", "TileFusion", "fresh_scheduler", "noised_latent"]
+__all__ = ["Predict", "TileFusion", "denoise", "fresh_scheduler", "initial_latent", "padded_size"]
 
 StartMode = Literal["lr", "noise"]
-UNET_DOWNSAMPLING = 8
-
-
-def noised_latent(latent: torch.Tensor, noise: torch.Tensor, alpha_bar: float | torch.Tensor) -> torch.Tensor:
-    """Forward diffusion ``q(x_t | x_0)``: ``sqrt(alpha_bar) * latent + sqrt(1 - alpha_bar) * noise``."""
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=latent.dtype, device=latent.device)
-    return alpha_bar.sqrt() * latent + (1 - alpha_bar).sqrt() * noise
+START_MODES = ("lr", "noise")
+# predict(x_t tiles [N, C, h, w], t, LR-latent tiles [N, C, h, w]) -> model output (eps or v) [N, C, h, w]
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def fresh_scheduler(template, prediction_type: str):
@@ -55,75 +52,66 @@ def fresh_scheduler(template, prediction_type: str):
     return type(template).from_config(template.config, prediction_type=prediction_type)
 
 
-class AggregationSampler:
-    """Tiled sampler; ``sample(model, z_lr, generator)`` returns the denoised scaled latent (module docstring)."""
+def initial_latent(scheduler, z_lr: torch.Tensor, start: StartMode, generator: torch.Generator | None) -> torch.Tensor:
+    """``x_T`` for ``z_lr``'s shape (timesteps set): ``add_noise(z_lr, eps, t_0)`` (``lr``) or
+    ``init_noise_sigma * eps`` (``noise``), ``eps ~ N(0, I)`` from ``generator``."""
+    noise = randn_tensor(z_lr.shape, generator=generator, device=z_lr.device, dtype=z_lr.dtype)
+    if start == "noise":
+        return noise * scheduler.init_noise_sigma
+    if start != "lr":
+        raise ValueError(f"unknown sampling start {start!r}; expected one of {START_MODES}")
+    return scheduler.add_noise(z_lr, noise, scheduler.timesteps[:1])
 
-    def __init__(
-        self,
-        scheduler,
-        num_steps: int = 200,
-        tile_size: int = 64,
-        tile_overlap: int = 32,
-        tile_batch_size: int = 1,
-        start: StartMode = "lr",
-        progress: bool = True,
-        tile_weighting: TileWeighting = "centred",
-        respacing: Respacing = "scheduler",
-    ):
-        if num_steps < 1:
-            raise ValueError(f"number of sampling steps must be >= 1, got {num_steps}")
-        if tile_size < UNET_DOWNSAMPLING or tile_size % UNET_DOWNSAMPLING:
-            raise ValueError(f"latent tile size must be a positive multiple of {UNET_DOWNSAMPLING}, got {tile_size}")
-        if not 0 <= tile_overlap < tile_size:
-            raise ValueError(f"tile overlap must satisfy 0 <= overlap < tile size ({tile_size}), got {tile_overlap}")
-        if tile_batch_size < 1:
-            raise ValueError(f"tile batch size must be >= 1, got {tile_batch_size}")
-        if start not in ("lr", "noise"):
-            raise ValueError(f"unknown sampling start {start!r}; expected 'lr' or 'noise'")
-        check_tile_weighting(tile_weighting)
-        check_respacing(scheduler, respacing)
-        self.scheduler = scheduler
-        self.num_steps = num_steps
-        self.tile_size = tile_size
-        self.tile_overlap = tile_overlap
-        self.tile_batch_size = tile_batch_size
-        self.start = start
-        self.progress = progress
-        self.tile_weighting = tile_weighting
-        self.respacing = respacing
 
-    def initial_latent(self, scheduler, z_lr: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """``x_T`` for ``z_lr``'s shape: the LR latent noised to the first timestep, or pure noise."""
-        noise = randn_tensor(z_lr.shape, generator=generator, device=z_lr.device, dtype=z_lr.dtype)
-        if self.start == "noise":
-            return noise * scheduler.init_noise_sigma
-        first_timestep = int(scheduler.timesteps[0])
-        return noised_latent(z_lr, noise, scheduler.alphas_cumprod[first_timestep])
+@torch.no_grad()
+def denoise(
+    predict: Predict,
+    scheduler,
+    z_lr: torch.Tensor,
+    tile_size: int,
+    tile_overlap: int,
+    tile_batch_size: int,
+    start: StartMode = "lr",
+    generator: torch.Generator | None = None,
+    x_t: torch.Tensor | None = None,
+    progress: Callable[[Iterable], Iterable] = iter,
+    tile_weighting: TileWeighting = "centred",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Progressive aggregation over ``scheduler.timesteps`` (set by the caller, e.g. with
+    ``sr.sampling.respacing.set_sampling_timesteps``); returns ``(x_0, x_T)``.
 
-    @torch.no_grad()
-    def sample(self, model, z_lr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoise from ``z_lr [B, 4, h, w]`` (scaled LR latent, any h, w) to a latent of the same shape."""
-        if z_lr.ndim != 4:
-            raise ValueError(f"z_lr must be [B, C, h, w], got shape {tuple(z_lr.shape)}")
-        height, width = z_lr.shape[-2:]
-        padded_h, padded_w = max(height, self.tile_size), max(width, self.tile_size)
-        z_padded = reflect_pad_to(z_lr, padded_h, padded_w)
+    ``z_lr [B, C, h, w]``: the diffusion-space LR latent, any ``h, w``; sides shorter than ``tile_size`` are
+    reflect-padded to it, and ``x_0`` is cropped back to ``h, w``. ``x_T`` is ``x_t`` when given (shape of the padded
+    latent, ``padded_size``), else ``initial_latent(scheduler, padded z_lr, start, generator)``. Tiles are blended
+    with the ``tile_weighting`` Gaussian (``centred`` or ``official``, sr.ops.tiling). ``progress`` wraps the
+    timestep iterable (e.g. a progress bar).
+    """
+    if z_lr.ndim != 4:
+        raise ValueError(f"z_lr must be [B, C, h, w], got shape {tuple(z_lr.shape)}")
+    height, width = z_lr.shape[-2:]
+    padded = padded_size(height, width, tile_size)
+    z_padded = reflect_pad_to(z_lr, *padded)
+    if x_t is None:
+        x_t = initial_latent(scheduler, z_padded, start, generator)
+    elif tuple(x_t.shape) != tuple(z_padded.shape):
+        raise ValueError(f"latents (x_T) must have shape {tuple(z_padded.shape)}, got {tuple(x_t.shape)}")
+    grid = TileGrid.build(*padded, tile_size, tile_overlap, weighting=tile_weighting)
+    fuse = TileFusion(grid, z_padded, tile_batch_size)
+    x = x_t.to(device=z_lr.device, dtype=z_lr.dtype)
+    for timestep in progress(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(x, timestep)
+        output = fuse(predict, model_input, timestep)
+        x = scheduler.step(output, timestep, x, generator=generator).prev_sample
+    return x[..., :height, :width], x_t
 
-        scheduler = fresh_scheduler(self.scheduler, model.prediction_type)
-        set_sampling_timesteps(scheduler, self.num_steps, self.respacing, device=z_lr.device)
-        x = self.initial_latent(scheduler, z_padded, generator)
 
-        grid = TileGrid.build(padded_h, padded_w, self.tile_size, self.tile_overlap, weighting=self.tile_weighting)
-        fuse = TileFusion(grid, z_padded, self.tile_batch_size)
-        for timestep in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not self.progress):
-            model_input = scheduler.scale_model_input(x, timestep)
-            output = fuse(model, model_input, timestep)
-            x = scheduler.step(output, timestep, x, generator=generator).prev_sample
-        return x[..., :height, :width]
+def padded_size(height: int, width: int, tile_size: int) -> tuple[int, int]:
+    """The latent size sampling runs at: each side raised to at least one tile."""
+    return max(height, tile_size), max(width, tile_size)
 
 
 class TileFusion:
-    """``fuse(model, x, t) = sum_k w * model.predict(x[tile k], t, z_lr[tile k]) / sum_k w`` over ``grid``.
+    """``fuse(predict, x, t) = sum_k w * predict(x[tile k], t, z_lr[tile k]) / sum_k w`` over ``grid``.
 
     Built once per image (weights in ``z_lr``'s dtype, LR tiles cut, input buffer allocated) and called every step.
     """
@@ -148,15 +136,15 @@ class TileFusion:
             dtype=dtype,
         )
 
-    def __call__(self, model, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def __call__(self, predict: Predict, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         if self.single_tile:
-            return model.predict(x, timestep, self.lr_tile_batches[0])
+            return predict(x, timestep, self.lr_tile_batches[0])
         self.accumulator.zero_()
         for group, lr_tiles in zip(self.tile_groups, self.lr_tile_batches):
             inputs = self.input_buffer[: len(group) * self.batch]
             for position, index in enumerate(group):
                 inputs[position * self.batch : (position + 1) * self.batch].copy_(x[(..., *self.grid.slices[index])])
-            outputs = model.predict(inputs, timestep, lr_tiles)
+            outputs = predict(inputs, timestep, lr_tiles)
             for position, index in enumerate(group):
                 region = self.accumulator[(..., *self.grid.slices[index])]
                 region.addcmul_(outputs[position * self.batch : (position + 1) * self.batch], self.weights)

@@ -1,4 +1,4 @@
-"""Reflect padding to a minimum size or a multiple, for images and latents of any size.
+"""Reflect padding to a minimum size or a multiple, and the output sizes of an upscale, for images and latents.
 
 ``F.pad(mode="reflect")`` needs the pad to be smaller than the side it mirrors. To pad a side of length ``L`` by
 ``p >= L`` we reflect repeatedly, at most ``L' - 1`` pixels at a time where ``L'`` is the current (growing) length,
@@ -33,3 +33,13 @@ def reflect_pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         current_h, current_w = x.shape[-2:]
     return x
+
+
+def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """``(round(height * scale), round(width * scale))``, at least 1 pixel per side."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def working_scale(height: int, width: int, scale: float, input_size: int | None) -> float:
+    """``max(input_size / min(height, width), scale)`` (the model works at >= ``input_size`` on the short side)."""
+    return max(input_size / min(height, width), scale) if input_size else scale

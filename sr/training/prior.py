@@ -7,12 +7,12 @@ trains, on HR crops (``batch["gt"]``, [-1, 1]), in two phases counted in generat
 1. ``vae_updates`` updates of the VAE with :class:`AutoencoderLoss` (L1 + LPIPS + hinge GAN + KL), as LDM trains its
    first stage; then the latent scale is set as LDM's ``scale_by_std``: ``scaling_factor = 1 / std(z)`` over one batch
    of posterior samples, so the diffusion sees unit-variance latents;
-2. ``unet_updates`` updates of the UNet (SFT disabled: the plain diffusers UNet) on the SD objective
+2. ``unet_updates`` updates of the UNet (the plain diffusers UNet: SFT is never applied here) on the SD objective
    ``|| UNet(sqrt(a_t) z + sqrt(1 - a_t) n, t, c_empty) - target ||^2``, ``target = n`` (eps) or
    ``sqrt(a_t) n - sqrt(1 - a_t) z`` (v), ``t ~ U{0..999}``.
 
 ``export(run_dir)`` (called by the exporter callback at the end of fit) writes the whole model with
-``model.save_pretrained(run_dir / "model")``: the ``pretrained`` folder of the stage-1 demo (``paths.prior_dir``).
+``pipeline.save_pretrained(run_dir / "model")``: the ``pretrained`` folder of the stage-1 demo (``paths.prior_dir``).
 """
 
 import logging
@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sr.models import StableSR
-from sr.models.sft import is_sft_parameter, sft_disabled
+from sr.pipelines import StableSRPipeline
 from sr.training.losses import AutoencoderLoss, reconstruct
 from sr.training.stage2 import UpdateCounter
 
@@ -44,12 +43,12 @@ def random_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 class PriorModule(UpdateCounter):
-    """Phase 1 trains ``model.vae`` (+ discriminator), phase 2 ``model.unet`` (non-SFT weights); stops by itself after
+    """Phase 1 trains the pipeline's ``vae`` (+ discriminator), phase 2 its ``unet``; stops by itself after
     ``vae_updates + unet_updates`` updates; ``export(run_dir)`` writes ``run_dir/model``."""
 
     def __init__(
         self,
-        model: StableSR,
+        model: StableSRPipeline,
         loss: AutoencoderLoss,
         vae_updates: int,
         unet_updates: int,
@@ -62,24 +61,20 @@ class PriorModule(UpdateCounter):
             raise ValueError(f"need vae_updates, unet_updates >= 0 with a positive sum, got {vae_updates}, {unet_updates}")
         super().__init__(vae_updates + unet_updates)
         self.automatic_optimization = False
-        self.model, self.loss = model, loss
+        self.pipeline, self.model, self.loss = model, model.model, loss
         self.vae_updates, self.unet_updates = vae_updates, unet_updates
         self.vae_lr, self.unet_lr, self.betas = vae_lr, unet_lr, tuple(betas)
         self.vae_crop_size = vae_crop_size
         # 0 until phase 2 sets it; a buffer so that a resumed run keeps the scale it trained the UNet with.
         self.register_buffer("latent_scale", torch.zeros(()))
-        model.freeze_except(None)
-        model.vae.requires_grad_(True)
-        for parameter in self.unet_parameters():
-            parameter.requires_grad_(True)
-
-    def unet_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for name, p in self.model.unet.named_parameters() if not is_sft_parameter(name)]
+        self.model.freeze_except(None)
+        self.model.vae.requires_grad_(True)
+        self.model.unet.requires_grad_(True)
 
     def configure_optimizers(self):
         vae = torch.optim.Adam(self.model.vae.parameters(), lr=self.vae_lr, betas=self.betas)
         discriminator = torch.optim.Adam(self.loss.discriminator.parameters(), lr=self.vae_lr, betas=self.betas)
-        unet = torch.optim.AdamW(self.unet_parameters(), lr=self.unet_lr)
+        unet = torch.optim.AdamW(self.model.unet.parameters(), lr=self.unet_lr)
         return [vae, discriminator, unet]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -121,15 +116,15 @@ class PriorModule(UpdateCounter):
             self._apply_latent_scale()
             latent = latent * model.scaling_factor
         noise = torch.randn_like(latent)
-        timesteps = torch.randint(0, model.noise_scheduler.config.num_train_timesteps, (latent.shape[0],),
+        timesteps = torch.randint(0, model.scheduler.config.num_train_timesteps, (latent.shape[0],),
                                   device=latent.device)
-        noisy = model.noise_scheduler.add_noise(latent, noise, timesteps)
+        noisy = model.scheduler.add_noise(latent, noise, timesteps)
         if model.prediction_type == "v_prediction":
-            target = model.noise_scheduler.get_velocity(latent, noise, timesteps)
+            target = model.scheduler.get_velocity(latent, noise, timesteps)
         else:
             target = noise
         context = model.prompt_embeds.to(noisy.dtype).expand(noisy.shape[0], -1, -1)
-        with self.toggled_optimizer(optimizer_unet), sft_disabled(model.unet):
+        with self.toggled_optimizer(optimizer_unet):
             prediction = model.unet(noisy, timesteps, encoder_hidden_states=context).sample
             loss = F.mse_loss(prediction.float(), target.float())
             optimizer_unet.zero_grad(set_to_none=True)
@@ -139,17 +134,16 @@ class PriorModule(UpdateCounter):
         return loss.detach()
 
     def _apply_latent_scale(self) -> None:
-        scale = float(self.latent_scale)
-        self.model.scaling_factor = scale
-        self.model.vae.register_to_config(scaling_factor=scale)
+        self.model.vae.register_to_config(scaling_factor=float(self.latent_scale))
 
     def export(self, folder: str | Path) -> Path:
-        """Write the trained model as ``<folder>/model`` (``StableSR.from_pretrained`` / ``model.pretrained``).
+        """Write the trained pipeline as ``<folder>/model`` (``StableSRPipeline.from_pretrained``,
+        ``model.pretrained``).
 
         The exporter callback has already refused an existing folder unless told to overwrite."""
         if self.latent_scale > 0:
             self._apply_latent_scale()
-        path = self.model.save_pretrained(Path(folder) / PRIOR_EXPORT_FOLDER, overwrite=True)
+        path = self.pipeline.save_pretrained(Path(folder) / PRIOR_EXPORT_FOLDER, overwrite=True)
         log.info("tiny prior written to %s (demo scaffolding: the real recipe uses frozen SD-2.1)", path)
         return path
 

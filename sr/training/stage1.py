@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from sr.metrics.full_reference import psnr, ssim
-from sr.models import StableSR
-from sr.sampling.aggregation import AggregationSampler
-from sr.sampling.upscale import Upscaler
+from sr.pipelines import StableSRPipeline
 from sr.training.callbacks import log_image
 from sr.utils.distributed import derived_seed, gather_to_rank_zero, own_rank_entry
 
@@ -109,40 +107,37 @@ class TrainableOnlyCheckpoint(L.LightningModule):
 
 
 class Stage1Module(TrainableOnlyCheckpoint):
-    """LightningModule for stage 1: AdamW on ``model.parameters_of("stage1")`` only, constant learning rate.
+    """LightningModule for stage 1: AdamW on the time-aware encoder + SFT adapter only, constant learning rate.
 
-    Validation upscales the datamodule's native-LR validation images with the current weights through the any-size
-    :class:`sr.sampling.upscale.Upscaler` (``val_steps`` sampling steps, fixed ``val_seed``), logs PSNR/SSIM on the
-    Y channel (``sr.metrics.full_reference``) and LR | SR | HR grids for the first ``val_logged_batches`` batches.
+    ``model`` is the ``StableSRPipeline``; ``self.model`` its ``StableSR`` operations over the same modules (what
+    Lightning moves, freezes and checkpoints). Validation upscales the datamodule's native-LR validation images with
+    the current weights through the pipeline itself, with ``validation`` as its sampling arguments (unset ones: the
+    pipeline's defaults) and a fixed ``val_seed``; it logs PSNR/SSIM on the Y channel (``sr.metrics.full_reference``)
+    and LR | SR | HR grids for the first ``val_logged_batches`` batches.
     """
 
     def __init__(
         self,
-        model: StableSR,
+        model: StableSRPipeline,
         lr: float = 5e-5,
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         seed: int = 23,
-        val_steps: int = 4,
-        val_w: float = 0.0,
-        val_color_fix: str = "none",
-        val_scale: float = 4.0,
-        val_tile_size: int | None = None,
-        val_tile_overlap: int | None = None,
-        val_tile_batch_size: int = 4,
+        validation: dict | None = None,
         val_seed: int = 0,
         val_logged_batches: int = 2,
     ):
         super().__init__()
         betas = tuple(float(beta) for beta in betas)  # plain floats: checkpoints must load with weights_only=True
+        validation = dict(validation or {})
+        model.sampling_settings(**validation)  # refuse bad settings now, not at the first validation
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
-        model.freeze_except("stage1")
+        self.pipeline = model
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.model = model.model
+        self.model.freeze_except("stage1")
         self.seed = seed
-        self.val_tile_size = val_tile_size or model.latent_tile
-        self.val_tile_overlap = val_tile_overlap if val_tile_overlap is not None else self.val_tile_size // 2
-        self._upscaler = None
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
@@ -161,12 +156,12 @@ class Stage1Module(TrainableOnlyCheckpoint):
         with torch.no_grad():
             z_lr, _ = model.encode(lq, generator=generator)
             z_gt, _ = model.encode(gt, generator=generator)
-        num_timesteps = model.noise_scheduler.config.num_train_timesteps
+        num_timesteps = model.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_timesteps, (gt.shape[0],), generator=generator).to(self.device)
         noise = torch.randn(z_gt.shape, generator=generator).to(device=self.device, dtype=z_gt.dtype)
-        x_t = model.noise_scheduler.add_noise(z_gt, noise, timesteps)
+        x_t = model.scheduler.add_noise(z_gt, noise, timesteps)
         prediction = model.predict(x_t, timesteps, z_lr)
-        target = diffusion_target(model.noise_scheduler, z_gt, noise, timesteps)
+        target = diffusion_target(model.scheduler, z_gt, noise, timesteps)
         return F.mse_loss(prediction.float(), target.float())
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
@@ -177,26 +172,13 @@ class Stage1Module(TrainableOnlyCheckpoint):
         return loss
 
     # ------------------------------------------------------------------ validation
-    def upscaler(self) -> Upscaler:
-        if self._upscaler is None:
-            sampler = AggregationSampler(
-                DDPMScheduler.from_config(self.model.noise_scheduler.config), num_steps=self.hparams.val_steps,
-                tile_size=self.val_tile_size, tile_overlap=self.val_tile_overlap,
-                tile_batch_size=self.hparams.val_tile_batch_size, start="lr", progress=False,
-            )
-            self._upscaler = Upscaler(
-                self.model, sampler, scale=self.hparams.val_scale, w=self.hparams.val_w,
-                color_fix=self.hparams.val_color_fix,
-            )
-        return self._upscaler
-
     def validation_step(self, batch: dict, batch_index: int) -> None:
-        """Upscale each native-LR image (the Upscaler takes one image at a time), score and log grids."""
+        """Upscale each native-LR image (one pipeline call each: sizes may differ), score and log grids."""
         names = batch.get("name") or [f"{batch_index}_{row}" for row in range(batch["lq"].shape[0])]
         for row, name in enumerate(names):
             lq, gt = _rgb(batch["lq"][row : row + 1]), _rgb(batch["gt"][row : row + 1]).float()
             generator = torch.Generator().manual_seed(self.hparams.val_seed)
-            sr = self.upscaler()(lq, generator=generator).float()
+            sr = self.pipeline(lq, generator=generator, output_type="pt", **self.hparams.validation).images.float()
             if sr.shape != gt.shape:
                 raise ValueError(f"validation image {name}: SR {tuple(sr.shape)} and GT {tuple(gt.shape)} differ in size")
             self.log("val/psnr_y", psnr(sr, gt, 0, "y").mean(), batch_size=1, sync_dist=True)

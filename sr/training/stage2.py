@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from sr.models import StableSR
 from sr.models.cfw import encoder_features
+from sr.pipelines import StableSRPipeline
 from sr.training.losses import AutoencoderLoss, Reconstruction
 from sr.training.stage1 import TrainableOnlyCheckpoint
 
@@ -74,7 +74,7 @@ class CFWModule(UpdateCounter):
 
     def __init__(
         self,
-        model: StableSR,
+        model: StableSRPipeline,
         loss: AutoencoderLoss,
         lr: float = 5e-5,
         betas: tuple[float, float] = (0.5, 0.9),
@@ -89,11 +89,11 @@ class CFWModule(UpdateCounter):
         if accumulate_grad_batches < 1:
             raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
         self.automatic_optimization = False
-        self.model, self.loss = model, loss
+        self.pipeline, self.model, self.loss = model, model.model, loss
         self.lr, self.betas = lr, tuple(betas)
         self.w, self.w_sampling = w, w_sampling
         self.accumulate_grad_batches = accumulate_grad_batches
-        model.freeze_except("stage2")
+        self.model.freeze_except("stage2")
         loss.discriminator.requires_grad_(True)
 
     def configure_optimizers(self):

@@ -1,0 +1,180 @@
+"""Build a ``StableSRPipeline`` from a model preset (``conf/model/*.yaml``, ``_target_: sr.pipelines.build_pipeline``).
+
+Three sources, one result:
+
+- ``pretrained`` is a folder written by ``StableSRPipeline.save_pretrained`` (or ``python -m sr.convert``):
+  loaded with ``StableSRPipeline.from_pretrained``;
+- ``pretrained`` is a plain diffusers Stable Diffusion folder or hub id (``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``): its UNet and VAE, the empty prompt embedded once with its text encoder, and a time-aware encoder,
+  SFT adapter and CFW with fresh weights from the configs (how stage 1 starts from SD-2.1);
+- ``pretrained`` empty: everything with fresh weights from the configs (the ``tiny`` preset). The initialisation draws
+  from the global torch RNG inside ``torch.random.fork_rng`` seeded with ``seed``, so it is reproducible and leaves
+  the caller's RNG state untouched.
+
+Then ``stage1_weights`` / ``cfw_weights`` (files written by ``StableSR.save_trainable``) replace the encoder + SFT /
+CFW weights, and the preset's ``latent_tile`` and ``sampling`` block become the pipeline's defaults.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from sr.models.cfw import CFW
+from sr.models.encoder import TimeAwareEncoder
+from sr.models.prompt import PromptEmbedding, embed_prompts
+from sr.models.sft import SFTAdapter
+from sr.pipelines.stablesr import SamplingSettings, StableSRPipeline
+from sr.sampling.aggregation import fresh_scheduler
+
+PIPELINE_INDEX = "model_index.json"
+# preset `sampling` keys that differ from the pipeline's argument names
+PRESET_SAMPLING_NAMES = {"steps": "num_inference_steps"}
+
+
+def build_pipeline(
+    pretrained: str | os.PathLike | None = None,
+    unet: dict | None = None,
+    vae: dict | None = None,
+    encoder: dict | None = None,
+    cfw: dict | None = None,
+    sft: dict | None = None,
+    scheduler: dict | None = None,
+    prompt_length: int = 77,
+    seed: int = 0,
+    stage1_weights: str | None = None,
+    cfw_weights: str | None = None,
+    torch_dtype: str | None = None,
+    name: str = "custom",
+    latent_tile: int = 64,
+    sampling: dict | None = None,
+) -> StableSRPipeline:
+    """A pipeline from a preset's keys (module docstring); ``scheduler`` (a ``DDPMScheduler`` config) replaces a
+    loaded folder's schedule. ``name`` is the preset's name (run configs read it as ``cfg.model.name``)."""
+    dtype = getattr(torch, torch_dtype) if torch_dtype else None
+    if pretrained:
+        pipe = _load(pretrained, encoder, cfw, sft, dtype)
+        if scheduler:
+            pipe.scheduler = DDPMScheduler(**scheduler)
+    else:
+        if unet is None or vae is None:
+            raise ValueError("a model preset needs either `pretrained` or both `unet` and `vae` configs")
+        pipe = from_configs(unet, vae, encoder or {}, cfw or {}, scheduler or {}, sft, prompt_length, seed)
+        if dtype:
+            pipe.to(dtype=dtype)
+    if stage1_weights:
+        pipe.load_trainable(stage1_weights, parts=("encoder", "sft"))
+    if cfw_weights:
+        pipe.load_trainable(cfw_weights, parts=("cfw",))
+    pipe.register_to_config(latent_tile=latent_tile, sampling=preset_sampling(sampling))
+    return pipe
+
+
+def preset_sampling(sampling: dict | None) -> dict:
+    """A preset's ``sampling`` block under the pipeline's argument names (``steps`` -> ``num_inference_steps``)."""
+    return {PRESET_SAMPLING_NAMES.get(key, key): value for key, value in (sampling or {}).items()}
+
+
+def sampling_arguments(cfg) -> dict:
+    """``StableSRPipeline.__call__`` keyword arguments from a run config's sampling keys (conf/sampling/default.yaml:
+    ``steps, start, respacing, w, color_fix, scale, input_size, tile.{size,overlap,weighting,batch_size},
+    vae_tile.{size,overlap}``)."""
+    return {
+        "num_inference_steps": cfg.steps, "start": cfg.start, "respacing": cfg.respacing, "w": cfg.w,
+        "color_fix": cfg.color_fix, "scale": cfg.scale, "input_size": cfg.input_size, "tile_size": cfg.tile.size,
+        "tile_overlap": cfg.tile.overlap, "tile_weighting": cfg.tile.weighting, "tile_batch_size": cfg.tile.batch_size,
+        "vae_tile_size": cfg.vae_tile.size, "vae_tile_overlap": cfg.vae_tile.overlap,
+    }
+
+
+def resolved_settings(cfg) -> SamplingSettings:
+    """The settings a run config samples with, resolved as its pipeline would (without building the model)."""
+    return SamplingSettings.resolve(cfg.model.latent_tile, preset_sampling(cfg.model.get("sampling")),
+                                    **sampling_arguments(cfg))
+
+
+def use_scheduler(pipe: StableSRPipeline, scheduler) -> StableSRPipeline:
+    """Sample ``pipe`` with ``scheduler``'s class and config (e.g. DDIM from ``conf/scheduler``), keeping the model's
+    ``prediction_type``; returns ``pipe``."""
+    pipe.scheduler = fresh_scheduler(scheduler, pipe.scheduler.config.prediction_type)
+    return pipe
+
+
+def from_configs(
+    unet: dict,
+    vae: dict,
+    encoder: dict,
+    cfw: dict,
+    scheduler: dict,
+    sft: dict | None = None,
+    prompt_length: int = 77,
+    seed: int = 0,
+) -> StableSRPipeline:
+    """Fresh weights from explicit configs; the prompt embedding is ``randn`` from ``Generator().manual_seed(seed)``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet_model = UNet2DConditionModel(**unet)
+        prompt = torch.randn(1, prompt_length, unet_model.config.cross_attention_dim,
+                             generator=torch.Generator().manual_seed(seed))
+        vae_model, encoder_model, cfw_model = AutoencoderKL(**vae), TimeAwareEncoder(**encoder), CFW(**cfw)
+        adapter = new_sft_adapter(unet_model, encoder_model, sft)
+    return _in_eval_mode(StableSRPipeline(unet_model, vae_model, encoder_model, adapter, cfw_model,
+                                          DDPMScheduler(**scheduler), PromptEmbedding.of(prompt)))
+
+
+def new_sft_adapter(unet: UNet2DConditionModel, encoder: TimeAwareEncoder, sft: dict | None) -> SFTAdapter:
+    """Fresh SPADE layers for every residual block of ``unet``, conditioned on ``encoder``'s output width."""
+    options = {"cond_channels": encoder.config.out_channels, "hidden_channels": 128, "norm_groups": 32, **(sft or {})}
+    return SFTAdapter.for_unet(unet, **options)
+
+
+def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
+          dtype: torch.dtype | None) -> StableSRPipeline:
+    source = str(pretrained)
+    local = Path(source)
+    kwargs = {"torch_dtype": dtype} if dtype else {}
+    if (local / PIPELINE_INDEX).is_file():
+        pipe = StableSRPipeline.from_pretrained(local, **kwargs)
+        if pipe.cfw is None and cfw is not None:  # a converted stage-1 folder without CFW: stage 2 starts here
+            pipe.register_modules(cfw=CFW(**cfw).to(device=pipe.device, dtype=pipe.vae.dtype).eval())
+        return pipe
+    if local.exists() and not (local / "unet").is_dir():
+        raise FileNotFoundError(f"{local}: not a model folder (no {PIPELINE_INDEX}, no unet/ subfolder)")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"{source}: not a local model folder, and not loadable as a hub id ({str(error).splitlines()[0]})"
+        ) from error
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
+    prompt = embed_prompts(*_load_text_encoder(source), [""])
+    encoder_model = TimeAwareEncoder(**(encoder or {}))
+    pipe = StableSRPipeline(unet, vae, encoder_model, new_sft_adapter(unet, encoder_model, sft), CFW(**(cfw or {})),
+                            scheduler, PromptEmbedding.of(prompt))
+    if dtype:
+        pipe.to(dtype=dtype)
+    return _in_eval_mode(pipe)
+
+
+def _in_eval_mode(pipe: StableSRPipeline) -> StableSRPipeline:
+    """Every module component in eval mode, as ``from_pretrained`` leaves them (training modules switch back)."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+def _load_text_encoder(source: str):
+    """The SD folder's own text encoder and tokenizer (used once, to embed the empty prompt)."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+    except OSError as error:
+        raise FileNotFoundError(
+            f"{source}: no prompt embedding and no text_encoder/ + tokenizer/ to compute the empty-prompt embedding"
+        ) from error
+    return text_encoder.eval(), tokenizer
