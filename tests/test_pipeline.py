@@ -161,10 +161,10 @@ def test_untrained_cfw_warns_on_the_path_users_run(pipe):
 
 
 def test_tile_weighting_and_respacing_reach_the_sampler(pipe, monkeypatch):
-    lr, seed = lr_image(), torch.Generator().manual_seed
+    lr, seed = lr_image(40, 24), torch.Generator().manual_seed  # a 24 x 16 latent: two tiles stacked vertically
     centred = pipe(lr, generator=seed(0), output_type="latent", **MULTI_TILE).images
     official = pipe(lr, generator=seed(0), output_type="latent", tile_weighting="official", **MULTI_TILE).images
-    assert not torch.equal(centred, official)  # two tiles: the blend in their overlap differs
+    assert not torch.equal(centred, official)  # the weights differ in y only: the vertical overlap blends differently
     visited = []
     real_predict = type(pipe.model).predict
     monkeypatch.setattr(type(pipe.model), "predict", lambda self, x, t, z, p=None: visited.append(int(t)) or
@@ -178,3 +178,23 @@ def test_tile_weighting_and_respacing_reach_the_sampler(pipe, monkeypatch):
             pipe(lr_image(8, 8), respacing="official", **MULTI_TILE)
     finally:
         pipe.scheduler = original
+
+
+def test_offload_hooks_are_triggered_for_the_parts_run_through_submodules(pipe, monkeypatch):
+    """enable_model_cpu_offload moves a component when its forward runs; the VAE encoder and the CFW layers are
+    called through submodules, so the pipeline must trigger their hooks itself (before encoding / decoding)."""
+    calls = []
+
+    class RecordingHook:
+        def __init__(self, name):
+            self.name = name
+
+        def pre_forward(self, module, *args, **kwargs):
+            calls.append(self.name)
+            return args, kwargs
+
+    monkeypatch.setattr(pipe.vae, "_hf_hook", RecordingHook("vae"), raising=False)
+    monkeypatch.setattr(pipe.cfw, "_hf_hook", RecordingHook("cfw"), raising=False)
+    monkeypatch.setattr(type(pipe), "_execution_device", property(lambda self: torch.device("cpu")))
+    pipe(lr_image(6, 6), output_type="pt", **dict(MULTI_TILE, num_inference_steps=1))
+    assert calls[:3] == ["vae", "cfw", "vae"]

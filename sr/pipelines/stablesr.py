@@ -114,7 +114,10 @@ class StableSRPipelineOutput(BaseOutput):
 class StableSRPipeline(DiffusionPipeline):
     """Any-size StableSR super-resolution (module docstring); ``pipe(image, **settings).images``."""
 
-    model_cpu_offload_seq = "vae->time_aware_encoder->sft->unet->cfw"
+    # enable_model_cpu_offload: one component on the accelerator at a time, in this order. The SFT adapter runs
+    # inside every UNet call and the prompt embedding is a tensor, so both stay on the accelerator.
+    model_cpu_offload_seq = "vae->time_aware_encoder->unet->cfw"
+    _exclude_from_cpu_offload = ["sft", "prompt_embedding"]
     _optional_components = ["cfw"]
 
     def __init__(
@@ -246,6 +249,7 @@ class StableSRPipeline(DiffusionPipeline):
         # Per-axis VAE tile/overlap, each a multiple of 8 and below the tile even when the image is narrower.
         vae_tiles = tuple(min(settings.vae_tile_size, side) for side in padded.shape[-2:])
         vae_overlaps = tuple(min(settings.vae_tile_overlap, tile - VAE_FACTOR) for tile in vae_tiles)
+        _onload(self.vae)
         z_lr, features = model.encode(padded, generator, sample=sample_posterior, tile=vae_tiles,
                                       overlap=vae_overlaps, progress=show_progress)
         del padded
@@ -266,12 +270,14 @@ class StableSRPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latent
         else:
+            _onload(self.cfw, self.vae)
             decoded = model.decode(latent, features, settings.w, tile=settings.vae_tile_size // VAE_FACTOR,
                                    overlap=settings.vae_tile_overlap // VAE_FACTOR, progress=show_progress)
             del features
             images = self._postprocess(decoded[..., : work[0], : work[1]], upsampled, settings, target, lr)
             images = _convert_output(images, output_type)
         initial = x_t if return_latents else None
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (images, initial)
         return StableSRPipelineOutput(images=images, latents=initial)
@@ -287,6 +293,15 @@ class StableSRPipeline(DiffusionPipeline):
             luma = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
             image = (image * luma).sum(dim=1, keepdim=True)
         return image.to(lr.device)
+
+
+def _onload(*modules) -> None:
+    """Under ``enable_model_cpu_offload``, move ``modules`` to the accelerator as calling their ``forward`` would: the
+    VAE encoder and the CFW layers are run through their submodules, which the offload hooks do not see."""
+    for module in modules:
+        hook = getattr(module, "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(module)
 
 
 def _as_batch(image) -> torch.Tensor:
