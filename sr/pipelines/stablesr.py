@@ -17,8 +17,9 @@ One call, for ``lr [B, C, h, w]`` in [0, 1] (C = 1 or 3), ``work = round((h, w) 
     image  = decode(x_0, f, w)[:work] -> colour fix vs up -> (image + 1) / 2 -> antialiased resize to
              round(h, w * scale) when input_size raised the working size -> grey back to one channel (luma)
 
-This class is the one place where sampling settings are defaulted and validated (``sampling_settings``) and the
-one decode path (``StableSR.decode``: the CFW warning fires here). Latents are in diffusion space everywhere
+This class is the one place where sampling settings are defaulted and resolved (``sampling_settings``; their valid
+ranges are ``sr.validation.validate_sampling``'s, shared with the commands) and the one decode path
+(``StableSR.decode``: the CFW warning fires here). Latents are in diffusion space everywhere
 (``scaling_factor * E(x)``, see ``sr.models.stablesr``).
 """
 
