@@ -61,7 +61,7 @@ from sr.models.encoder import TimeAwareEncoder
 from sr.models.prompt import PromptEmbedding
 from sr.pipelines import StableSRPipeline
 from sr.pipelines.build import new_sft_adapter, preset_sampling
-from sr.utils.checkpoint import load_checkpoint_state_dict
+from sr.utils.checkpoint import check_checkpoint_file, load_checkpoint_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -559,6 +559,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.ckpt}: the file name suggests --variant {guessed}, converting as {args.variant}", stacklevel=1
         )
     with one_line_errors("sr.convert", args.debug, debug_flag="--debug"):
+        for checkpoint in (args.ckpt, args.vqgan):  # before any work starts: empty, truncated, foreign files
+            if checkpoint is not None:
+                check_checkpoint_file(checkpoint)
         convert_stablesr(args.ckpt, args.out, args.variant, args.vqgan, args.overwrite, args.ema, args.text_encoder)
 
 
