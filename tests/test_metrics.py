@@ -12,7 +12,16 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from sr.io import read_image
-from sr.metrics import FID, LPIPS, MetricSuite, clean_resize, quantize_8bit, split_into_patches
+from sr.metrics import (
+    FID,
+    LOWER_IS_BETTER,
+    LPIPS,
+    METRICS,
+    MetricSuite,
+    clean_resize,
+    quantize_8bit,
+    split_into_patches,
+)
 from sr.metrics.full_reference import LPIPS_FEATURE_CHANNELS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -87,11 +96,17 @@ def test_gaussian_noise_psnr_matches_numpy_on_rgb_and_both_lumas(camera):
     assert abs(scores["psnr"] - expected_noise_psnr) < 1.0  # clipping at 0/1 only lowers the noise a little
 
 
-def test_ssim_y_matches_skimage_on_rounded_luma(camera):
+@pytest.mark.parametrize(
+    ("name", "weights", "offset"),
+    [("ssim_y", (0.299, 0.587, 0.114), 0.0), ("ssim_ycbcr", (65.481 / 255, 128.553 / 255, 24.966 / 255), 16 / 255)],
+)
+def test_ssim_on_a_luma_matches_skimage_on_the_rounded_luma(camera, name, weights, offset):
     sr = _noisy(camera, 0.08, seed=2)
-    score = MetricSuite(["ssim_y"], crop_border=0).score_image(sr, camera, "camera")["ssim_y"]
-    luma = np.array([0.299, 0.587, 0.114])
-    y_sr, y_hr = (np.round(img[0].permute(1, 2, 0).numpy().astype(np.float64) @ luma * 255) for img in (sr, camera))
+    score = MetricSuite([name], crop_border=0).score_image(sr, camera, "camera")[name]
+    y_sr, y_hr = (
+        np.round((img[0].permute(1, 2, 0).numpy().astype(np.float64) @ np.array(weights) + offset) * 255)
+        for img in (sr, camera)
+    )
     reference = structural_similarity(
         y_sr, y_hr, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
     )
@@ -100,14 +115,28 @@ def test_ssim_y_matches_skimage_on_rounded_luma(camera):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyiqa") is None, reason="pyiqa not installed")
-def test_psnr_y_and_ssim_y_agree_with_pyiqa(camera):
-    from pyiqa.archs.psnr_arch import PSNR
-    from pyiqa.archs.ssim_arch import SSIM
+def test_psnr_and_ssim_equal_pyiqa_default_metrics(camera):
+    """The registry's PSNR/SSIM are pyiqa's named metrics (the published protocol), crop 0, float64 inputs."""
+    import pyiqa
 
     sr = _noisy(camera, 0.05, seed=3)
-    scores = MetricSuite(["psnr_y", "ssim_y"], crop_border=0).score_image(sr, camera, "camera")
-    assert scores["psnr_y"] == pytest.approx(PSNR(test_y_channel=True)(sr, camera).item(), abs=1e-4)
-    assert scores["ssim_y"] == pytest.approx(SSIM(test_y_channel=True)(sr, camera).item(), abs=1e-4)
+    scores = MetricSuite(["psnr", "ssim", "psnr_y", "ssim_y"], crop_border=0).score_image(sr, camera, "camera")
+    for ours, theirs in (("psnr", "psnr"), ("ssim", "ssimc"), ("psnr_y", "psnry"), ("ssim_y", "ssim")):
+        metric = pyiqa.create_metric(theirs, device="cpu")
+        assert scores[ours] == pytest.approx(metric(sr.double(), camera.double()).item(), abs=1e-9), ours
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyiqa") is None, reason="pyiqa not installed")
+def test_registry_directions_agree_with_pyiqa():
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    pyiqa_names = {"lpips_alex": "lpips", "lpips_vgg": "lpips-vgg", "psnr_ycbcr": "psnr", "ssim_ycbcr": "ssim"}
+    pyiqa_names |= {"ssim": "ssimc", "psnr_y": "psnry", "ssim_y": "ssim", "fid_patch": "fid"}
+    for name, spec in METRICS.items():
+        pyiqa_config = DEFAULT_CONFIGS[pyiqa_names.get(name, name)]
+        assert spec.lower_is_better == pyiqa_config.get("lower_better", False), name
+        assert spec.backend.startswith("pyiqa ") or spec.backend.startswith("own: "), name
+        assert (spec.name in LOWER_IS_BETTER) == spec.lower_is_better
 
 
 def test_lpips_with_stand_in_backbone_is_zero_for_identical_and_matches_formula(camera):

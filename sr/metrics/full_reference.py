@@ -1,4 +1,4 @@
-"""Full-reference metrics: PSNR and SSIM (RGB or a luma channel) through basicsr, LPIPS through the ``lpips`` package.
+"""Full-reference metrics: PSNR and SSIM (RGB or a luma channel) through pyiqa, LPIPS through the ``lpips`` package.
 
 Inputs are RGB tensors ``[N, 3, H, W]`` in [0, 1]; ``crop_border`` pixels are removed from every edge first.
 
@@ -6,16 +6,18 @@ Colour spaces (``space`` argument). The two "Y" conventions differ by a scale an
 about 1.3 dB, so both exist under distinct names:
 
 - ``"y"``: pyiqa's Y (its default ``color_space='yiq'``), which StableSR and its successors' tables use:
-  ``Y = 0.299 R + 0.587 G + 0.114 B`` (BT.601 luma, full range). SSIM sees Y rounded to 8 bits, as pyiqa does;
-- ``"ycbcr"``: basicsr / MATLAB ``rgb2ycbcr`` studio-swing Y: ``Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255``;
+  ``Y = 0.299 R + 0.587 G + 0.114 B`` (BT.601 luma, full range);
+- ``"ycbcr"``: MATLAB ``rgb2ycbcr`` studio-swing Y: ``Y = (65.481 R + 128.553 G + 24.966 B + 16) / 255``
+  (pyiqa's ``color_space='ycbcr'``);
 - ``"rgb"``: the three channels (SSIM averages them).
 
-Formulas (basicsr's ``calculate_psnr_pt`` / ``calculate_ssim_pt``):
+Formulas (pyiqa 0.1.16's ``psnr_arch`` / ``ssim_arch``, evaluated here in float64):
 
-- ``PSNR = 10 log10(1 / (MSE + 1e-8))`` in float64 on the [0, 1] scale, so identical images give the cap of 80 dB;
-- SSIM (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5), 'valid' filtering, ``C1 = (0.01 * 255)^2``,
-  ``C2 = (0.03 * 255)^2`` on the 0-255 scale, averaged over pixels. (pyiqa additionally clamps negative
-  contrast-structure terms to 0; that changes SSIM by < 1e-4 except on extremely noisy images.)
+- ``PSNR = 10 log10(1 / (MSE + 1e-8))`` on the [0, 1] scale, so identical images give the cap of 80 dB;
+- SSIM (Wang et al. 2004) on the 0-255 scale with every channel rounded to 8 bits (on a luma: the luma rounded, as
+  MATLAB's ``rgb2ycbcr`` of a uint8 image), 11x11 Gaussian window (sigma 1.5), 'valid' filtering,
+  ``C1 = (0.01 * 255)^2``, ``C2 = (0.03 * 255)^2``, negative contrast-structure terms clamped to 0, averaged over
+  pixels and channels.
 - LPIPS v0.1 (Zhang et al. 2018): ``d(x, y) = sum_l mean_hw( w_l . (f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)|)^2 )`` with
   ``f_l`` the backbone's layer-l features (unit-normalised over channels) and ``w_l`` the learned 1x1 heads; inputs
   are mapped from [0, 1] to [-1, 1] and through lpips' ImageNet scaling layer first. No border crop.
@@ -26,44 +28,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# isort: off
-import sr.compat.basicsr  # noqa: F401  (mends basicsr for current torchvision before basicsr.metrics is imported)
-from basicsr.metrics.psnr_ssim import calculate_psnr_pt, calculate_ssim_pt
-# isort: on
-
 from sr.metrics.weights import torchvision_backbone_path
 
 LPIPS_FEATURE_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
-BT601_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 COLOUR_SPACES = ("rgb", "y", "ycbcr")
-
-
-def luma_bt601(rgb: torch.Tensor) -> torch.Tensor:
-    """``Y = 0.299 R + 0.587 G + 0.114 B`` of ``[N, 3, H, W]`` in [0, 1]: ``[N, 1, H, W]`` in [0, 1] (pyiqa's Y)."""
-    weights = torch.tensor(BT601_LUMA_WEIGHTS, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb * weights).sum(dim=1, keepdim=True)
+PYIQA_COLOUR_SPACES = {"y": "yiq", "ycbcr": "ycbcr"}
 
 
 def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str) -> torch.Tensor:
     """Per-image PSNR in dB, ``[N]`` float64, on ``space`` (formula, cap and spaces in the module docstring)."""
-    _check_space(space)
-    if space == "y":
-        return calculate_psnr_pt(luma_bt601(sr), luma_bt601(hr), crop_border=crop_border)
-    return calculate_psnr_pt(sr, hr, crop_border=crop_border, test_y_channel=space == "ycbcr")
+    from pyiqa.archs.psnr_arch import PSNR
+
+    return PSNR(crop_border=crop_border, **_pyiqa_space(space))(sr.double(), hr.double())
 
 
 def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, space: str) -> torch.Tensor:
     """Per-image SSIM, ``[N]`` float64, on ``space`` (window, constants and spaces in the module docstring)."""
-    _check_space(space)
-    if space == "y":
-        sr_y, hr_y = (torch.round(luma_bt601(image) * 255.0) / 255.0 for image in (sr, hr))
-        return calculate_ssim_pt(sr_y, hr_y, crop_border=crop_border)
-    return calculate_ssim_pt(sr, hr, crop_border=crop_border, test_y_channel=space == "ycbcr")
+    from pyiqa.archs.ssim_arch import SSIM
+
+    return SSIM(crop_border=crop_border, **_pyiqa_space(space))(sr.double(), hr.double())
 
 
-def _check_space(space: str) -> None:
+def _pyiqa_space(space: str) -> dict:
+    """pyiqa's arguments for a colour space: ``test_y_channel`` and, for a luma, its ``color_space``."""
     if space not in COLOUR_SPACES:
         raise ValueError(f"colour space must be one of {COLOUR_SPACES}, got {space!r}")
+    if space == "rgb":
+        return {"test_y_channel": False}
+    return {"test_y_channel": True, "color_space": PYIQA_COLOUR_SPACES[space]}
 
 
 class LPIPS(nn.Module):

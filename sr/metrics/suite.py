@@ -1,25 +1,6 @@
 """``MetricSuite``: the one object eval.py uses to score SR images against GT and summarise a run.
 
-Metric names (higher is better unless marked lower):
-
-=============  =========  ==============================================================================
-name           kind       definition
-=============  =========  ==============================================================================
-``psnr``       per image  PSNR on RGB, dB (identical images: 80 dB cap, see ``sr.metrics.full_reference``)
-``ssim``       per image  SSIM on RGB (mean of the three channels)
-``psnr_y``     per image  PSNR on pyiqa's Y = 0.299R+0.587G+0.114B (StableSR's published-table convention)
-``ssim_y``     per image  SSIM on pyiqa's Y rounded to 8 bits (StableSR's published-table convention)
-``psnr_ycbcr`` per image  PSNR on basicsr/MATLAB studio-swing YCbCr Y (classic SR tables; ~1.3 dB above psnr_y)
-``ssim_ycbcr`` per image  SSIM on basicsr/MATLAB studio-swing YCbCr Y
-``lpips_alex`` per image  LPIPS v0.1, AlexNet (lower)
-``lpips_vgg``  per image  LPIPS v0.1, VGG-16 (lower)
-``niqe``       per image  NIQE, basicsr (lower)
-``musiq``      per image  MUSIQ-KonIQ, pyiqa
-``clipiqa``    per image  CLIP-IQA, pyiqa
-``maniqa``     per image  MANIQA-KonIQ, pyiqa
-``fid``        set level  image-level FID, SR folder against GT folder, clean-fid resize (lower)
-``fid_patch``  set level  FID over non-overlapping ``fid_patch_size`` patches of every image (lower)
-=============  =========  ==============================================================================
+The metrics, their definitions and the library computing each are listed once, in :mod:`sr.metrics.registry`.
 
 Conventions: every image is first quantised to 8 bits (``round(255 x) / 255``), so scoring tensors equals scoring
 the saved PNGs; ``crop_border`` pixels per edge are removed for PSNR/SSIM/NIQE only (basicsr's convention is
@@ -37,33 +18,17 @@ import torch
 from torch import nn
 
 from sr.io import IMAGE_SUFFIXES, list_images, read_image
-from sr.metrics.fid import FID, load_inception
-from sr.metrics.full_reference import LPIPS, psnr, ssim
-from sr.metrics.no_reference import (
-    PYIQA_METRICS,
-    PYIQA_VERSION,
-    PyiqaNoReference,
-    niqe,
-    niqe_size_problem,
-    pyiqa_unavailable,
+from sr.metrics.no_reference import PYIQA_VERSION
+from sr.metrics.registry import (
+    FULL_REFERENCE,
+    METRIC_NAMES,
+    METRICS,
+    SET_LEVEL,
+    SET_LEVEL_METRICS,
+    MetricContext,
+    Score,
 )
-from sr.metrics.weights import inception_path, missing_weights, torchvision_backbone_path
 
-FULL_REFERENCE_METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_ycbcr", "ssim_ycbcr", "lpips_alex", "lpips_vgg")
-METRIC_SPACES = {
-    "psnr": "rgb",
-    "ssim": "rgb",
-    "psnr_y": "y",
-    "ssim_y": "y",
-    "psnr_ycbcr": "ycbcr",
-    "ssim_ycbcr": "ycbcr",
-}
-PER_IMAGE_METRICS = FULL_REFERENCE_METRICS + ("niqe",) + PYIQA_METRICS
-SET_LEVEL_METRICS = ("fid", "fid_patch")
-METRIC_NAMES = PER_IMAGE_METRICS + SET_LEVEL_METRICS
-LOWER_IS_BETTER = frozenset({"lpips_alex", "lpips_vgg", "niqe", "fid", "fid_patch"})
-
-Score = float | str
 Aggregate = dict[str, float | int | None] | str
 
 
@@ -104,57 +69,30 @@ class MetricSuite:
         self.crop_border = crop_border
         self.device = torch.device(device)
         self.fid_patch_size = fid_patch_size
+        context = MetricContext(
+            crop_border, self.device, seed, fid_patch_size, dict(lpips_backbones or {}), fid_feature_extractor
+        )
         self.unavailable: dict[str, str] = {}
-        self._lpips: dict[str, LPIPS] = {}
-        self._pyiqa: dict[str, PyiqaNoReference] = {}
-        self._fid: dict[str, FID] = {}
-
-        lpips_backbones = lpips_backbones or {}
-        for net in ("alex", "vgg"):
-            name = f"lpips_{net}"
-            if name not in self.names:
-                continue
-            backbone = lpips_backbones.get(net)
-            missing = None if backbone is not None else missing_weights(name, torchvision_backbone_path(net))
-            if missing:
-                self.unavailable[name] = missing
+        self._scorers = {}
+        for name in self.names:
+            built = METRICS[name].build(context)
+            if isinstance(built, str):
+                self.unavailable[name] = built
             else:
-                self._lpips[name] = LPIPS(net, backbone=backbone).to(self.device)
-
-        for name in PYIQA_METRICS:
-            if name in self.names:
-                missing = pyiqa_unavailable(name)
-                if missing:
-                    self.unavailable[name] = missing
-                else:
-                    self._pyiqa[name] = PyiqaNoReference(name, self.device, seed)
-
-        fid_names = [name for name in SET_LEVEL_METRICS if name in self.names]
-        if fid_names:
-            extractor = fid_feature_extractor
-            missing = None if extractor is not None else missing_weights("fid", inception_path())
-            for name in fid_names:
-                if missing:
-                    self.unavailable[name] = missing
-                    continue
-                extractor = extractor if extractor is not None else load_inception(inception_path())
-                patch_size = fid_patch_size if name == "fid_patch" else None
-                self._fid[name] = FID(extractor, device=self.device, patch_size=patch_size)
+                self._scorers[name] = built
 
     def conventions(self) -> dict[str, str]:
         """Human-readable scoring conventions, recorded in scores.json and printed under every table."""
-        return {
+        conventions = {
             "images": "RGB quantised to 8 bits before scoring (same as scoring the saved PNGs)",
-            "psnr_ssim": "psnr_y/ssim_y on pyiqa's Y = 0.299R+0.587G+0.114B (SSIM on Y rounded to 8 bits), as in "
-            "StableSR's tables; psnr_ycbcr/ssim_ycbcr on basicsr's (65.481R+128.553G+24.966B+16)/255; "
-            "PSNR capped at 80 dB (MSE eps 1e-8); SSIM 11x11 Gaussian sigma 1.5, valid filtering",
-            "crop_border": f"{self.crop_border} px per edge for PSNR/SSIM/NIQE (none for LPIPS, FID, pyiqa metrics)",
-            "lpips": "LPIPS v0.1 (lpips package), inputs [0,1] mapped to [-1,1]",
-            "fid": "image-level FID, SR set vs GT set, clean-fid PIL-bicubic resize to 299 then uint8, "
-            "torch-fidelity Inception-v3 pool3 (2048-d), torchmetrics Frechet distance"
-            + (f"; fid_patch on non-overlapping {self.fid_patch_size}px patches" if "fid_patch" in self.names else ""),
-            "no_reference": f"NIQE basicsr (Y channel); MUSIQ-KonIQ / CLIP-IQA / MANIQA-KonIQ pyiqa {PYIQA_VERSION}",
+            "crop_border": f"{self.crop_border} px per edge for PSNR/SSIM/NIQE (none for LPIPS, FID, pyiqa NR metrics)",
+            "pyiqa": PYIQA_VERSION,
         }
+        for name in self.names:
+            spec = METRICS[name]
+            size = f" ({self.fid_patch_size} px)" if name == "fid_patch" else ""
+            conventions[name] = f"{spec.definition}{size}; {spec.backend}"
+        return conventions
 
     @torch.no_grad()
     def score_image(self, sr: torch.Tensor, hr: torch.Tensor | None, name: str) -> dict[str, Score]:
@@ -169,23 +107,15 @@ class MetricSuite:
 
         scores: dict[str, Score] = {}
         for metric in self.names:
-            if metric in SET_LEVEL_METRICS:
+            kind = METRICS[metric].kind
+            if kind == SET_LEVEL:
                 continue
             if metric in self.unavailable:
                 scores[metric] = self.unavailable[metric]
-            elif metric in FULL_REFERENCE_METRICS and hr is None:
-                scores[metric] = "n/a (no ground truth)"
-            elif metric.startswith("psnr"):
-                scores[metric] = float(psnr(sr, hr, self.crop_border, METRIC_SPACES[metric]).item())
-            elif metric.startswith("ssim"):
-                scores[metric] = float(ssim(sr, hr, self.crop_border, METRIC_SPACES[metric]).item())
-            elif metric in self._lpips:
-                scores[metric] = float(self._lpips[metric](sr, hr).item())
-            elif metric == "niqe":
-                problem = niqe_size_problem(sr.shape[-2], sr.shape[-1], self.crop_border)
-                scores[metric] = f"n/a ({problem})" if problem else niqe(sr, self.crop_border)
+            elif kind == FULL_REFERENCE:
+                scores[metric] = "n/a (no ground truth)" if hr is None else self._scorers[metric](sr, hr)
             else:
-                scores[metric] = self._pyiqa[metric](sr)
+                scores[metric] = self._scorers[metric](sr)
         return scores
 
     def set_level(
@@ -202,7 +132,7 @@ class MetricSuite:
                 results[metric] = self.unavailable[metric]
                 continue
             try:
-                result = self._fid[metric](_uint8_images(sr), _uint8_images(hr))
+                result = self._scorers[metric](_uint8_images(sr), _uint8_images(hr))
             except ValueError as error:
                 results[metric] = f"n/a ({error})"
                 warnings.warn(f"{metric}: {results[metric]}", stacklevel=2)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from sr.metrics.suite import LOWER_IS_BETTER
+from sr.metrics.registry import LOWER_IS_BETTER
 from sr.report.runs import Run
 from sr.report.table import setting_columns
 

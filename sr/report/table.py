@@ -5,7 +5,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from sr.metrics.suite import LOWER_IS_BETTER, METRIC_NAMES
+from sr.metrics.registry import LOWER_IS_BETTER, METRIC_NAMES
 from sr.report.runs import LEADING_SETTINGS, Run, status_counts
 from sr.utils.provenance import command_line, git_revision
 
