@@ -37,7 +37,7 @@ from sr.pipelines import StableSRPipeline
 from sr.pipelines.build import from_configs, new_sft_adapter
 from sr.utils.checkpoint import (
     CheckpointError,
-    PickledObjectPlaceholder,
+    LightningCallbackStandIn,
     load_checkpoint_state_dict,
 )
 
@@ -203,7 +203,7 @@ def test_lightning_checkpoint_with_unimportable_callback_class_loads(tmp_path, m
     save_lightning_checkpoint(path, state, monkeypatch)
     assert LIGHTNING_MODULE not in sys.modules
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(path, weights_only=True)  # the reason for the placeholder unpickler
+        torch.load(path, weights_only=True)  # the reason for the allowed stand-in
 
     loaded = load_checkpoint_state_dict(path)
 
@@ -211,21 +211,22 @@ def test_lightning_checkpoint_with_unimportable_callback_class_loads(tmp_path, m
     for key, value in state.items():
         assert torch.equal(loaded[key], value)
     assert SETSTATE_CALLS == []
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # the allowance was scoped to the load: no global side effect
 
 
-def test_unknown_classes_become_inert_placeholders(tmp_path, monkeypatch):
-    from sr.utils.checkpoint import _load_pickle_with_placeholders
+def test_lightning_callback_class_becomes_the_inert_stand_in(tmp_path, monkeypatch):
+    from sr.utils.checkpoint import _load_pickled_checkpoint
 
     path = tmp_path / "lightning.ckpt"
     save_lightning_checkpoint(path, {"w": torch.ones(2)}, monkeypatch)
-    loaded = _load_pickle_with_placeholders(path)
+    loaded = _load_pickled_checkpoint(path)
 
     (callback_class,) = loaded["callbacks"]
-    assert issubclass(callback_class, PickledObjectPlaceholder)
-    assert callback_class.pickled_global == f"{LIGHTNING_MODULE}.ModelCheckpoint"
+    assert callback_class is LightningCallbackStandIn
     assert loaded["callbacks"][callback_class]["best_model_score"].item() == 0.25
     instance = loaded["loops"]
-    assert isinstance(instance, callback_class)
+    assert isinstance(instance, LightningCallbackStandIn)
     assert instance.pickled_state["monitor"] == "val/loss"
     assert not hasattr(instance, "monitor") and SETSTATE_CALLS == []
 

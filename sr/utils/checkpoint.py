@@ -1,22 +1,15 @@
 """Safe loading of model weights from ``.safetensors`` and pickled torch checkpoints.
 
-A pickled checkpoint is first read with ``torch.load(weights_only=True)``. Lightning 1.4-era checkpoints (the
-released StableSR files) also pickle bookkeeping objects, e.g. the ``callbacks`` dict is keyed by the class
-``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``; ``weights_only`` refuses those. For such files we
-unpickle again with :class:`_PlaceholderUnpickler`, which
-
-- resolves only torch's own allow-list of globals (tensor rebuild functions, storage types, dtypes, ``OrderedDict``,
-  ``torch.Size`` ...), the same list ``weights_only`` uses;
-- turns every other global into an inert :class:`PickledObjectPlaceholder` subclass. Pickle instantiates plain class
-  instances with ``NEWOBJ`` (``cls.__new__``) and fills them with ``BUILD`` (``__setstate__``); both land in the
-  placeholder's own methods, so no code of the unknown class runs;
-- refuses any attempt to *call* an unknown global (the ``REDUCE``/``INST``/``OBJ`` opcodes, i.e. custom
-  ``__reduce__``), because that is exactly how a pickle runs arbitrary functions such as ``os.system``.
-
-``weights_only=False`` is never used. Only the tensors of the ``state_dict`` are returned.
+A pickled checkpoint is read with ``torch.load(weights_only=True)`` only; ``weights_only=False`` is never used.
+Lightning 1.4-era checkpoints (the released StableSR files) also pickle one bookkeeping class: their ``callbacks``
+dict is keyed by ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``, which ``weights_only`` refuses.
+That name, and only that name, is allowed for the duration of the load (``torch.serialization.safe_globals``, so
+nothing changes for other ``torch.load`` calls) and resolves to the inert :class:`LightningCallbackStandIn`:
+Lightning is not imported and no code of it runs. Any other non-tensor global, in particular a pickled call such as
+``os.system``, is refused by torch's unpickler before it runs, and the error names the file and the globals.
+Only the tensors of the ``state_dict`` are returned.
 """
 
-import io
 import os
 import pickle
 import zipfile
@@ -25,101 +18,29 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
-from torch._weights_only_unpickler import _get_allowed_globals
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 ZIP_MAGIC = b"PK\x03\x04"      # torch.save's default format is a zip archive
 PICKLE_PROTOCOL_OPCODE = 0x80   # the first byte of a pickle (protocol >= 2): torch.save's legacy format
 SAFETENSORS_HEADER_BYTES = 8    # little-endian u64 header length
+LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read safely; the message names the file and the problem."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle asks to call a global that is not on torch's allow-list."""
+class LightningCallbackStandIn:
+    """Stands in for Lightning's ``ModelCheckpoint`` class in a released checkpoint (the key of ``callbacks``).
 
-
-class _RefuseCallMeta(type):
-    """Metaclass of the placeholders: calling a placeholder (pickle ``REDUCE``) is refused.
-
-    ``NEWOBJ`` calls ``cls.__new__`` directly and never goes through the metaclass ``__call__``, so plain pickled
-    instances still load; only "call this global with these arguments" is stopped.
+    An instance, should a file pickle one, only keeps its pickled state in ``pickled_state``; nothing else runs.
     """
-
-    def __call__(cls, *args, **kwargs):
-        raise UnsafePickleError(
-            f"the pickle calls the global '{cls.pickled_global}' (not a tensor/container type on torch's allow-list), "
-            "refusing to run it"
-        )
-
-
-class PickledObjectPlaceholder(metaclass=_RefuseCallMeta):
-    """Inert stand-in for an instance of a class this loader does not import.
-
-    ``new_args`` holds the ``NEWOBJ`` arguments and ``pickled_state`` the ``BUILD`` state; nothing else happens.
-    """
-
-    pickled_global = "<unknown>"
-
-    def __new__(cls, *args):
-        instance = object.__new__(cls)
-        instance.__dict__["new_args"] = args
-        return instance
 
     def __setstate__(self, state):
         self.__dict__["pickled_state"] = state
 
-    def __repr__(self):
-        return f"<placeholder for {self.pickled_global}>"
 
-
-class _PlaceholderUnpickler(pickle.Unpickler):
-    """Unpickler for torch's zip format that only builds allow-listed globals; see the module docstring."""
-
-    _allowed_globals = _get_allowed_globals()
-
-    def __init__(self, data_file, zip_reader, whole_file_storage):
-        super().__init__(data_file)
-        self._zip_reader = zip_reader
-        self._whole_file_storage = whole_file_storage
-        self._storages = {}
-        self._placeholders = {}
-
-    def find_class(self, module, name):
-        qualified_name = f"{module}.{name}"
-        if qualified_name in self._allowed_globals:
-            return self._allowed_globals[qualified_name]
-        if qualified_name not in self._placeholders:
-            self._placeholders[qualified_name] = _RefuseCallMeta(
-                name, (PickledObjectPlaceholder,), {"pickled_global": qualified_name, "__module__": __name__}
-            )
-        return self._placeholders[qualified_name]
-
-    def persistent_load(self, saved_id):
-        # torch.save writes ('storage', storage_type, key, location, numel) for every storage (serialization.py).
-        typename, storage_type, key, _location, numel = saved_id
-        if typename != "storage":
-            raise pickle.UnpicklingError(f"unknown persistent id type {typename!r}")
-        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-        if key not in self._storages:
-            num_bytes = numel * torch._utils._element_size(dtype)
-            offset = self._zip_reader.get_record_offset(f"data/{key}")
-            self._storages[key] = torch.storage.TypedStorage(
-                wrap_storage=self._whole_file_storage[offset : offset + num_bytes], dtype=dtype, _internal=True
-            )
-        return self._storages[key]
-
-
-def _load_pickle_with_placeholders(path: Path):
-    """Unpickle a torch zip checkpoint, memory-mapping the tensor data, with unknown classes as placeholders."""
-    zip_reader = torch._C.PyTorchFileReader(str(path))
-    if zip_reader.has_record("byteorder") and zip_reader.get_record("byteorder") != b"little":
-        raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
-    whole_file_storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
-    unpickler = _PlaceholderUnpickler(io.BytesIO(zip_reader.get_record("data.pkl")), zip_reader, whole_file_storage)
-    return unpickler.load()
+RELEASED_CHECKPOINT_GLOBALS = [(LightningCallbackStandIn, LIGHTNING_CALLBACK)]
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> Path:
@@ -153,19 +74,27 @@ def check_checkpoint_file(path: str | os.PathLike) -> Path:
 
 
 def _load_pickled_checkpoint(path: Path):
+    """``torch.load(weights_only=True)`` with the released checkpoints' one extra global allowed for this call."""
     check_checkpoint_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        pass  # weights_only refused a non-tensor global (e.g. a Lightning callback class): retry with placeholders
-    except (RuntimeError, OSError) as error:
+        with torch.serialization.safe_globals(RELEASED_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: {_refusal(path, error)}") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable torch zip checkpoint (truncated or corrupt?): {error}") from None
+
+
+def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
+    """One line saying which globals the pickle asked for that are not allowed (torch's own message is a page)."""
+    allowed = {name for _, name in RELEASED_CHECKPOINT_GLOBALS}
     try:
-        return _load_pickle_with_placeholders(path)
-    except UnsafePickleError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as error:
-        raise CheckpointError(f"{path}: cannot unpickle checkpoint (truncated or corrupt?): {error}") from None
+        unsafe = [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path) if name not in allowed]
+    except (RuntimeError, OSError, ValueError):
+        unsafe = []
+    if unsafe:
+        return f"the pickle needs globals that are not on the allow-list ({', '.join(sorted(unsafe))}); refusing to load it"
+    return f"cannot unpickle checkpoint (truncated or corrupt?): {str(error).splitlines()[0]}"
 
 
 def _tensor_state_dict(path: Path, loaded) -> dict[str, torch.Tensor]:
