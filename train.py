@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
         train(cfg)
 
 
-register_resolvers()  # before @hydra.main composes: conf/paths uses ${project_root:}
+register_resolvers()  # before @hydra.main composes: conf/paths uses ${oc.env:PROJECT_ROOT}
 
 if __name__ == "__main__":
     pin_command_line()  # scores.json / provenance.json of SLURM jobs record this command

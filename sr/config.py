@@ -1,8 +1,11 @@
-"""Where the Hydra configs live and the OmegaConf resolvers they use: the one place that decides both.
+"""Where the Hydra configs live, where a project's runs and data live, and the OmegaConf resolvers: the one place
+that decides these.
 
 The config tree ships inside the package (``sr/conf``; the checkout's top-level ``conf`` is a link to it), so an
-installed ``sr`` composes its configs outside the checkout too. ``register_resolvers()`` is called by every entry
-point before composing; importing a module never registers anything.
+installed ``sr`` composes its configs outside the checkout too. ``paths.root_dir`` is ``${oc.env:PROJECT_ROOT}``,
+as in the lightning-hydra-template: :func:`register_resolvers`, which every entry point calls before composing,
+sets ``$PROJECT_ROOT`` from :func:`find_project_root` unless the user set it. Importing a module sets and registers
+nothing.
 """
 
 import os
@@ -12,9 +15,20 @@ from omegaconf import OmegaConf
 
 from sr import launcher
 from sr.utils.launch import run_stamp
-from sr.utils.provenance import PROJECT_ROOT
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+PROJECT_ROOT_ENV = "PROJECT_ROOT"
+
+
+def find_project_root() -> Path:
+    """``$PROJECT_ROOT`` if set; else the checkout holding this ``sr`` package (a folder with ``pyproject.toml``
+    beside ``sr/``); else, for an installed ``sr``, the current directory. ``runs/`` and ``data/`` live below it."""
+    if os.environ.get(PROJECT_ROOT_ENV):
+        return Path(os.environ[PROJECT_ROOT_ENV])
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    return Path.cwd()
 
 
 def wandb_default_mode() -> str:
@@ -32,20 +46,20 @@ def wandb_default_mode() -> str:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` (the checkout holding ``sr/``), ``${wandb_mode:}`` and ``${run_stamp:<log dir>}`` (the
-    time stamp of a run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
-    ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``) for the YAML files (idempotent).
+    """What the YAML files' interpolations need (idempotent): ``$PROJECT_ROOT`` for ``${oc.env:PROJECT_ROOT}``
+    (found once, see :func:`find_project_root`), ``${wandb_mode:}``, ``${run_stamp:<log dir>}`` (the time stamp of a
+    run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
+    ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``).
 
     ``run_stamp`` is cached like Hydra's ``now``: one value per process, copied into every job of a sweep.
     """
+    os.environ[PROJECT_ROOT_ENV] = str(find_project_root())
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     for name, function in (("slurm_tasks_per_node", launcher.tasks_per_node),
                            ("slurm_gpus_per_node", launcher.gpus_per_node), ("slurm_mem_gb", launcher.mem_gb_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_default_mode)
 
