@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sr.compat import basicsr  # noqa: F401  (must precede the realesrgan import: torchvision shim)
+from sr.config import CONFIG_DIR
 
 STABLESR_OPT = {
     "scale": 4, "gt_size": 512, "queue_size": 180,
@@ -103,7 +104,7 @@ def main() -> None:
     coarse = torch.rand(batch, 3, size // 16, size // 16)
     gt = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
 
-    pipeline = instantiate(OmegaConf.load("conf/degradation/realesrgan.yaml"))
+    pipeline = instantiate(OmegaConf.load(CONFIG_DIR / "degradation" / "realesrgan.yaml"))
     generator = torch.Generator().manual_seed(0)
     ours = timed(lambda: pipeline(gt, generator), args.iterations)
 

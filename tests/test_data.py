@@ -209,16 +209,20 @@ def test_data_configs_instantiate(name, tmp_path, monkeypatch):
 
 
 def test_bundled_heldout_pairs_match_generator(tmp_path):
-    script = load_script("make_synthetic_testset")
+    from sr.config import compose
+    from sr.data.testset import make_test_pairs
+
     out = tmp_path / "pairs"
-    args = ["--hr-dir", str(ROOT / "data/samples/heldout"), "--out-dir", str(out), "--crop", "128", "--scale", "4"]
-    assert script.main(args) == 0
+    overrides = [f"hr_dir={ROOT / 'data/samples/heldout'}", f"out_dir={out}", "crop=128", "degradation.scale=4"]
+    cfg = compose("testset", overrides)
+    written, kept = make_test_pairs(cfg)
+    assert kept == 0 and written == len(list((ROOT / "data/samples/heldout_pairs" / "lr").glob("*.png")))
     for side in ("lr", "hr"):
         for bundled in sorted((ROOT / "data/samples/heldout_pairs" / side).glob("*.png")):
             assert torch.equal(read_image(out / side / bundled.name).image, read_image(bundled).image)
     assert read_image(out / "lr" / "camera.png").image.shape == (3, 32, 32)
     stamp = (out / "lr" / "camera.png").stat().st_mtime_ns
-    assert script.main(args) == 0 and (out / "lr" / "camera.png").stat().st_mtime_ns == stamp  # kept
+    assert make_test_pairs(cfg) == (0, written) and (out / "lr" / "camera.png").stat().st_mtime_ns == stamp  # kept
 
 
 def test_prepare_datasets_lays_out_and_reports_problems(tmp_path, capsys):

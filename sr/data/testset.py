@@ -1,28 +1,30 @@
 """Build a fixed synthetic LR/HR test set from an HR folder (how StableSR's DIV2K-Val was made: 512 crops,
 ``realesrgan`` degradation, LR 128).
 
-    python data/make_synthetic_testset.py --hr-dir data/samples/heldout --out-dir data/samples/heldout_pairs \
-        --crop 128 --crop-mode center --degradation conf/degradation/realesrgan.yaml --scale 4 --seed 0
+    python -m sr.data.testset hr_dir=data/samples/heldout out_dir=data/samples/heldout_pairs crop=128 \
+        [degradation=realesrgan degradation.scale=4 crop_mode=center seed=0 overwrite=true]
 
 Per image (sorted by name): reflect-pad to >= crop if needed, a centre or seeded random ``crop``² window (the HR),
 degraded alone (batch of one, so per-batch choices vary across images) with a generator seeded from
 ``(seed, image stem)``; the LR is stored as 8-bit PNG (rounded). The HR is the plain crop (not USM-sharpened). Gray
-images become 3-channel. Files are written atomically; existing ones are kept unless ``--overwrite``.
+images become 3-channel. Files are written atomically; existing ones are kept unless ``overwrite=true``.
 """
 
-import argparse
-import sys
 import zlib
 from pathlib import Path
 
+import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from sr.config import CONFIG_DIR
 from sr.data.datasets import pad_to_min_size
 from sr.io import ImageReadError, list_images, read_image, write_image
+
+CROP_MODES = ("center", "random")
 
 
 def item_seed(seed: int, stem: str) -> int:
@@ -41,42 +43,36 @@ def crop_image(image: torch.Tensor, crop: int, mode: str, rng: np.random.Generat
     return image[:, top : top + crop, left : left + crop].contiguous()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hr-dir", required=True)
-    parser.add_argument("--out-dir", required=True, help="writes <out-dir>/lr and <out-dir>/hr")
-    parser.add_argument("--degradation", default="conf/degradation/realesrgan.yaml")
-    parser.add_argument("--scale", type=float, default=4)
-    parser.add_argument("--crop", type=int, default=512)
-    parser.add_argument("--crop-mode", choices=("center", "random"), default="center")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-
-    config = OmegaConf.load(args.degradation)
-    config.scale = args.scale
-    pipeline = instantiate(config)
-    out_dir = Path(args.out_dir)
+def make_test_pairs(cfg: DictConfig) -> tuple[int, int]:
+    """Write ``<out_dir>/{lr,hr}/<stem>.png`` for every image of ``hr_dir``; returns (written, kept) counts."""
+    if cfg.crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {cfg.crop_mode!r}")
+    pipeline = instantiate(cfg.degradation)
+    out_dir = Path(cfg.out_dir)
     written = kept = 0
-    for path in tqdm(list_images(args.hr_dir), desc="test pairs"):
+    for path in tqdm(list_images(cfg.hr_dir), desc="test pairs"):
         lr_path, hr_path = out_dir / "lr" / f"{path.stem}.png", out_dir / "hr" / f"{path.stem}.png"
-        if lr_path.exists() and hr_path.exists() and not args.overwrite:
+        if lr_path.exists() and hr_path.exists() and not cfg.overwrite:
             kept += 1
             continue
-        try:
-            image = read_image(path).rgb
-        except ImageReadError as error:
-            print(error, file=sys.stderr)
-            return 1
-        seed = item_seed(args.seed, path.stem)
-        hr = crop_image(image, args.crop, args.crop_mode, np.random.default_rng(seed))
+        image = read_image(path).rgb
+        seed = item_seed(cfg.seed, path.stem)
+        hr = crop_image(image, cfg.crop, cfg.crop_mode, np.random.default_rng(seed))
         lq, _ = pipeline(hr[None], torch.Generator().manual_seed(seed))
         write_image(hr_path, hr, overwrite=True)
         write_image(lr_path, lq[0], overwrite=True)
         written += 1
-    print(f"{written} pairs written, {kept} kept, in {out_dir}")
-    return 0
+    return written, kept
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="testset")
+def main(cfg: DictConfig) -> None:
+    try:
+        written, kept = make_test_pairs(cfg)
+    except (ImageReadError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    print(f"{written} pairs written, {kept} kept, in {cfg.out_dir}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
