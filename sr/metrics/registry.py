@@ -152,9 +152,9 @@ METRICS: dict[str, MetricSpec] = {
                    _colour_metric(psnr, "rgb")),
         MetricSpec("ssim", FULL_REFERENCE, False, "SSIM on RGB, 11x11 Gaussian sigma 1.5, valid filtering, "
                    "mean of the channels", "pyiqa ssimc", _colour_metric(ssim, "rgb")),
-        MetricSpec("psnr_y", FULL_REFERENCE, False, "PSNR on Y = 0.299R+0.587G+0.114B (StableSR's tables)",
+        MetricSpec("psnr_y", FULL_REFERENCE, False, "PSNR on pyiqa's Y = 0.299R+0.587G+0.114B (StableSR's tables)",
                    "pyiqa psnry", _colour_metric(psnr, "y")),
-        MetricSpec("ssim_y", FULL_REFERENCE, False, "SSIM on Y = 0.299R+0.587G+0.114B rounded to 8 bits "
+        MetricSpec("ssim_y", FULL_REFERENCE, False, "SSIM on pyiqa's Y = 0.299R+0.587G+0.114B rounded to 8 bits "
                    "(StableSR's tables)", "pyiqa ssim", _colour_metric(ssim, "y")),
         MetricSpec("psnr_ycbcr", FULL_REFERENCE, False, "PSNR on studio-swing Y = (65.481R+128.553G+24.966B+16)/255 "
                    "(classic SR tables)", "pyiqa psnr, color_space=ycbcr", _colour_metric(psnr, "ycbcr")),
