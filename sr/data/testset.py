@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from sr.config import CONFIG_DIR
 from sr.data.datasets import pad_to_min_size
-from sr.io import ImageReadError, list_images, read_image, write_image
+from sr.errors import ConfigError, one_line_errors
+from sr.io import list_images, read_image, write_image
 
 CROP_MODES = ("center", "random")
 
@@ -46,7 +47,7 @@ def crop_image(image: torch.Tensor, crop: int, mode: str, rng: np.random.Generat
 def make_test_pairs(cfg: DictConfig) -> tuple[int, int]:
     """Write ``<out_dir>/{lr,hr}/<stem>.png`` for every image of ``hr_dir``; returns (written, kept) counts."""
     if cfg.crop_mode not in CROP_MODES:
-        raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {cfg.crop_mode!r}")
+        raise ConfigError(f"crop_mode={cfg.crop_mode!r}: must be one of {CROP_MODES}")
     pipeline = instantiate(cfg.degradation)
     out_dir = Path(cfg.out_dir)
     written = kept = 0
@@ -67,10 +68,8 @@ def make_test_pairs(cfg: DictConfig) -> tuple[int, int]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="testset")
 def main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("sr.data.testset", cfg.get("debug", False)):
         written, kept = make_test_pairs(cfg)
-    except (ImageReadError, ValueError, FileNotFoundError) as error:
-        raise SystemExit(str(error)) from None
     print(f"{written} pairs written, {kept} kept, in {cfg.out_dir}")
 
 
