@@ -1,7 +1,14 @@
-"""Import structure: the layers of the ``sr`` package only import downwards (read from the source, nothing run)."""
+"""Import structure: the layers of the ``sr`` package only import downwards (read from the source, nothing run),
+and importing ``sr`` has no side effects (checked in a fresh interpreter)."""
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 SR = Path(__file__).resolve().parents[1] / "sr"
 # What sr.pipelines builds on: none of these may import it (the pipeline is assembled from them, not the reverse).
@@ -56,3 +63,33 @@ def test_the_checker_sees_imports_of_every_form(tmp_path):
                      "from ..pipelines import build\nfrom . import color\n")
     expected = {"sr.pipelines", "sr.models", "sr.models.cfw", "sr.pipelines.build", "sr.ops.color"}
     assert expected <= imported_modules(probe, package="sr.ops")
+
+
+@pytest.mark.parametrize("module", ["sr.training", "sr"])
+def test_importing_registers_no_resolver_and_touches_no_global_state(module):
+    """A fresh interpreter imports ``module`` (for ``sr``: every module of the package); OmegaConf's resolvers,
+    ``$PROJECT_ROOT`` and torch's global RNG are exactly as before (resolvers are registered by entry points only)."""
+    script = f"""
+import importlib, json, os, pkgutil
+import torch
+from omegaconf.basecontainer import BaseContainer
+before = (sorted(BaseContainer._resolvers), os.environ.get("PROJECT_ROOT"), torch.random.get_rng_state())
+import {module}
+if "{module}" == "sr":
+    for info in pkgutil.walk_packages({module}.__path__, "sr."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+after = (sorted(BaseContainer._resolvers), os.environ.get("PROJECT_ROOT"), torch.random.get_rng_state())
+print(json.dumps({{"resolvers": [before[0], after[0]], "project_root": [before[1], after[1]],
+                  "rng_unchanged": bool(torch.equal(before[2], after[2]))}}))
+"""
+    environment = {key: value for key, value in os.environ.items() if key != "PROJECT_ROOT"}
+    environment["PYTHONPATH"] = str(SR.parent)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=SR.parent, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    state = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert state["resolvers"][1] == state["resolvers"][0]
+    assert state["project_root"] == [None, None]
+    assert state["rng_unchanged"]
