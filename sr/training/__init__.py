@@ -22,7 +22,7 @@ from sr.config import CONFIG_DIR, register_resolvers
 from sr.io import write_bytes_atomic
 from sr.tracking import wandb_run_identity
 from sr.training.callbacks import RunCheckpoint
-from sr.utils.launch import export_for_child_ranks
+from sr.utils.launch import export_for_child_ranks, ranks_started_here
 from sr.utils.provenance import command_line, git_revision
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(hyperparameters)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(callbacks, cfg.get("ckpt_path")))
+        with ranks_started_here(trainer):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(callbacks, cfg.get("ckpt_path")))
     finally:
         if wandb_logger is not None:  # the next job of a sweep in this process gets its own W&B run
             import wandb

@@ -19,6 +19,7 @@ its resolver cache into every job), so none of this is needed there.
 import json
 import os
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def export_for_child_ranks(run_dir: str | Path, overrides: list[str]) -> None:
     """Rank 0, before Lightning starts the other local ranks: they inherit this job's run dir and overrides."""
     os.environ[RUN_DIR_ENV] = str(run_dir)
     os.environ[OVERRIDES_ENV] = json.dumps(list(overrides))
+
+
+@contextmanager
+def ranks_started_here(trainer):
+    """Around a fit: when Lightning starts the other ranks from this process (``trainer=ddp`` under plain ``python``,
+    e.g. each job of a basic-launcher sweep), leave the process afterwards as the job found it, so that the next job
+    starts its own ranks. Lightning keeps the process group and the variables it exported for its children
+    (``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``, ...), and a later fit would take them for an external launch.
+    """
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    starts_ranks = trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
+    environ_before = dict(os.environ)
+    try:
+        yield
+    finally:
+        if starts_ranks:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            for key in set(os.environ) - set(environ_before):
+                del os.environ[key]
 
 
 def child_rank_argv(argv: list[str], environ=os.environ) -> list[str]:
