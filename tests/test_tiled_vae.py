@@ -1,4 +1,4 @@
-"""Tiled VAE encode/decode on the tiny preset against the untiled functions."""
+"""Tiled VAE encode/decode (exact and estimate modes) on the tiny preset against the untiled functions."""
 
 import pytest
 import torch
@@ -7,6 +7,8 @@ import yaml
 from sr.io import read_image
 from sr.pipelines.build import from_configs
 from sr.models.cfw import decode_latent, encoder_features
+from sr.compat.basicsr import RRDB
+from sr.models.layerwise_vae import GroupMoments, receptive_radius
 from sr.models.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
 
 
@@ -51,25 +53,70 @@ def test_group_norm_statistics_replay_uses_recorded_values():
     torch.testing.assert_close(norm(other), torch.nn.functional.group_norm(other, 2, norm.weight, norm.bias, norm.eps))
 
 
+@pytest.mark.parametrize("mode", ["exact", "estimate"])
 @torch.no_grad()
-def test_one_tile_equals_untiled_exactly(tiny):
+def test_one_tile_equals_untiled_exactly(tiny, mode):
     vae, cfw = tiny
     x = _photo(32, 48)
     moments, features = encoder_features(vae, x)
-    tiled_moments, tiled_features = tiled_encode(vae, x, tile=48, overlap=16, halo=8, progress=False)
+    tiled_moments, tiled_features = tiled_encode(vae, x, tile=48, overlap=16, halo=8, progress=False, mode=mode)
     assert torch.equal(tiled_moments, moments)
     assert all(torch.equal(a, b) for a, b in zip(tiled_features, features))
     z = moments[:, :4]
     image = decode_latent(vae, cfw, z, features, 0.5)
-    assert torch.equal(tiled_decode(vae, z, features, 0.5, tile=6, overlap=2, cfw=cfw, progress=False), image)
+    tiled = tiled_decode(vae, z, features, 0.5, tile=6, overlap=2, cfw=cfw, progress=False, mode=mode)
+    assert torch.equal(tiled, image)
+
+
+def test_group_moments_merged_over_uneven_tiles_equal_whole_map_statistics():
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64) * torch.arange(1, 7).view(1, 6, 1, 1) + 3
+    moments = GroupMoments(3)
+    for rows, cols in [(slice(0, 4), slice(0, 5)), (slice(0, 4), slice(5, 9)), (slice(4, 7), slice(0, 9))]:
+        moments.add(x[..., rows, cols])
+    mean, var = moments.mean_var()
+    expected_var, expected_mean = torch.var_mean(x.reshape(2, 3, -1), dim=-1, unbiased=False)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var, expected_var, rtol=1e-6, atol=1e-6)
+
+
+def test_receptive_radius_of_the_cfw_rrdb_chain():
+    # Each residual dense block chains 5 3x3 convs (radius 1 each); an RRDB has 3 blocks, CFW uses 2 RRDBs.
+    assert receptive_radius(RRDB(8, 4)) == 15
+    assert receptive_radius(torch.nn.Sequential(RRDB(8, 4), RRDB(8, 4))) == 30
+    with pytest.raises(TypeError, match="GroupNorm"):
+        receptive_radius(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.GroupNorm(2, 4)))
 
 
 @torch.no_grad()
-def test_tiled_encode_matches_untiled(tiny):
+def test_exact_mode_encode_equals_untiled(tiny):
+    vae, _ = tiny
+    x = _photo(72, 104)  # tiles of 32 x 24 px leave partial tiles on both axes; latent 9 x 13
+    moments, features = encoder_features(vae, x)
+    tiled_moments, tiled_features = tiled_encode(vae, x, tile=(32, 24), progress=False, mode="exact")
+    torch.testing.assert_close(tiled_moments, moments, rtol=1e-5, atol=1e-5)
+    for tiled, full in zip(tiled_features, features):
+        torch.testing.assert_close(tiled, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("w", [0.5, 0.0])
+@torch.no_grad()
+def test_exact_mode_decode_equals_untiled_with_and_without_cfw(tiny, w):
+    vae, cfw = tiny
+    moments, features = encoder_features(vae, _photo(72, 104))
+    z = moments[:, :4]  # latent 9 x 13, tiles of 4 x 5 latent px: 3 x 3 tiles, partial on both axes
+    image = decode_latent(vae, cfw, z, features, w)
+    tiled = tiled_decode(vae, z, features, w, tile=(4, 5), cfw=cfw, progress=False, mode="exact")
+    assert tiled.shape == image.shape == (1, 3, 72, 104)
+    torch.testing.assert_close(tiled, image, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_estimate_mode_encode_is_close_to_untiled(tiny):
     vae, _ = tiny
     x = _photo(64, 104)  # latent 8 x 13: odd width
     moments, features = encoder_features(vae, x)
-    tiled_moments, tiled_features = tiled_encode(vae, x, tile=48, overlap=16, halo=16, stats_size=104, progress=False)
+    tiled_moments, tiled_features = tiled_encode(vae, x, tile=48, overlap=16, halo=16, stats_size=104, progress=False,
+                                                  mode="estimate")
     assert tiled_moments.shape == (1, 8, 8, 13)
     assert [f.shape for f in tiled_features] == [f.shape for f in features]
     # Features before the mid block: exact up to float rounding once statistics are shared and exact.
@@ -80,28 +127,30 @@ def test_tiled_encode_matches_untiled(tiny):
 
 
 @torch.no_grad()
-def test_tiled_decode_matches_untiled_for_odd_latent(tiny):
+def test_estimate_mode_decode_with_whole_latent_halo_matches_untiled(tiny):
     vae, cfw = tiny
     moments, features = encoder_features(vae, _photo(40, 56))
     z = moments[:, :4]  # odd latent 5 x 7 -> 40 x 56 pixels
     image = decode_latent(vae, cfw, z, features, 0.5)
     # 4 tiles whose halo reaches the whole latent: with exact shared statistics every tile reproduces its crop of
     # the untiled output, so cropping, CFW feature alignment and blending must give the untiled image.
-    tiled = tiled_decode(vae, z, features, 0.5, tile=4, overlap=1, halo=4, stats_size=7, cfw=cfw, progress=False)
+    tiled = tiled_decode(vae, z, features, 0.5, tile=4, overlap=1, halo=4, stats_size=7, cfw=cfw, progress=False,
+                         mode="estimate")
     assert tiled.shape == image.shape == (1, 3, 40, 56)
     torch.testing.assert_close(tiled, image, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_tiled_decode_with_short_halo_stays_close(tiny):
+def test_estimate_mode_decode_with_short_halo_stays_close(tiny):
     vae, cfw = tiny
     moments, features = encoder_features(vae, _photo(72, 88))
     z = moments[:, :4]
     image = decode_latent(vae, cfw, z, features, 0.5)
     # A 3-latent-pixel halo: the rest is the context a tile does not see (the random-weight mid-block attention
     # averages nearly uniformly over the whole latent). Measured ~0.27 relative (0.30 without CFW, 1.15 with no halo).
-    tiled = tiled_decode(vae, z, features, 0.5, tile=6, overlap=2, halo=3, stats_size=11, cfw=cfw, progress=False)
+    tiled = tiled_decode(vae, z, features, 0.5, tile=6, overlap=2, halo=3, stats_size=11, cfw=cfw, progress=False,
+                         mode="estimate")
     assert _relative_error(tiled, image) < 0.4
 
 
@@ -109,7 +158,8 @@ def test_tiled_decode_with_short_halo_stays_close(tiny):
 def test_estimated_statistics_keep_odd_sizes(tiny):
     vae, _ = tiny
     z = torch.randn(1, 4, 5, 9)
-    image = tiled_decode(vae, z, None, 0.0, tile=4, overlap=1, halo=1, stats_size=4, progress=False)
+    image = tiled_decode(vae, z, None, 0.0, tile=4, overlap=1, halo=1, stats_size=4, progress=False,
+                         mode="estimate")
     assert image.shape == (1, 3, 40, 72)
     assert torch.isfinite(image).all()
 
@@ -117,6 +167,8 @@ def test_estimated_statistics_keep_odd_sizes(tiny):
 def test_encode_rejects_sizes_off_the_vae_grid(tiny):
     vae, _ = tiny
     with pytest.raises(ValueError, match="image height 60 is not a multiple of the VAE's downsampling factor 8"):
-        tiled_encode(vae, torch.zeros(1, 3, 60, 96), tile=32, overlap=8, halo=8, progress=False)
+        tiled_encode(vae, torch.zeros(1, 3, 60, 96), tile=32, overlap=8, halo=8, progress=False, mode="estimate")
+    with pytest.raises(ValueError, match="unknown tiled VAE mode 'fast'"):
+        tiled_encode(vae, torch.zeros(1, 3, 64, 96), tile=32, progress=False, mode="fast")
     with pytest.raises(ValueError, match="needs enc_feats"):
         tiled_decode(vae, torch.zeros(1, 4, 9, 9), None, 0.5, tile=4, overlap=1, cfw=tiny[1], progress=False)

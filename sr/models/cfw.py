@@ -21,7 +21,7 @@ from torch import nn
 from sr.compat.basicsr import RRDB
 
 # (encoder down block, decoder up block) per fusion layer, for a 4-level VAE
-_FUSION_SITES = {"fusion_layer_1": (1, 2), "fusion_layer_2": (2, 1)}
+FUSION_SITES = {"fusion_layer_1": (1, 2), "fusion_layer_2": (2, 1)}
 
 
 class FusionResBlock(nn.Module):
@@ -85,7 +85,7 @@ def encoder_features(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
         vae.encoder.down_blocks[down].resnets[-1].register_forward_hook(
             lambda _m, _i, out, name=name: captured.__setitem__(name, out)
         )
-        for name, (down, _) in _FUSION_SITES.items()
+        for name, (down, _) in FUSION_SITES.items()
     ]
     with _hooks(handles):
         moments = vae.quant_conv(vae.encoder(x)) if vae.quant_conv is not None else vae.encoder(x)
@@ -112,7 +112,7 @@ def decode_latent(
 
     handles = [
         vae.decoder.up_blocks[up].upsamplers[0].register_forward_pre_hook(fuse(name))
-        for name, (_, up) in _FUSION_SITES.items()
+        for name, (_, up) in FUSION_SITES.items()
     ]
     with _hooks(handles):
         return vae.decode(z).sample

@@ -1,42 +1,45 @@
 """Tiled VAE encode/decode (with CFW features and fusion) whose accelerator memory is bounded by the tile size.
 
 Drop-in, tile-by-tile versions of ``sr.models.cfw.encoder_features`` and ``sr.models.cfw.decode_latent`` for images
-too large to run in one pass. What we do and why:
+too large to run in one pass, in two modes (``mode=``; default ``"exact"``). When one tile covers the whole input,
+both run the untiled function unchanged, so the result is identical to it.
+
+``"exact"`` (``sr.models.layerwise_vae``): the network runs layer by layer over whole activation maps parked in
+host memory (``park_device``), each layer's compute tiled with a halo equal to its kernel radius (the receptive-field
+radius for the norm-free CFW RRDB chain); every GroupNorm normalises with the whole map's statistics, accumulated over
+all tiles as they are produced; the mid-block attention attends over the whole latent (its keys and values stay on
+the accelerator: ``2 N C`` values, 512 MiB in fp16 for a 4096^2 SD image). The result equals the untiled pass up to
+float rounding (tests: <= 1e-5 on the random tiny VAE; ``benchmarks/tiled_vae.py`` on a trained one). The price:
+every map crosses the host link about twice, and host memory holds up to three full-resolution maps.
+
+``"estimate"`` (fast, approximate): each tile runs the whole network on its own, which makes three errors, measured
+per source by ``benchmarks/tiled_vae.py``:
 
 1. **Tile grid with halo.** The input is covered by the section-8.1 grid (``sr.ops.tiling``): ``tile`` x ``tile``
    tiles with ``overlap``. Each tile is run with ``halo`` extra context on every side (clipped at the image border,
    where the network's own zero padding then matches the full pass); the halo is thrown away and the tile cores are
    blended with the Gaussian tile weight, ``out = sum_k w_k out_k / sum_k w_k``, at every output resolution
-   (moments at 1/8, CFW features f1 at 1/2 and f2 at 1/4 for the encoder; pixels at 8x for the decoder).
+   (moments at 1/8, CFW features f1 at 1/2 and f2 at 1/4 for the encoder; pixels at 8x for the decoder). A halo
+   shorter than the network's receptive field (tens of latent pixels) leaves a context error.
 
-2. **Shared GroupNorm statistics.** Halo and blending remove conv-border seams, but every GroupNorm in the VAE (and
-   in the CFW fusion blocks) would otherwise normalise each tile with that tile's own mean/variance, so tiles of
-   different content come out with different brightness/contrast: visible block seams that no blending hides. So
-   every GroupNorm normalises every tile with the *same* per-(sample, group) statistics, estimated once per image by
-   a statistics pass: the whole network run on the input resized (``nearest-exact``, then per-channel mean/std
-   re-matched to the full input with AdaIN) to at most ``stats_size`` on its long side. Inputs no larger than
-   ``stats_size`` (the defaults: 1024 px to encode, 128 latent px to decode, i.e. the size an untiled pass handles
-   anyway) get exact statistics; larger ones an estimate. We chose this over accumulating exact per-tile sums because
-   exact sums force every layer to wait for all tiles, so all tiles' intermediate activations must be held at once
-   (image-sized memory again, or the network prefix recomputed for each of the ~30 GroupNorms); the statistics pass
-   costs one pass of at most ``stats_size``^2 and keeps tiles independent. An estimate error is one global shift
-   shared by all tiles, not a seam. Caveat, measured on the random-weight ``tiny`` preset with a detailed photo: the
-   resized input's high-frequency energy differs, so the first GroupNorm's variance estimate was ~37% off and the
-   tiled result was no closer to the untiled one than per-tile statistics; whether the estimate helps with the real
-   SD VAE still has to be measured (on a GPU, with real weights). Raise ``stats_size`` when in doubt.
+2. **Shared GroupNorm statistics.** Every GroupNorm normalises every tile with the *same* per-(sample, group)
+   statistics (per-tile statistics would give each tile its own brightness/contrast: block seams that no blending
+   hides), estimated once per image by a statistics pass: the whole network run on the input resized
+   (``nearest-exact``, then per-channel mean/std re-matched to the full input with AdaIN) to at most ``stats_size``
+   on its long side. Inputs no larger than ``stats_size`` (the defaults: 1024 px to encode, 128 latent px to decode)
+   get exact statistics; larger ones an estimate (one global shift shared by all tiles, not a seam).
 
-3. **What stays approximate.** The VAE mid-block self-attention is global over the latent; per tile it only sees the
-   tile plus halo, so the latent moments keep a small difference even with exact statistics (bounded in the tests);
-   the CFW features f1, f2 (before the mid block) match the untiled ones to float precision.
+3. **Mid-block attention.** The VAE mid-block self-attention is global over the latent; per tile it only sees the
+   tile plus halo.
 
-Units: ``tiled_encode`` works in pixels (``tile``, ``overlap``, ``halo`` and the image sides must be multiples of the
-VAE's downsampling factor, 8 for SD), ``tiled_decode`` in latent pixels. When one tile covers the whole input the
-untiled function runs unchanged, so the result is identical to it.
+Units: ``tiled_encode`` works in pixels, ``tiled_decode`` in latent pixels. In estimate mode ``tile``, ``overlap``,
+``halo`` and the image sides must be multiples of the VAE's downsampling factor (8 for SD).
 """
 
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +47,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sr.models.cfw import CFW, decode_latent, encoder_features
+from sr.models.layerwise_vae import LayerwiseRunner, group_normaliser
 from sr.ops.color import adain_color_fix
 from sr.ops.tiling import TileGrid
 
 TensorAtScale = tuple[torch.Tensor, Fraction]
+TiledVAEMode = Literal["exact", "estimate"]
+TILED_VAE_MODES: tuple[TiledVAEMode, ...] = ("exact", "estimate")
+DEFAULT_MODE: TiledVAEMode = "exact"
 
 
 class GroupNormStatistics:
@@ -93,12 +100,7 @@ class GroupNormStatistics:
             mean, var = self.values[norm][index]
             if mean.shape[0] != x.shape[0]:
                 raise RuntimeError(f"statistics were recorded for batch {mean.shape[0]}, tile has batch {x.shape[0]}")
-            normalised = (self._grouped(norm, x) - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)
-            normalised = normalised.reshape(x.shape).to(x.dtype)
-            if norm.affine:
-                broadcast = (1, -1) + (1,) * (x.ndim - 2)
-                normalised = normalised * norm.weight.view(broadcast) + norm.bias.view(broadcast)
-            return normalised
+            return group_normaliser(norm, mean, var)(x)
 
         return forward
 
@@ -228,6 +230,30 @@ def _downsampling_factor(vae: nn.Module) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in TILED_VAE_MODES:
+        raise ValueError(f"unknown tiled VAE mode {mode!r}; expected one of {', '.join(TILED_VAE_MODES)}")
+
+
+@torch.no_grad()
+def _run_exact(
+    run: Callable[[LayerwiseRunner], Sequence[torch.Tensor] | torch.Tensor],
+    modules: Sequence[nn.Module],
+    base_hw: tuple[int, int],
+    tile: int | tuple[int, int],
+    compute_device: torch.device,
+    park_device: torch.device | str,
+    progress: bool,
+):
+    groups = {m.num_groups for module in modules for m in module.modules() if isinstance(m, nn.GroupNorm)}
+    tile_hw = tuple(min(t, side) for t, side in zip(_as_pair(tile), base_hw))
+    runner = LayerwiseRunner(compute_device, torch.device(park_device), tile_hw, base_hw, groups, progress)
+    try:
+        return run(runner)
+    finally:
+        runner.close()
+
+
 def tiled_encode(
     vae: nn.Module,
     x: torch.Tensor,
@@ -237,17 +263,31 @@ def tiled_encode(
     stats_size: int = 1024,
     output_device: torch.device | str | None = None,
     progress: bool = True,
+    mode: TiledVAEMode = DEFAULT_MODE,
+    park_device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Tiled ``encoder_features``: ``x [B, 3, H, W]`` in [-1, 1] -> (posterior moments ``[B, 2*4, H/8, W/8]``,
     CFW features ``[f1 at H/2, f2 at H/4]``), as ``sr.models.cfw.encoder_features`` returns them.
 
-    Pixel units; ``H``, ``W``, ``tile``, ``overlap`` and ``halo`` must be multiples of 8 (the VAE factor).
-    ``stats_size``: long side of the GroupNorm statistics pass (module docstring). Results go to ``output_device``
-    (default: ``x``'s device; use the CPU to keep image-sized features off the accelerator).
+    Pixel units. ``mode="exact"`` (default): layer by layer over maps parked on ``park_device``, tiles of ``tile``
+    at the input resolution; equals the untiled pass up to float rounding (``overlap``, ``halo``, ``stats_size``
+    unused). ``mode="estimate"``: overlapping ``tile``s with ``overlap`` and ``halo`` (multiples of 8, as ``H`` and
+    ``W``) and GroupNorm statistics from a pass of long side ``stats_size`` (module docstring). Results go to
+    ``output_device`` (default: ``x``'s device; use the CPU to keep image-sized features off the accelerator).
     """
     if x.ndim != 4:
         raise ValueError(f"tiled_encode expects x of shape [B, C, H, W], got {tuple(x.shape)}")
+    _check_mode(mode)
     factor = _downsampling_factor(vae)
+    output_device = torch.device(output_device) if output_device is not None else x.device
+    compute_device = _compute_device(vae)
+    height, width = x.shape[-2:]
+    if mode == "exact" and any(t < side for t, side in zip(_as_pair(tile), (height, width))):
+        moments, features = _run_exact(
+            lambda runner: runner.encode(vae, x), [vae.encoder], (height, width), tile, compute_device, park_device,
+            progress,
+        )
+        return moments.to(output_device), [feature.to(output_device) for feature in features]
 
     def encode(tile_x: torch.Tensor) -> list[torch.Tensor]:
         moments, (f1, f2) = encoder_features(vae, tile_x)
@@ -255,8 +295,7 @@ def tiled_encode(
 
     moments, f1, f2 = _tiled_apply(
         encode, [(x, Fraction(1))], [Fraction(1, factor), Fraction(1, 2), Fraction(1, 4)],
-        tile, overlap, halo, stats_size, [vae.encoder], _compute_device(vae),
-        torch.device(output_device) if output_device is not None else x.device, progress,
+        tile, overlap, halo, stats_size, [vae.encoder], compute_device, output_device, progress,
     )
     return moments, [f1, f2]
 
@@ -273,15 +312,19 @@ def tiled_decode(
     cfw: CFW | None = None,
     output_device: torch.device | str | None = None,
     progress: bool = True,
+    mode: TiledVAEMode = DEFAULT_MODE,
+    park_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Tiled ``decode_latent``: unscaled latent ``z [B, 4, h, w]`` -> image ``[B, 3, 8h, 8w]``, fusing the CFW
     ``enc_feats = [f1 at 4h, f2 at 2h]`` cropped to each tile with strength ``w`` (``w = 0`` or no ``cfw``: the
     plain decoder, features unused).
 
-    Latent units for ``tile``, ``overlap``, ``halo`` and ``stats_size`` (long side of the GroupNorm statistics pass).
+    Latent units for ``tile`` and, in ``mode="estimate"``, ``overlap``, ``halo`` and ``stats_size`` (long side of
+    the GroupNorm statistics pass); ``mode="exact"`` (default) as in ``tiled_encode``.
     """
     if z.ndim != 4:
         raise ValueError(f"tiled_decode expects z of shape [B, C, h, w], got {tuple(z.shape)}")
+    _check_mode(mode)
     factor = _downsampling_factor(vae)
     fused = w != 0 and cfw is not None
     inputs: list[TensorAtScale] = [(z, Fraction(1))]
@@ -294,13 +337,22 @@ def tiled_decode(
             if tuple(feature.shape[-2:]) != size:
                 raise ValueError(f"CFW feature {name} has size {tuple(feature.shape[-2:])}, expected {size}")
         inputs += [(enc_feats[0], Fraction(factor, 2)), (enc_feats[1], Fraction(factor, 4))]
+    output_device = torch.device(output_device) if output_device is not None else z.device
+    compute_device = _compute_device(vae)
+    modules = [vae.decoder] + ([cfw] if fused else [])
+    height, width = z.shape[-2:]
+    if mode == "exact" and any(t < side for t, side in zip(_as_pair(tile), (height, width))):
+        image = _run_exact(
+            lambda runner: runner.decode(vae, z, cfw if fused else None, enc_feats if fused else None, w),
+            modules, (height, width), tile, compute_device, park_device, progress,
+        )
+        return image.to(output_device)
 
     def decode(tile_z: torch.Tensor, *tile_feats: torch.Tensor) -> list[torch.Tensor]:
         return [decode_latent(vae, cfw, tile_z, list(tile_feats) if fused else None, w if fused else 0.0)]
 
-    modules = [vae.decoder] + ([cfw] if fused else [])
     (image,) = _tiled_apply(
-        decode, inputs, [Fraction(factor)], tile, overlap, halo, stats_size, modules, _compute_device(vae),
-        torch.device(output_device) if output_device is not None else z.device, progress,
+        decode, inputs, [Fraction(factor)], tile, overlap, halo, stats_size, modules, compute_device, output_device,
+        progress,
     )
     return image
