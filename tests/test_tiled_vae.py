@@ -1,5 +1,7 @@
 """Tiled VAE encode/decode (exact and estimate modes) on the tiny preset against the untiled functions."""
 
+import copy
+
 import pytest
 import torch
 import yaml
@@ -172,3 +174,34 @@ def test_encode_rejects_sizes_off_the_vae_grid(tiny):
         tiled_encode(vae, torch.zeros(1, 3, 64, 96), tile=32, progress=False, mode="fast")
     with pytest.raises(ValueError, match="needs enc_feats"):
         tiled_decode(vae, torch.zeros(1, 4, 9, 9), None, 0.5, tile=4, overlap=1, cfw=tiny[1], progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.no_grad()
+def test_exact_mode_on_cuda_keeps_accelerator_memory_bounded_by_the_tile(tiny):
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # TF32 convs would differ by ~1e-3
+        _exact_mode_on_cuda(*(copy.deepcopy(module).cuda() for module in tiny))
+
+
+def _exact_mode_on_cuda(vae, cfw):
+    x = _photo(168, 256).cuda()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    moments, features = encoder_features(vae, x)
+    image = decode_latent(vae, cfw, moments[:, :4], features, 0.5)
+    untiled_peak = torch.cuda.max_memory_allocated() - base
+    features_cpu = [feature.cpu() for feature in features]
+    reference = [moments.cpu(), *features_cpu, image.cpu()]
+    del moments, features, image
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    tiled_moments, tiled_features = tiled_encode(vae, x, tile=32, output_device="cpu", progress=False)
+    tiled_image = tiled_decode(vae, reference[0][:, :4].cuda(), features_cpu, 0.5, tile=4, cfw=cfw,
+                               output_device="cpu", progress=False)
+    tiled_peak = torch.cuda.max_memory_allocated() - base
+    for tiled, full in zip([tiled_moments, *tiled_features, tiled_image], reference):
+        torch.testing.assert_close(tiled, full, rtol=1e-4, atol=1e-4)
+    assert tiled_peak < untiled_peak / 2

@@ -28,10 +28,12 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 whatever the input dtype (keeps fp16/bf16 runs stable)."""
+    """GroupNorm evaluated in float32 whatever the input and parameter dtypes (keeps fp16/bf16 runs stable)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def _zero(module: nn.Module) -> nn.Module:

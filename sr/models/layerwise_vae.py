@@ -134,6 +134,10 @@ class LayerwiseRunner:
     gets the tile scaled with it, so every tile covers the same part of the image.
     """
 
+    #: the attention's keys/values cover the whole map and are computed once (an ablation that restricts them
+    #: per query tile sets this False and overrides ``attention_context``)
+    global_attention = True
+
     def __init__(
         self,
         compute_device: torch.device,
@@ -148,7 +152,6 @@ class LayerwiseRunner:
         self.tile = tile
         self.base_hw = base_hw
         self.groups = groups
-        self._pin = park_device.type == "cpu" and compute_device.type == "cuda"
         self._progress = tqdm(desc="tiled VAE (exact)", unit="layer", leave=False, disable=not progress)
 
     def close(self) -> None:
@@ -166,7 +169,7 @@ class LayerwiseRunner:
 
     def fetch(self, x: ActivationMap, rows: slice, cols: slice) -> torch.Tensor:
         """``x[..., rows, cols]`` on the compute device (``rows``/``cols`` inside the map)."""
-        return x.tensor[..., rows, cols].to(self.compute_device, non_blocking=self._pin)
+        return x.tensor[..., rows, cols].to(self.compute_device)
 
     def window(
         self, x: ActivationMap, rows: slice, cols: slice, pointwise: Pointwise | None = None, upsample: int = 1
@@ -196,7 +199,8 @@ class LayerwiseRunner:
         for rows, cols in self.blocks(*shape[-2:]):
             tile = compute(rows, cols)
             if tensor is None:
-                tensor = torch.empty(shape, dtype=tile.dtype, device=self.park_device, pin_memory=self._pin)
+                # Pageable, not pinned: pinned blocks are rounded up to powers of two (16 GiB for an 8.6 GiB map).
+                tensor = torch.empty(shape, dtype=tile.dtype, device=self.park_device)
             for accumulator in moments.values():
                 accumulator.add(tile)
             tensor[..., rows, cols].copy_(tile)
@@ -310,15 +314,18 @@ class LayerwiseRunner:
         def split_heads(projected: torch.Tensor) -> torch.Tensor:
             return projected.view(batch, -1, heads, projected.shape[-1] // heads).transpose(1, 2)
 
-        keys, values = [], []
-        for rows, cols in self.blocks(*x.shape[-2:]):
-            normalised = tokens(self.fetch(x, rows, cols))
-            keys.append(attn.to_k(normalised))
-            values.append(attn.to_v(normalised))
-        key, value = split_heads(torch.cat(keys, 1)), split_heads(torch.cat(values, 1))
-        del keys, values
+        def keys_values(rows: slice, cols: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = [], []
+            for key_rows, key_cols in self.attention_context(x, rows, cols):
+                normalised = tokens(self.fetch(x, key_rows, key_cols))
+                keys.append(attn.to_k(normalised))
+                values.append(attn.to_v(normalised))
+            return split_heads(torch.cat(keys, 1)), split_heads(torch.cat(values, 1))
+
+        whole_map = keys_values(slice(0, x.shape[-2]), slice(0, x.shape[-1])) if self.global_attention else None
 
         def compute(rows: slice, cols: slice) -> torch.Tensor:
+            key, value = whole_map if whole_map is not None else keys_values(rows, cols)
             residual = self.fetch(x, rows, cols)
             query = split_heads(attn.to_q(tokens(residual)))
             # Default scale 1/sqrt(head_dim), as diffusers' AttnProcessor2_0 calls it.
@@ -328,6 +335,10 @@ class LayerwiseRunner:
             return (out + residual) / attn.rescale_output_factor
 
         return self.stage((batch, channels, *x.shape[-2:]), compute)
+
+    def attention_context(self, x: ActivationMap, rows: slice, cols: slice) -> Iterator[TileSlices]:
+        """The tiles whose pixels the query tile ``rows, cols`` attends to: the whole map, tile by tile."""
+        return self.blocks(*x.shape[-2:])
 
     def mid_block(self, x: ActivationMap, block: nn.Module) -> ActivationMap:
         """diffusers ``UNetMidBlock2D``: resnet, then (attention, resnet) pairs."""

@@ -135,6 +135,31 @@ def _scaled(value: int, scale: Fraction, what: str) -> int:
     return int(scaled)
 
 
+def estimate_statistics(
+    function: Callable[..., object],
+    inputs: Sequence[TensorAtScale],
+    output_scales: Sequence[Fraction],
+    stats_size: int,
+    statistics_modules: Sequence[nn.Module],
+    compute_device: torch.device,
+) -> GroupNormStatistics:
+    """The estimate mode's statistics pass: ``function`` run once on the ``inputs`` resized (``_statistics_input``)
+    to a long side of at most ``stats_size`` (a multiple of every scale's denominator), recording every GroupNorm of
+    ``statistics_modules``. Inputs no larger than ``stats_size`` give the exact statistics."""
+    height, width = inputs[0][0].shape[-2:]
+    statistics = GroupNormStatistics(statistics_modules)
+    reduction = min(Fraction(1), Fraction(stats_size, max(height, width)))
+    multiple = max(scale.denominator for scale in [scale for _, scale in inputs] + list(output_scales))
+    stats_hw = tuple(max(multiple, round(side * reduction / multiple) * multiple) for side in (height, width))
+    stats_inputs = [
+        _statistics_input(tensor, (int(stats_hw[0] * scale), int(stats_hw[1] * scale))).to(compute_device)
+        for tensor, scale in inputs
+    ]
+    with statistics.recording():
+        function(*stats_inputs)
+    return statistics
+
+
 def _tiled_apply(
     function: Callable[..., Sequence[torch.Tensor]],
     inputs: Sequence[TensorAtScale],
@@ -180,18 +205,7 @@ def _tiled_apply(
         for scale in output_scales
     ]
 
-    statistics = GroupNormStatistics(statistics_modules)
-    reduction = min(Fraction(1), Fraction(stats_size, max(height, width)))
-    # The statistics-pass size must stay a multiple of every input/output's scale denominator.
-    multiple = max(scale.denominator for scale in scales)
-    stats_hw = tuple(max(multiple, round(side * reduction / multiple) * multiple) for side in (height, width))
-    stats_inputs = [
-        _statistics_input(tensor, (int(stats_hw[0] * scale), int(stats_hw[1] * scale))).to(compute_device)
-        for tensor, scale in inputs
-    ]
-    with statistics.recording():
-        function(*stats_inputs)
-    del stats_inputs
+    statistics = estimate_statistics(function, inputs, output_scales, stats_size, statistics_modules, compute_device)
 
     totals: list[torch.Tensor | None] = [None] * len(output_scales)
     with statistics.replaying():
