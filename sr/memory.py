@@ -4,8 +4,10 @@ The estimate is the memory an upscale adds on top of the loaded model (bytes, ``
 model's dtype)::
 
     P   = Hp * Wp             padded working image (sides rounded up to 64 px), the size the VAE sees
-    V   = pixels the VAE runs on at once: P when one VAE tile covers the image, else the GroupNorm statistics pass
-          (the image scaled to at most STATS_SIDE px on its long side) plus one tile with its halo,
+    V   = pixels the VAE runs on at once: P when one VAE tile covers the image, or when the upscale runs on the CPU
+          (the default exact tiled VAE parks up to three whole activation maps in host memory, which is then the
+          device's); else (an accelerator) at most the estimate mode's GroupNorm statistics pass (the image scaled
+          to at most STATS_SIDE px on its long side) plus one tile with its halo,
           (min(vae_tile, Hp) + 2 halo) * (min(vae_tile, Wp) + 2 halo)
     T   = tile.batch_size * tile.size^2                    latent pixels of one UNet call
 
@@ -61,13 +63,15 @@ class MemoryEstimate:
 def estimate_peak(
     height: int, width: int, *, scale: float, input_size: int | None, vae_tile: int, vae_channels: list[int],
     unet_channels: int, tile_size: int, tile_batch_size: int, dtype: torch.dtype = torch.float32,
+    on_host: bool = True,
 ) -> MemoryEstimate:
-    """The module docstring's formula for an ``height x width`` input upscaled by ``scale``."""
+    """The module docstring's formula for an ``height x width`` input upscaled by ``scale`` (``on_host``: the
+    upscale runs on the CPU)."""
     element = torch.empty((), dtype=dtype).element_size()
     work = output_size(height, width, working_scale(height, width, scale, input_size))
     padded = [round_up(side, PIXEL_PAD_MULTIPLE) for side in work]
     pixels = padded[0] * padded[1]
-    if max(padded) <= vae_tile:
+    if max(padded) <= vae_tile or on_host:
         vae_pixels = pixels
     else:
         tile_pixels = (min(vae_tile, padded[0]) + 2 * VAE_HALO) * (min(vae_tile, padded[1]) + 2 * VAE_HALO)
@@ -92,6 +96,7 @@ def estimate_upscale_peak(pipe, settings, height: int, width: int) -> MemoryEsti
         height, width, scale=settings.scale, input_size=settings.input_size, vae_tile=settings.vae_tile_size,
         vae_channels=list(pipe.vae.config.block_out_channels), unet_channels=pipe.unet.config.block_out_channels[0],
         tile_size=settings.tile_size, tile_batch_size=settings.tile_batch_size, dtype=pipe.vae.dtype,
+        on_host=next(pipe.vae.parameters()).device.type == "cpu",
     )
 
 

@@ -22,10 +22,14 @@ def accelerate(
     backend: str | Callable = "inductor",
     mode: str | None = None,
 ) -> nn.Module:
-    """Apply the speed-ups above to ``model`` in place and return it (``backend``/``mode``: ``torch.compile``'s)."""
+    """Apply the speed-ups above in place to ``model`` (a ``StableSR`` or anything with the same ``unet``/``vae``/...
+    attributes) and return it (``backend``/``mode``: ``torch.compile``'s)."""
     if channels_last:
-        for part in (model.unet, model.encoder, model.vae, model.cfw):
-            part.to(memory_format=torch.channels_last)
+        # ``encoder`` on a StableSR model, ``time_aware_encoder`` on a StableSRPipeline; ``cfw`` may be None.
+        for name in ("unet", "encoder", "time_aware_encoder", "vae", "cfw"):
+            part = getattr(model, name, None)
+            if isinstance(part, nn.Module):
+                part.to(memory_format=torch.channels_last)
     if compile:
         model.unet.compile(backend=backend, mode=mode)
     return model
