@@ -69,16 +69,15 @@ def build(model: str, dtype: str, device: str, steps: int, variant: str, backend
 
     from sr.config import compose
     from sr.models.acceleration import accelerate
-    from sr.sampling import build_upscaler
 
     cfg = compose("upscale", ["input=unset", "output=unset", f"model={model}", "model.pretrained=null",
-                              f"model.torch_dtype={dtype}", "progress=false", f"steps={steps}",
-                              f"tile.batch_size={tile_batch}"])
+                              f"model.torch_dtype={dtype}"])
     with torch.device(device):
-        stablesr = instantiate(cfg.model).eval()
-    accelerate(stablesr, compile=compile_unet, channels_last=channels_last, backend=backend)
-    upscaler = build_upscaler(stablesr, cfg)
-    return lambda lr: upscaler(lr.to(device), torch.Generator(device).manual_seed(0))
+        pipe = instantiate(cfg.model)
+    pipe.set_progress_bar_config(disable=True)
+    accelerate(pipe, compile=compile_unet, channels_last=channels_last, backend=backend)
+    return lambda lr: pipe(lr.to(device), num_inference_steps=steps, tile_batch_size=tile_batch,
+                           generator=torch.Generator(device).manual_seed(0), output_type="pt").images
 
 
 def child(args: argparse.Namespace) -> None:

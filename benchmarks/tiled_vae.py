@@ -58,7 +58,10 @@ def load_model(pretrained: str | None, cfw_weights: str | None, device: str):
     overrides = ["input=unset", "output=unset", "model=tiny"]
     overrides += [f"model.pretrained={pretrained}"] if pretrained else []
     overrides += [f"model.cfw_weights={cfw_weights}"] if cfw_weights else []
-    return instantiate(compose("upscale", overrides).model).eval().to(device)
+    pipe = instantiate(compose("upscale", overrides).model).to(device)
+    for part in (pipe.vae, pipe.cfw):
+        part.eval()
+    return pipe
 
 
 def load_image(path: Path, side: int, device: str) -> torch.Tensor:

@@ -6,7 +6,6 @@ from hydra.utils import instantiate
 
 from sr.config import compose
 from sr.models.acceleration import accelerate
-from sr.sampling import build_upscaler
 
 # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2%); through 3 sampling steps, the VAE and the colour fix
 # the tiny preset's output moved by 0.0027 mean / 0.017 max (on [0, 1]) when measured.
@@ -15,9 +14,10 @@ BF16_MAX_TOLERANCE = 0.05
 
 
 def _upscaler(*overrides: str):
-    cfg = compose("upscale", ["input=unset", "output=unset", "model=tiny", "progress=false", "steps=3", *overrides])
-    model = instantiate(cfg.model).eval()
-    return model, build_upscaler(model, cfg)
+    """The tiny preset's pipeline (random weights) and ``(lr, generator) -> image`` with 3 steps."""
+    pipe = instantiate(compose("upscale", ["input=unset", "output=unset", "model=tiny", *overrides]).model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, lambda lr, generator: pipe(lr, num_inference_steps=3, generator=generator, output_type="pt").images
 
 
 def _lr(seed: int) -> torch.Tensor:
@@ -31,8 +31,9 @@ def fp32_outputs():
 
 
 def test_bfloat16_upscale_stays_within_the_stated_tolerance_of_float32(fp32_outputs):
-    model, upscaler = _upscaler("model.torch_dtype=bfloat16")
-    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    pipe, upscaler = _upscaler("model.torch_dtype=bfloat16")
+    assert {parameter.dtype for parameter in pipe.unet.parameters()} == {torch.bfloat16}
+    assert {parameter.dtype for parameter in pipe.vae.parameters()} == {torch.bfloat16}
     output = upscaler(_lr(0), torch.Generator().manual_seed(0))
     difference = (output.float() - fp32_outputs[0]).abs()
     assert 0 < difference.mean() < BF16_MEAN_TOLERANCE
@@ -63,4 +64,4 @@ def test_compiled_unet_matches_eager_and_does_not_recompile_for_a_new_image(fp32
     assert len(graphs) == compiled_graphs  # the second LR image's SFT features are inputs, not baked constants
     torch.testing.assert_close(first, fp32_outputs[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(second, fp32_outputs[1], rtol=1e-5, atol=1e-5)
-    assert "unet" in dict(model.named_children()) and not any("_orig_mod" in k for k in model.state_dict())
+    assert not any("_orig_mod" in key for key in model.unet.state_dict())
