@@ -196,9 +196,9 @@ def test_data_configs_instantiate(name, tmp_path, monkeypatch):
                                      {"data": config, "seed": 5})
             data = instantiate(config.data)
             data.setup("fit")
-            assert isinstance(data, SRDataModule) and len(data.val_dataset) == 2
+            assert isinstance(data, SRDataModule) and len(data.val_dataset) == 3
         else:
-            assert len(instantiate(config)) == 2
+            assert len(instantiate(config)) == 3
     else:
         monkeypatch.setenv("STABLESR_DATA", str(tmp_path))
         resolved = OmegaConf.to_container(config, resolve=False)
@@ -213,14 +213,14 @@ def test_bundled_heldout_pairs_match_generator(tmp_path):
     from sr.data.testset import make_test_pairs
 
     out = tmp_path / "pairs"
-    overrides = [f"hr_dir={ROOT / 'data/samples/heldout'}", f"out_dir={out}", "crop=128", "degradation.scale=4"]
+    overrides = [f"hr_dir={ROOT / 'data/samples/heldout'}", f"out_dir={out}", "crop=384", "degradation.scale=4"]
     cfg = compose("testset", overrides)
     written, kept = make_test_pairs(cfg)
     assert kept == 0 and written == len(list((ROOT / "data/samples/heldout_pairs" / "lr").glob("*.png")))
     for side in ("lr", "hr"):
         for bundled in sorted((ROOT / "data/samples/heldout_pairs" / side).glob("*.png")):
             assert torch.equal(read_image(out / side / bundled.name).image, read_image(bundled).image)
-    assert read_image(out / "lr" / "camera.png").image.shape == (3, 32, 32)
+    assert read_image(out / "lr" / "camera.png").image.shape == (3, 96, 96)
     stamp = (out / "lr" / "camera.png").stat().st_mtime_ns
     assert make_test_pairs(cfg) == (0, written) and (out / "lr" / "camera.png").stat().st_mtime_ns == stamp  # kept
 

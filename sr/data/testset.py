@@ -1,7 +1,7 @@
 """Build a fixed synthetic LR/HR test set from an HR folder (how StableSR's DIV2K-Val was made: 512 crops,
 ``realesrgan`` degradation, LR 128).
 
-    python -m sr.data.testset hr_dir=data/samples/heldout out_dir=data/samples/heldout_pairs crop=128 \
+    python -m sr.data.testset hr_dir=data/samples/heldout out_dir=data/samples/heldout_pairs crop=384 \
         [degradation=realesrgan degradation.scale=4 crop_mode=center seed=0 overwrite=true]
 
 Per image (sorted by name): reflect-pad to >= crop if needed, a centre or seeded random ``crop``² window (the HR),
