@@ -1,4 +1,6 @@
-# Two entry points: `make demo` (the main job on the bundled samples, tiny preset) and `make test` (the suite);
+# Two entry points: `make demo` (the released tiny model on the bundled held-out photos) and `make test` (the suite);
+# `make demo-train` retrains every stage first; `make release-train` trains and packages the tiny release under
+# runs/release; `make demo-report` rewrites experiments/demo_tiny from a clean tree;
 # `make test-cluster` (as root) starts a one-node SLURM cluster, runs the cluster tests on it and stops it again.
 # Both create .venv when missing and (re)install when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: demo test test-slow test-cluster install clean-demo
+.PHONY: demo demo-train demo-report release-train test test-slow test-cluster install
 
 install: $(STAMP)
 
@@ -22,6 +24,15 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+demo-train: $(STAMP)
+	$(PY) scripts/demo.py --train
+
+demo-report: $(STAMP)
+	$(PY) scripts/demo.py --commit-report
+
+release-train: $(STAMP)
+	$(PY) scripts/release.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

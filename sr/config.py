@@ -17,6 +17,8 @@ from sr import launcher
 from sr.utils.launch import run_stamp
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+# Model folders shipped inside the package (``${released:<name>}`` in a model preset): the released tiny StableSR.
+RELEASED_DIR = Path(__file__).resolve().parent / "released"
 PROJECT_ROOT_ENV = "PROJECT_ROOT"
 
 
@@ -49,7 +51,8 @@ def register_resolvers() -> None:
     """What the YAML files' interpolations need (idempotent): ``$PROJECT_ROOT`` for ``${oc.env:PROJECT_ROOT}``
     (found once, see :func:`find_project_root`), ``${wandb_mode:}``, ``${run_stamp:<log dir>}`` (the time stamp of a
     run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
-    ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``).
+    ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``) and ``${released:<name>}``, the folder of a model shipped
+    in the package (:data:`RELEASED_DIR`).
 
     ``run_stamp`` is cached like Hydra's ``now``: one value per process, copied into every job of a sweep.
     """
@@ -60,6 +63,8 @@ def register_resolvers() -> None:
                            ("slurm_gpus_per_node", launcher.gpus_per_node), ("slurm_mem_gb", launcher.mem_gb_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
+    if not OmegaConf.has_resolver("released"):
+        OmegaConf.register_new_resolver("released", lambda name: str(RELEASED_DIR / name))
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_default_mode)
 
