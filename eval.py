@@ -14,11 +14,17 @@ scores.json with its root cause and the sweep goes on; the command then exits wi
 unfinished and refused runs.
 """
 
+from sr.errors import one_line_errors
+from sr.reproducibility import pin_cpu_numerics
+
+if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
+    with one_line_errors("eval"):
+        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
+
 import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR, register_resolvers
-from sr.errors import one_line_errors
 from sr.evaluation import evaluate
 from sr.utils.provenance import pin_command_line
 

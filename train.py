@@ -11,13 +11,19 @@ Settings (seed, ckpt_path, accelerator, output folder) are checked before anythi
 with one line (``debug=true`` or ``HYDRA_FULL_ERROR=1``: the traceback).
 """
 
+from sr.errors import one_line_errors
+from sr.reproducibility import pin_cpu_numerics
+
+if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
+    with one_line_errors("train"):
+        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
+
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR, register_resolvers
-from sr.errors import one_line_errors
 from sr.training import train
 from sr.utils.launch import child_rank_argv
 from sr.utils.provenance import pin_command_line

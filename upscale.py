@@ -11,13 +11,19 @@ is available is skipped; a failing image is reported on one line and the folder 
 and exit code 1 if any image failed. See ``sr.upscale_folder`` for the guarantees.
 """
 
+from sr.errors import one_line_errors
+from sr.reproducibility import pin_cpu_numerics
+
+if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
+    with one_line_errors("upscale"):
+        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
+
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from sr.config import CONFIG_DIR
-from sr.errors import one_line_errors
 from sr.upscale_folder import run
 
 

@@ -15,6 +15,13 @@ and single runs write identical files. A sample is finished when all four files 
 a partial one (interrupted run) is regenerated. Every file is written atomically.
 """
 
+from sr.errors import one_line_errors
+from sr.reproducibility import pin_cpu_numerics
+
+if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
+    with one_line_errors("sr.cfw.generate"):
+        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
+
 import logging
 import io
 from pathlib import Path
@@ -31,7 +38,7 @@ from sr.cfw.dataset import sample_files
 from sr.data.datasets import HRImageDataset
 from sr.io import write_bytes_atomic, write_image
 from sr.config import CONFIG_DIR, register_resolvers
-from sr.errors import ConfigError, one_line_errors
+from sr.errors import ConfigError
 from sr.validation import device_problem
 from sr.pipelines import StableSRPipeline, use_scheduler
 
