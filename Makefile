@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The demo and every command it starts run with pinned CPU numerics (instruction sets, MKL branch, thread count:
+# The drivers start every command with pinned CPU numerics (instruction sets, MKL branch, thread count:
 # sr/reproducibility.py); STABLESR_PIN_CPU=0 opts out.
 demo: $(STAMP)
-	$(PY) -m sr.reproducibility $(PY) scripts/demo.py
+	$(PY) scripts/demo.py
 
 demo-train: $(STAMP)
 	$(PY) scripts/demo.py --train

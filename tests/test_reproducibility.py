@@ -16,7 +16,8 @@ from sr.reproducibility import PIN_SWITCH, THREADS_VARIABLE, pin_cpu_numerics, s
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE",
-          "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_DYNAMIC": "FALSE", "MKL_DYNAMIC": "FALSE"}
+          "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_DYNAMIC": "FALSE", "MKL_DYNAMIC": "FALSE",
+          "OMP_WAIT_POLICY": "PASSIVE"}
 # Settings that change CPU numerics when they reach the libraries (benchmarks/reproducibility.py measures each).
 HOSTILE = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "AUTO",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
