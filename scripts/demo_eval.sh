@@ -10,6 +10,8 @@
 # SWEEP_DIR [runs/eval/demo_tiny/sweep], REPORT_DIR [experiments/demo_tiny], OVERWRITE [false; true re-samples
 # every image]. Re-running with the same SWEEP_DIR resumes: finished runs are skipped, missing images sampled.
 # The report in REPORT_DIR (table.md, table.csv, plots/, strips/) is regenerated every time; its README.md is not.
+# It is committed, so it is written only from a clean git tree (--require-clean) and without timings; the sweep's
+# own report (SWEEP_DIR/report) shows the seconds per image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,6 @@ fi
 # single-tile aggregation does not depend on the overlap.
 "$PYTHON" eval.py -m model=tiny data=samples_heldout "${weights[@]}" experiment_name=demo_tiny \
   steps="$STEPS" w=0,0.5,1 tile.size=16 tile.overlap=0,8 color_fix=adain seed=42 \
-  'metrics=[psnr_y,ssim_y,psnr,ssim,lpips_alex,fid]' progress=false overwrite="$OVERWRITE" \
+  'metrics=[psnr_y,ssim_y,psnr,ssim,lpips_alex,fid]' progress=false overwrite="$OVERWRITE" report_timings=true \
   hydra.sweep.dir="$SWEEP_DIR"
-"$PYTHON" -m sr.report "$SWEEP_DIR" --name demo_tiny --out "$REPORT_DIR" --overwrite
+"$PYTHON" -m sr.report "$SWEEP_DIR" --name demo_tiny --out "$REPORT_DIR" --overwrite --require-clean
