@@ -6,8 +6,9 @@
         [hydra/launcher=slurm] [report_dir=experiments/<name>]
     python eval.py rescore=true hydra.run.dir=<run dir> [metrics=[psnr_y,ssim_y,lpips_alex]]
 
-Each run dir gets images/<name>.png, fingerprint.json, timings.json and scores.json; when the run or sweep ends its
-report (table.md, table.csv, plots/, strips/) is written to <run or sweep dir>/report (or report_dir). Cached images
+Each run dir gets images/<name>.png, fingerprint.json, timings.json and scores.json, and the no-diffusion baselines
+(`baselines`: bicubic, lr_latent) scored beside it under baselines/; when the run or sweep ends its report
+(table.md, table.csv, plots/, strips/) is written to <run or sweep dir>/report (or report_dir). Cached images
 and scores are reused only when their fingerprint (weights, sampling settings, seed, test set, metric conventions)
 matches; a run dir holding finished results of other settings is refused. A failed run is recorded in its
 scores.json with its root cause and the sweep goes on; the command then exits with code 1, naming the failed,

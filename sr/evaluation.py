@@ -4,7 +4,9 @@ Driven by ``eval.py`` (config ``conf/eval.yaml``); a Hydra multirun makes one ru
 
     <run_dir>/images/<name>.png   SR outputs (8-bit PNG), written atomically one by one
     <run_dir>/timings.json        {name: seconds} of every sampled image (kept across resumes and re-scores)
-    <run_dir>/scores.json         sr.report.runs.write_run_scores: settings, per-image and aggregate metrics, status
+    <run_dir>/baselines/<baseline>/<name>.png, fingerprint.json   the no-diffusion baselines' images (below)
+    <run_dir>/scores.json         sr.report.runs.write_run_scores: settings, per-image and aggregate metrics, status,
+                                  the baselines' settings and scores
 
 Resume and caching: an image already in ``images/`` is not sampled again unless ``overwrite``; a run whose
 scores.json says "ok" is skipped unless ``overwrite`` or ``rescore``; ``rescore`` scores the existing images without
@@ -12,6 +14,17 @@ building the model. ``seconds_per_image`` is the mean over ``timings.json`` of t
 and scoring excluded). Any error inside a run is recorded as ``status="failed"`` with its message instead of being
 raised, so one bad sweep point does not stop a Hydra sweep; :class:`EvalReportCallback` builds the report when the
 run or sweep ends and exits with code 1 if any run failed.
+
+Baselines (``baselines``, default both): every run also scores, with the same metrics, conventions and test set,
+
+- ``bicubic``: ``StableSRPipeline.bicubic``, the LR resized to the output size by the pipeline's own resize;
+- ``lr_latent``: ``StableSRPipeline.reconstruct`` at the run's ``w``, ``color_fix`` and VAE tiles, the LR's latent
+  decoded without diffusion (the VAE + CFW ceiling).
+
+They cost no sampling. Each baseline's images are kept while their own fingerprint (``sr.fingerprint.
+baseline_components``: only what decides them) is unchanged and remade otherwise (also with ``overwrite``, and with
+``rescore``, which builds the model only when lr_latent images must be made); the run's scores fingerprint includes
+theirs, so a changed baseline list or setting re-scores the run without re-sampling it.
 """
 
 import json
@@ -32,6 +45,7 @@ from sr.data.datasets import PairedImageDataset
 from sr.errors import describe, traceback_wanted
 from sr.fingerprint import (
     FINGERPRINT_FILE,
+    baseline_components,
     differences,
     fingerprint,
     generation_components,
@@ -44,7 +58,9 @@ from sr.metrics import MetricSuite
 from sr.launcher import job_device
 from sr.report.build import build_report
 from sr.report.runs import (
+    BASELINES_DIR,
     IMAGES_DIR,
+    METHOD,
     SCORES_FILE,
     collect_sweep,
     read_run,
@@ -93,6 +109,7 @@ def run_settings(cfg: DictConfig) -> dict:
     resolved = resolved_settings(cfg)
     weights = model_config(cfg)
     return {
+        "method": METHOD,
         "w": float(cfg.w),
         "tile_overlap": resolved.tile_overlap,
         "steps": int(cfg.steps),
@@ -102,6 +119,8 @@ def run_settings(cfg: DictConfig) -> dict:
         "start": cfg.start,
         "respacing": resolved.respacing,
         "tile_weighting": resolved.tile_weighting,
+        "vae_tile_size": resolved.vae_tile_size,
+        "vae_tile_overlap": resolved.vae_tile_overlap,
         "color_fix": cfg.color_fix,
         "scale": cfg.scale,
         "input_size": cfg.input_size,
@@ -113,6 +132,15 @@ def run_settings(cfg: DictConfig) -> dict:
         "stage1_weights_path": weights.get("stage1_weights"),
         "cfw_weights_path": weights.get("cfw_weights"),
     }
+
+
+# The table columns of each baseline: the run settings its images and scores depend on (the settings behind
+# sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
+BASELINE_SETTINGS = {
+    "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir"),
+    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile_size", "vae_tile_overlap", "crop_border",
+                  "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
+}
 
 
 def build_metric_suite(cfg: DictConfig) -> MetricSuite:
@@ -219,7 +247,40 @@ def score_images(suite: MetricSuite, data: PairedImageDataset, images_dir: Path,
     return per_image, suite.summary(per_image, set_level)
 
 
-SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size", "device", "progress", "rescore", "overwrite", "run_dir")
+def baseline_image(name: str, lq: torch.Tensor, cfg: DictConfig, pipe: StableSRPipeline | None) -> torch.Tensor:
+    """Baseline ``name``'s output ``[C, H, W]`` in [0, 1] for the LR ``lq``, made by the pipeline's own methods."""
+    if name == "bicubic":
+        return StableSRPipeline.bicubic(lq, scale=cfg.scale, output_type="pt").images[0]
+    return pipe.reconstruct(lq, w=cfg.w, color_fix=cfg.color_fix, scale=cfg.scale, input_size=cfg.input_size,
+                            vae_tile_size=cfg.vae_tile.size, vae_tile_overlap=cfg.vae_tile.overlap,
+                            output_type="pt").images[0]
+
+
+def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImageDataset, run_dir: Path,
+                  pipe: StableSRPipeline | None) -> Path:
+    """Write baseline ``name``'s images to ``<run_dir>/baselines/<name>`` and return that folder. Images recorded
+    there for ``components`` are kept (a rerun reuses them, an interrupted one completes them); with another record,
+    none or ``overwrite`` the folder's images are discarded first."""
+    folder = run_dir / BASELINES_DIR / name
+    remove_stale_temporaries(folder)
+    recorded = read_fingerprint(folder)
+    if cfg.overwrite or recorded is None or recorded["components"] != components:
+        for path in folder.glob("*.png"):
+            path.unlink()
+    write_fingerprint(folder, components)
+    pending = [index for index, image_name in enumerate(data.names) if not (folder / f"{image_name}.png").is_file()]
+    if pending and name == "lr_latent" and pipe is None:
+        pipe = load_model(cfg)
+    if pipe is not None:
+        pipe.set_progress_bar_config(disable=True)
+    for index in tqdm(pending, desc=f"{name} {run_dir.name}", disable=not cfg.progress):
+        item = data[index]
+        write_image(folder / f"{item['name']}.png", baseline_image(name, item["lq"], cfg, pipe))
+    return folder
+
+
+SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size", "baselines", "device", "progress", "rescore", "overwrite",
+                "run_dir")
 
 
 def rescore_config(cfg: DictConfig, previous_config: dict | None) -> DictConfig:
@@ -295,8 +356,12 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
             return f"not run: {refusal}"
         suite = metric_suite if metric_suite is not None else build_metric_suite(cfg)
         conventions = suite.conventions()
+        baselines = {name: baseline_components(name, generation) for name in cfg.baselines}
+        baseline_scores = {name: fingerprint(scoring_components(cfg, components, conventions))
+                           for name, components in baselines.items()}
         fingerprints = {"images": fingerprint(generation),
-                        "scores": fingerprint(scoring_components(cfg, generation, conventions))}
+                        "scores": fingerprint({**scoring_components(cfg, generation, conventions),
+                                               "baselines": baseline_scores})}
         if (previous_status == "ok" and scores_path.is_file() and previous.record.get("fingerprints") == fingerprints
                 and not (cfg.overwrite or cfg.rescore)):
             print(f"eval: {scores_path} holds the results of these settings; skipped (rescore=true or overwrite=true "
@@ -309,6 +374,14 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
         if not cfg.rescore:
             sample_images(cfg, data, images_dir, run_dir, pipe)
         per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
+        baseline_records = {}
+        for name, components in baselines.items():
+            folder = make_baseline(cfg, name, components, data, run_dir, pipe)
+            baseline_per_image, baseline_aggregate = score_images(suite, data, folder, cfg.progress)
+            baseline_records[name] = {"settings": {"method": name, **{key: settings[key] for key in
+                                                                        BASELINE_SETTINGS[name]}},
+                                      "per_image": baseline_per_image, "aggregate": baseline_aggregate,
+                                      "fingerprint": baseline_scores[name]}
         timings = read_timings(run_dir)
         seconds = [timings[name] for name in data.names if name in timings]
         seconds_per_image = sum(seconds) / len(seconds) if seconds else None
@@ -325,23 +398,26 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
         return "failed"
     write_run_scores(run_dir, settings=settings, per_image=per_image, aggregate=aggregate,
                      seconds_per_image=seconds_per_image, conventions=conventions, config=config,
-                     fingerprints=fingerprints, overwrite=scores_path.is_file())
-    print(f"eval: {len(per_image)} images scored -> {scores_path}")
+                     fingerprints=fingerprints, baselines=baseline_records, overwrite=scores_path.is_file())
+    shown = f" (+ baselines {', '.join(baseline_records)})" if baseline_records else ""
+    print(f"eval: {len(per_image)} images scored{shown} -> {scores_path}")
     return "ok"
 
 
 def finish(results_dir: Path, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool,
-           wandb_config: dict | None = None) -> list[str]:
+           wandb_config: dict | None = None, timings: bool = False) -> list[str]:
     """Report on the runs below ``results_dir`` (a run or sweep dir); returns a line per failed or unfinished run.
 
     The default report folder, ``<results_dir>/report``, is a view of that dir's scores and is rebuilt every time;
     an explicit ``report_dir`` is replaced only when ``overwrite``. With ``wandb``, the table (numeric columns), plots
-    and strips go to a W&B run with ``wandb_config``, its files in ``<results_dir>/wandb``.
+    and strips go to a W&B run with ``wandb_config``, its files in ``<results_dir>/wandb``. ``timings``: the tables
+    show the seconds per image.
     """
     runs = collect_sweep(results_dir)
     if report or wandb:
         out_dir = Path(report_dir) if report_dir is not None else results_dir / REPORT_DIR
-        written = build_report(results_dir, out_dir, name, overwrite=overwrite or report_dir is None)
+        written = build_report(results_dir, out_dir, name, overwrite=overwrite or report_dir is None,
+                               timings=timings)
         print(f"eval: report of {len(runs)} run(s) in {out_dir}")
         if wandb:
             log_to_wandb(name, runs, written, wandb_config or {}, results_dir)
@@ -357,15 +433,16 @@ class EvalReportCallback(Callback):
     (launchers that run the jobs in this process: basic, local; SLURM jobs print the refusal in their log).
     """
 
-    def __init__(self, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool, rescore: bool):
-        self.name, self.report, self.report_dir, self.wandb = name, report, report_dir, wandb
+    def __init__(self, name: str, report: bool, report_dir: str | None, wandb: bool, overwrite: bool, rescore: bool,
+                 timings: bool = False):
+        self.name, self.report, self.report_dir, self.wandb, self.timings = name, report, report_dir, wandb, timings
         self.overwrite = overwrite or rescore
         self.not_run: list[str] = []
 
     def _finish(self, results_dir: Path, config: DictConfig) -> None:
         try:
             failures = finish(results_dir, self.name, self.report, self.report_dir, self.wandb, self.overwrite,
-                              eval_wandb_config(config))
+                              eval_wandb_config(config), self.timings)
         except (FileNotFoundError, FileExistsError) as problem:
             if not self.not_run:
                 raise SystemExit(f"eval: report not written: {problem}") from None

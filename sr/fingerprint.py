@@ -9,11 +9,17 @@ A fingerprint is the first 16 hex digits of the SHA-256 of a flat, JSON-serialis
                           vae_tile.overlap, seed, device
                           type, test_set.lr (SHA-256 over the LR files' names and bytes)
     scores:               generation + test_set.hr + metrics, crop_border, fid_patch_size, conventions
+                          + the scores fingerprint of each baseline (``baselines``)
+    baseline images:      the part of generation that decides them (``BASELINE_COMPONENTS``): bicubic = scale and
+                          LR set; lr_latent = model and VAE/CFW weights, scale, input_size, w, color_fix, VAE tiles,
+                          device type, LR set (not the sampler, the seed or the stage-1 weights, which it never uses)
+    baseline scores:      baseline images + test_set.hr + the scoring keys and conventions, as for the run
 
 Weights are identified by their bytes, not their path or time stamp: a retrained ``stage1.safetensors`` at the same
 path is a different model. File digests are cached per process by (path, size, modification time).
 ``<run_dir>/fingerprint.json`` records the generation fingerprint before the first image is sampled; ``scores.json``
-records both. ``upscale.py`` records the sampling components (generation without the test set) in its run config.
+records both; a baseline's folder (``<run_dir>/baselines/<name>``) holds its own ``fingerprint.json``. ``upscale.py``
+records the sampling components (generation without the test set) in its run config.
 """
 
 import hashlib
@@ -30,6 +36,13 @@ WEIGHT_KEYS = ("pretrained", "stage1_weights", "cfw_weights")
 SAMPLING_KEYS = ("scale", "steps", "start", "respacing", "w", "color_fix", "input_size", "tile.weighting",
                  "tile.batch_size", "vae_tile.size", "vae_tile.overlap", "seed")
 SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size")
+# Eval's no-diffusion baselines (StableSRPipeline.bicubic / .reconstruct), in report order, and the generation
+# components that decide each one's images.
+BASELINE_COMPONENTS = {
+    "bicubic": ("scale", "test_set.lr"),
+    "lr_latent": ("model.name", "model.architecture", "model.pretrained", "model.cfw_weights", "scale", "input_size",
+                  "w", "color_fix", "vae_tile.size", "vae_tile.overlap", "device", "test_set.lr"),
+}
 CHUNK_BYTES = 1 << 24
 _digest_cache: dict[tuple[str, int, int], str] = {}
 
@@ -107,6 +120,12 @@ def generation_components(cfg: DictConfig, model_cfg: DictConfig, tile_size: int
     """What decides the sampled images of an eval run: :func:`sampling_components` and the LR test set."""
     return {**sampling_components(cfg, model_cfg, tile_size, tile_overlap),
             "test_set.lr": image_set_identity(cfg.data.lr_dir)}
+
+
+def baseline_components(name: str, generation: dict) -> dict:
+    """What decides the images of baseline ``name``: its ``BASELINE_COMPONENTS`` picked from the run's
+    ``generation``, so runs that differ only in what the baseline never uses share it."""
+    return {"baseline": name, **{key: generation[key] for key in BASELINE_COMPONENTS[name]}}
 
 
 def scoring_components(cfg: DictConfig, generation: dict, conventions: dict) -> dict:

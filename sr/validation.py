@@ -11,7 +11,7 @@ Each ``validate_*`` function raises :class:`sr.errors.ConfigError` whose one-lin
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
+from sr.fingerprint import BASELINE_COMPONENTS
 from sr.ops.tiling import TILE_WEIGHTINGS
 from sr.sampling.respacing import RESPACINGS
 
@@ -236,11 +237,17 @@ def validate_upscale(cfg) -> None:
 
 
 def validate_eval(cfg) -> None:
-    """The keys of ``conf/eval.yaml``: sampling, seed, test-set folders, run dir writable, device."""
+    """The keys of ``conf/eval.yaml``: sampling, seed, test-set folders, run dir writable, device, baselines."""
     problems = _Problems(cfg)
     _sampling_problems(problems, setting(cfg, "model.latent_tile", None))
     problems.number("seed", integer=True)
     problems.number("crop_border", low=0, integer=True)
+    baselines = problems.get("baselines", [])
+    names = list(baselines) if isinstance(baselines, Sequence) and not isinstance(baselines, str) else None
+    if baselines is not _UNSET and (names is None or any(name not in BASELINE_COMPONENTS for name in names)
+                                    or len(set(names)) != len(names)):
+        problems.add("baselines", names if names is not None else baselines,
+                     f"must be a list of distinct names from {list(BASELINE_COMPONENTS)} ([] for none)")
     for key in ("data.lr_dir", "data.hr_dir"):
         folder = problems.get(key, None)
         if isinstance(folder, str) and not Path(folder).is_dir():

@@ -150,7 +150,9 @@ def test_eval_sweep_through_the_launcher_writes_its_report(requeue_runs, test_se
                    f"data.hr_dir={test_set / 'hr'}", "w=0,1", f"hydra.sweep.dir={sweep_dir}")
     assert run(argv, tmp_path / "eval.log") == 0, (tmp_path / "eval.log").read_text()[-3000:]
     table = (sweep_dir / "report" / "table.csv").read_text().splitlines()
-    assert len(table) == 3  # header + one row per job
+    # header, the bicubic baseline (shared), lr_latent once per w, one row per job
+    assert [line.split(",")[0] for line in table] == ["method", "bicubic", "lr_latent", "lr_latent", "stablesr",
+                                                      "stablesr"]
     for job_num in (0, 1):
         scores = json.loads((sweep_dir / str(job_num) / "scores.json").read_text())
         assert scores["status"] == "ok" and scores["command"] == shlex.join(argv)

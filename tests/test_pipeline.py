@@ -198,3 +198,27 @@ def test_offload_hooks_are_triggered_for_the_parts_run_through_submodules(pipe, 
     monkeypatch.setattr(type(pipe), "_execution_device", property(lambda self: torch.device("cpu")))
     pipe(lr_image(6, 6), output_type="pt", **dict(MULTI_TILE, num_inference_steps=1))
     assert calls[:3] == ["vae", "cfw", "vae"]
+
+
+def test_baselines_are_the_call_without_diffusion_and_the_resize_alone(pipe):
+    """``reconstruct``: the call's encode (posterior mode) decoded at once with CFW fused at w, colour-fixed;
+    ``bicubic``: the call's resize, no model, no colour fix; both turn grey inputs back to one channel."""
+    lr = lr_image()
+    up = F.interpolate(lr * 2 - 1, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
+    moments, features = encoder_features(pipe.vae, reflect_pad_to(up, 128, 192))
+    latent = DiagonalGaussianDistribution(moments).mode()
+    decoded = decode_latent(pipe.vae, pipe.cfw, latent, features, 0.5)[..., :96, :160]
+    expected = ((adain_color_fix(decoded, up) + 1) / 2).clamp(0, 1)
+    reconstructed = pipe.reconstruct(lr, w=0.5, color_fix="adain", scale=4, output_type="pt").images
+    torch.testing.assert_close(reconstructed, expected, atol=1e-5, rtol=0)
+    plain = pipe.reconstruct(lr, w=0.0, color_fix="adain", scale=4, output_type="pt").images
+    assert (plain - reconstructed).abs().max() > 1e-3   # w reaches the CFW fusion
+
+    bicubic = StableSRPipeline.bicubic(lr, scale=4, output_type="pt").images
+    torch.testing.assert_close(bicubic, (up + 1) / 2, atol=1e-6, rtol=0)
+    grey = Image.fromarray((lr_image(6, 9, 1)[0, 0] * 255).round().byte().numpy(), mode="L")
+    for method in (StableSRPipeline.bicubic, pipe.reconstruct):
+        (image,) = method(grey, scale=4).images
+        assert image.mode == "L" and image.size == (36, 24)
+    with pytest.raises(ValueError, match="scale=0: must be a number > 0"):
+        StableSRPipeline.bicubic(lr, scale=0)

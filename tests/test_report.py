@@ -1,18 +1,27 @@
-"""sr.report: scores.json round trip, sweep tables (incl. a failed run), plots, comparison strips."""
+"""sr.report: scores.json round trip, sweep tables (incl. a failed run and deduplicated baseline rows), plots,
+comparison strips, and a portable report: no absolute paths, n/a footnotes, fixed settings above the table,
+byte-identical rebuilds, dirty trees named or refused."""
 
 import csv
 import json
+import subprocess
+from pathlib import Path
 
+import matplotlib.axes
 import numpy as np
 import pytest
 from PIL import Image
 
+import sr.utils.provenance
 from sr.report.build import build_report
 from sr.report.cli import main
 from sr.report.runs import SCORES_KEYS, collect_sweep, write_run_scores
 
+REPO = Path(__file__).resolve().parents[1]
 CONVENTIONS = {"psnr_ssim": "psnr_y on pyiqa Y", "crop_border": "0 px", "fid": "clean-fid resize"}
 IMAGE_NAMES = ("bird", "car")
+BICUBIC_PSNR_Y = 18.25
+MUSIQ_FILE = "musiq_koniq_ckpt-e95806b9.pth"
 
 
 def _write_image(path, seed, size=32):
@@ -21,8 +30,24 @@ def _write_image(path, seed, size=32):
     Image.fromarray(pixels).save(path)
 
 
+def _baselines(root, w):
+    """The two baselines as eval records them: bicubic shared by every run, lr_latent one per w."""
+    data = {"scale": 4, "crop_border": 0, "lr_dir": str(root / "data" / "lr"), "hr_dir": str(root / "data" / "hr")}
+    bicubic = {name: {"psnr_y": BICUBIC_PSNR_Y + k, "lpips_alex": 0.5} for k, name in enumerate(IMAGE_NAMES)}
+    latent = {name: {"psnr_y": 19 + w + k, "lpips_alex": 0.4} for k, name in enumerate(IMAGE_NAMES)}
+    return {
+        "bicubic": {"settings": {"method": "bicubic", **data}, "per_image": bicubic, "fingerprint": "bicubic-fp",
+                    "aggregate": {"psnr_y": {"mean": BICUBIC_PSNR_Y + 0.5, "std": 0.5, "n": 2},
+                                  "lpips_alex": {"mean": 0.5, "std": 0.0, "n": 2}}},
+        "lr_latent": {"settings": {"method": "lr_latent", "w": w, "color_fix": "adain", **data},
+                      "per_image": latent, "fingerprint": f"lr_latent-fp-{w}",
+                      "aggregate": {"psnr_y": {"mean": 19.5 + w, "std": 0.5, "n": 2},
+                                    "lpips_alex": {"mean": 0.4, "std": 0.0, "n": 2}}},
+    }
+
+
 def _fake_sweep(root, fail=None):
-    """2 w x 2 tile_overlap runs with images; ``fail`` = (w, overlap) of a run that failed."""
+    """2 w x 2 tile_overlap runs with images and baselines; ``fail`` = (w, overlap) of a run that failed."""
     for name in IMAGE_NAMES:
         _write_image(root / "data" / "lr" / f"{name}.png", seed=1, size=8)
         _write_image(root / "data" / "hr" / f"{name}.png", seed=2)
@@ -30,12 +55,17 @@ def _fake_sweep(root, fail=None):
     for index, (w, overlap) in enumerate([(0.0, 16), (0.0, 32), (1.0, 16), (1.0, 32)]):
         run_dir = sweep / str(index)
         settings = {
+            "method": "stablesr",
             "w": w,
             "tile_overlap": overlap,
             "steps": 200,
             "model": "stablesr-512",
+            "color_fix": "adain",
+            "scale": 4,
+            "crop_border": 0,
             "lr_dir": str(root / "data" / "lr"),
             "hr_dir": str(root / "data" / "hr"),
+            "pretrained_path": str(REPO / "runs" / "demo" / "prior" / "model"),   # below the project root
         }
         if (w, overlap) == fail:
             write_run_scores(
@@ -58,19 +88,23 @@ def _fake_sweep(root, fail=None):
             "psnr_y": {"mean": 20.5 + 2 * w + overlap / 16, "std": 0.5, "n": 2},
             "lpips_alex": {"mean": 0.3 - 0.1 * w, "std": 0.0, "n": 2},
             "fid": {"mean": 30 - 5 * w, "std": None, "n": 2},
-            "musiq": "n/a (missing musiq_koniq_ckpt-e95806b9.pth, expected at /x/musiq_koniq_ckpt-e95806b9.pth)",
+            # as an older version wrote it: this machine's absolute path (the report must not show it)
+            "musiq": f"n/a (missing {MUSIQ_FILE}, expected at {root}/hub/{MUSIQ_FILE})",
         }
         write_run_scores(
             run_dir,
             settings=settings,
             per_image=per_image,
             aggregate=aggregate,
-            seconds_per_image=1.5,
+            seconds_per_image=1.5 + index / 10,
             conventions=CONVENTIONS,
             config={"w": w, "tile_overlap": overlap},
+            baselines=_baselines(root, w),
         )
         for k, name in enumerate(IMAGE_NAMES):
             _write_image(run_dir / "images" / f"{name}.png", seed=10 + index + k)
+            for baseline in ("bicubic", "lr_latent"):
+                _write_image(run_dir / "baselines" / baseline / f"{name}.png", seed=20 + index + k)
     return sweep
 
 
@@ -115,41 +149,134 @@ def test_write_run_scores_round_trip_and_refuses_overwrite(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]  # no temporary files left behind
 
 
-def test_two_by_two_sweep_gives_four_rows_plots_and_strips(tmp_path):
+def test_two_by_two_sweep_gives_baseline_rows_once_then_four_runs_plots_and_strips(tmp_path, monkeypatch):
     sweep = _fake_sweep(tmp_path)
     out = tmp_path / "experiments" / "demo"
+    horizontal_lines = []
+    real_axhline = matplotlib.axes.Axes.axhline
+
+    def recording_axhline(axis, y=0, *args, **kwargs):
+        horizontal_lines.append((axis.get_ylabel(), y, kwargs.get("label")))
+        return real_axhline(axis, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", recording_axhline)
     main([str(sweep), "--name", "demo", "--out", str(out)])
 
     markdown = (out / "table.md").read_text()
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(table_rows) == 1 + 4
-    assert (
-        "| w | tile_overlap | steps | model | psnr_y | lpips_alex ↓ | musiq | fid ↓ | images | s/image | status |"
-        in markdown
-    )
-    assert "| 1.0 | 32 | 200 | stablesr-512 | 24.50 ± 0.50 | 0.2000 ± 0.0000 | n/a (missing musiq" in markdown
-    assert "musiq_koniq_ckpt-e95806b9.pth) | 25.00 | 2 | 1.50 | ok |" in markdown
+    # bicubic once (4 runs share it), lr_latent once per w, then the 4 runs
+    assert len(table_rows) == 1 + 1 + 2 + 4
+    assert table_rows[0] == "| method | w | tile_overlap | psnr_y | lpips_alex ↓ | musiq | fid ↓ |"
+    assert table_rows[1].startswith("| bicubic | – | – | 18.75 ± 0.50 | 0.5000 ± 0.0000 |")
+    assert table_rows[2].startswith("| lr_latent | 0.0 | – | 19.50 ± 0.50 |")
+    assert table_rows[3].startswith("| lr_latent | 1.0 | – | 20.50 ± 0.50 |")
+    assert table_rows[-1] == "| stablesr | 1.0 | 32 | 24.50 ± 0.50 | 0.2000 ± 0.0000 | n/a¹ | 25.00 |"
     for convention in CONVENTIONS.values():
         assert convention in markdown
     assert "git revision" in markdown and "python" in markdown
+    assert "s/image" not in markdown  # timings are machine-dependent: only with --timings
 
     with open(out / "table.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert len(rows) == 4
-    assert [(r["w"], r["tile_overlap"]) for r in rows] == [("0.0", "16"), ("0.0", "32"), ("1.0", "16"), ("1.0", "32")]
-    assert float(rows[0]["psnr_y_mean"]) == pytest.approx(21.5) and rows[0]["images"] == "2"
+    assert [row["method"] for row in rows] == ["bicubic", "lr_latent", "lr_latent"] + ["stablesr"] * 4
+    runs = rows[3:]
+    assert [(r["w"], r["tile_overlap"]) for r in runs] == [("0.0", "16"), ("0.0", "32"), ("1.0", "16"), ("1.0", "32")]
+    assert float(runs[0]["psnr_y_mean"]) == pytest.approx(21.5) and runs[0]["images"] == "2"
+    assert [row["run_dir"] for row in rows] == ["0", "0", "2", "0", "1", "2", "3"]   # relative to the sweep
+    assert rows[0]["steps"] == "" and runs[0]["steps"] == "200"   # every column stays in the CSV
+    assert "seconds_per_image" not in rows[0]
 
     for metric in ("psnr_y", "lpips_alex", "fid"):
         for axis in ("w", "tile_overlap"):
             assert _is_png(out / "plots" / f"{metric}_vs_{axis}.png")
     assert not (out / "plots" / "musiq_vs_w.png").exists()  # n/a metrics are not plotted
+    # the bicubic value is each plot's reference line (fid: the baselines have none)
+    assert sorted(y for label, y, _ in horizontal_lines if label.startswith("psnr_y")) == [BICUBIC_PSNR_Y + 0.5] * 2
+    assert {text for _, _, text in horizontal_lines} == {"bicubic"}
+    assert not any(label.startswith("fid") for label, _, _ in horizontal_lines)
     for name in IMAGE_NAMES:
         strip = out / "strips" / f"{name}.png"
         assert _is_png(strip)
-        assert Image.open(strip).width > 3 * Image.open(strip).height  # LR | SR(w=0) | SR(w=1) | HR
+        assert Image.open(strip).width > 4 * Image.open(strip).height  # LR | SR(w=0) | SR(w=1) | bicubic | HR
 
     with pytest.raises(SystemExit, match="already exists"):
         main([str(sweep), "--out", str(out)])
+
+
+def _report_files(out):
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+
+
+def test_report_is_portable_byte_identical_with_footnotes_and_fixed_settings(tmp_path, monkeypatch):
+    # the eval command as a venv on this machine records it: interpreter and paths absolute
+    command = f"{REPO}/.venv/bin/python eval.py -m model.pretrained={REPO}/runs/demo/prior/model"
+    monkeypatch.setenv("SR_COMMAND", f"{command} hydra.sweep.dir={tmp_path}/sweep w=0,1")
+    sweep = _fake_sweep(tmp_path)
+    out = tmp_path / "report"
+    build_report(sweep, out, "portable")
+    first = _report_files(out)
+    build_report(sweep, out, "portable", overwrite=True)
+    assert _report_files(out) == first   # byte-identical, plots and strips included
+    assert {name.split("/")[0] for name in first} == {"table.md", "table.csv", "plots", "strips"}
+    for name, data in first.items():
+        for machine_path in (str(tmp_path), str(REPO)):
+            assert machine_path.encode() not in data, f"{name} shows {machine_path}"
+
+    markdown = first["table.md"].decode()
+    assert "Eval commands: `python eval.py -m model.pretrained=runs/demo/prior/model " \
+           "'hydra.sweep.dir=<outside>/sweep' w=0,1`." in markdown
+    assert "Sweep: `<outside>/sweep`" in markdown
+    # the n/a reason once, below the table, its cells marked
+    assert markdown.count(f"missing {MUSIQ_FILE}") == 1
+    assert markdown.count("| n/a¹ |") == 4
+    assert f"- ¹ `missing {MUSIQ_FILE}, expected at <outside>/{MUSIQ_FILE}`" in markdown
+    # the same value on every row (baselines' "–" aside): one line above the table, not a column
+    fixed = next(line for line in markdown.splitlines() if line.startswith("Fixed settings"))
+    for setting in ("steps=200", "model=stablesr-512", "color_fix=adain", "scale=4", "crop_border=0",
+                    "lr_dir=<outside>/lr", "pretrained_path=runs/demo/prior/model", "images=2", "status=ok"):
+        assert f"`{setting}`" in fixed
+    assert markdown.index("Fixed settings") < markdown.index("| method |")
+    header = next(line for line in markdown.splitlines() if line.startswith("| method |"))
+    assert "steps" not in header and "status" not in header and "| w | tile_overlap |" in header
+
+    build_report(sweep, out, "portable", overwrite=True, timings=True)
+    with_timings = (out / "table.md").read_text()
+    assert "| s/image |" in with_timings and "| 1.80 |" in with_timings and "| stablesr | 1.0 | 32 |" in with_timings
+    assert "seconds_per_image" in (out / "table.csv").read_text()
+
+
+def _git(repo, *arguments):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *arguments], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_dirty_tree_is_named_in_the_report_and_refused_with_require_clean(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "sr").mkdir(parents=True)
+    (repo / "sr" / "code.py").write_text("x = 1\n")
+    (repo / "experiments" / "demo").mkdir(parents=True)
+    (repo / "experiments" / "demo" / "table.md").write_text("old report\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "init")
+    monkeypatch.setattr(sr.utils.provenance, "PROJECT_ROOT", repo)   # the checkout whose revision is reported
+    sweep = _fake_sweep(tmp_path)
+    out = repo / "experiments" / "demo"
+
+    main([str(sweep), "--out", str(out), "--overwrite", "--require-clean"])
+    # now the committed report differs: the report's own folder, clean as far as a rebuild is concerned
+    main([str(sweep), "--out", str(out), "--overwrite", "--require-clean"])
+    markdown = (out / "table.md").read_text()
+    assert "at git revision `" in markdown and "+dirty" not in markdown.split("Runs'")[0]
+
+    (repo / "sr" / "code.py").write_text("x = 2\n")
+    with pytest.raises(SystemExit, match=r"^sr.report: --require-clean: tracked files differ from the commit "
+                                         r"\(sr/code.py\); commit or stash them first$"):
+        main([str(sweep), "--out", str(out), "--overwrite", "--require-clean"])
+    assert (out / "table.md").read_text() == markdown   # refused before writing anything
+    main([str(sweep), "--out", str(out), "--overwrite"])
+    report_line = next(line for line in (out / "table.md").read_text().splitlines() if line.startswith("Report:"))
+    assert report_line.endswith("+dirty` (modified tracked files: `sr/code.py`).")
 
 
 def test_failed_run_is_marked_and_the_rest_still_tabulated(tmp_path):
@@ -161,9 +288,9 @@ def test_failed_run_is_marked_and_the_rest_still_tabulated(tmp_path):
     markdown = (out / "table.md").read_text()
     assert "6 runs" not in markdown and "(5 runs: 3 ok, 2 failed, 0 unfinished)" in markdown
     assert "FAILED: CUDA out of memory" in markdown
-    assert f"FAILED: unreadable {sweep / 'broken' / 'scores.json'}" in markdown
+    assert "FAILED: unreadable <outside>/scores.json: " in markdown   # the run dir is in table.csv
     with open(out / "table.csv", newline="") as stream:
-        statuses = [row["status"] for row in csv.DictReader(stream)]
+        statuses = [row["status"] for row in csv.DictReader(stream) if row["method"] == "stablesr"]
     assert statuses.count("ok") == 3 and statuses.count("failed") == 2
     assert written["plots"] and all(_is_png(path) for path in written["plots"])
 
@@ -183,12 +310,13 @@ def test_wandb_table_keeps_numbers_and_the_run_lands_in_the_sweep_folder(tmp_pat
     sweep = _fake_sweep(tmp_path, fail=(1.0, 32))
     runs = collect_sweep(sweep)
     columns, rows = wandb_table(runs)
-    assert columns[:2] == ["w", "tile_overlap"]
+    assert columns[:3] == ["method", "w", "tile_overlap"]
     assert {"psnr_y", "psnr_y_std", "lpips_alex", "lpips_alex_std", "fid", "fid_std"} <= set(columns)
-    by_setting = {(row[0], row[1]): dict(zip(columns, row)) for row in rows}
+    assert [row[0] for row in rows] == ["bicubic", "lr_latent", "lr_latent"] + ["stablesr"] * 4
+    by_setting = {(row[1], row[2]): dict(zip(columns, row)) for row in rows if row[0] == "stablesr"}
     ok = by_setting[(1.0, 16)]
     assert ok["psnr_y"] == 20.5 + 2 + 1 and ok["psnr_y_std"] == 0.5 and ok["fid"] == 25 and ok["fid_std"] is None
-    assert ok["musiq"] is None and ok["images"] == 2 and ok["seconds_per_image"] == 1.5 and ok["status"] == "ok"
+    assert ok["musiq"] is None and ok["images"] == 2 and ok["seconds_per_image"] == 1.7 and ok["status"] == "ok"
     failed = by_setting[(1.0, 32)]
     assert failed["psnr_y"] is None and failed["status"] == "failed: CUDA out of memory"
 

@@ -24,6 +24,7 @@ from sr.metrics.weights import (
     maniqa_backbone_path,
     missing_weights,
     not_available,
+    portable_location,
     pyiqa_weight_path,
 )
 
@@ -57,7 +58,8 @@ def pyiqa_unavailable(metric: str) -> str | None:
     missing = missing_weights(metric, pyiqa_weight_path(metric))
     if missing is None and metric == "maniqa" and maniqa_backbone_path() is None:
         expected = maniqa_backbone_expected_path()
-        missing = not_available(metric, f"missing {expected.name}, expected at {expected}")
+        missing = not_available(metric, f"missing {expected.name}, expected at {portable_location(expected)}",
+                                here=expected)
     return missing
 
 

@@ -1,8 +1,10 @@
 """Where each metric's pretrained weights must lie, and the report string when they do not.
 
 Nothing here (or anywhere in ``sr.metrics``) downloads: every loader calls :func:`missing_weights` first and, when a
-file is absent, the metric is reported as ``"n/a (missing <file>, expected at <path>)"`` with a warning. The paths are
-the exact ones the owning libraries look up, so dropping the file there is enough:
+file is absent, the metric is reported as ``"n/a (missing <file>, expected at <location>)"`` with a warning that also
+names the folder on this machine. ``<location>`` is written below ``$TORCH_HOME`` / ``$HF_HOME`` (as in the list
+below), not as this machine's absolute path, so scores and reports read the same everywhere. The paths are the exact
+ones the owning libraries look up, so dropping the file there is enough:
 
 - torchvision backbones (LPIPS):    ``$TORCH_HOME/hub/checkpoints/alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``
   (the LPIPS linear heads ship inside the ``lpips`` package);
@@ -78,15 +80,28 @@ def maniqa_backbone_expected_path() -> Path:
     return Path(constants.HF_HUB_CACHE) / repo_folder / "snapshots" / "<rev>" / MANIQA_BACKBONE_FILE
 
 
-def not_available(metric: str, reason: str) -> str:
-    """The value reported for a metric that cannot be computed: ``"n/a (<reason>)"``, with a warning."""
+def portable_location(path: Path) -> str:
+    """``path`` written below ``$TORCH_HOME/hub`` or ``$HF_HOME/hub`` when it lies there (as the module docstring
+    lists the files), else as it is."""
+    from huggingface_hub import constants
+
+    for variable, folder in (("$TORCH_HOME/hub", torch_hub_dir()), ("$HF_HOME/hub", Path(constants.HF_HUB_CACHE))):
+        if path.is_relative_to(folder):
+            return f"{variable}/{path.relative_to(folder).as_posix()}"
+    return str(path)
+
+
+def not_available(metric: str, reason: str, here: Path | None = None) -> str:
+    """The value reported for a metric that cannot be computed: ``"n/a (<reason>)"``, with a warning (which also
+    names ``here``, the expected file's path on this machine)."""
     message = f"n/a ({reason})"
-    warnings.warn(f"{metric}: {message}", stacklevel=2)
+    warnings.warn(f"{metric}: {message}" + (f" (here: {here})" if here is not None else ""), stacklevel=2)
     return message
 
 
 def missing_weights(metric: str, path: Path) -> str | None:
-    """None when ``path`` exists, else the ``"n/a (missing <file>, expected at <path>)"`` string (and a warning)."""
+    """None when ``path`` exists, else ``"n/a (missing <file>, expected at <portable location>)"`` (and a
+    warning)."""
     if path.is_file():
         return None
-    return not_available(metric, f"missing {path.name}, expected at {path}")
+    return not_available(metric, f"missing {path.name}, expected at {portable_location(path)}", here=path)

@@ -17,6 +17,10 @@ One call, for ``lr [B, C, h, w]`` in [0, 1] (C = 1 or 3), ``work = round((h, w) 
     image  = decode(x_0, f, w)[:work] -> colour fix vs up -> (image + 1) / 2 -> antialiased resize to
              round(h, w * scale) when input_size raised the working size -> grey back to one channel (luma)
 
+Two no-diffusion baselines share these steps (eval.py scores them beside every run): ``StableSRPipeline.bicubic``
+(``up`` at the output size, no model) and ``StableSRPipeline.reconstruct`` (``z_lr`` from the posterior mode decoded
+at once: the VAE + CFW ceiling without sampling).
+
 This class is the one place where sampling settings are defaulted and resolved (``sampling_settings``; their valid
 ranges are ``sr.validation.validate_sampling``'s, shared with the commands) and the one decode path
 (``StableSR.decode``: the CFW warning fires here). Latents are in diffusion space everywhere
@@ -46,7 +50,8 @@ from sr.validation import validate_sampling
 PIXEL_PAD_MULTIPLE = 64
 VAE_FACTOR = 8
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
+OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "latent")
 
 
 @dataclass(frozen=True)
@@ -239,21 +244,8 @@ class StableSRPipeline(DiffusionPipeline):
         lr = _as_batch(image)
         model = self.model
         device, dtype = self._execution_device, self.vae.dtype
-        show_progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
-
-        height, width = lr.shape[-2:]
-        target = output_size(height, width, settings.scale)
-        work = output_size(height, width, working_scale(height, width, settings.scale, settings.input_size))
-        lq = (lr.expand(-1, 3, -1, -1) * 2 - 1).to(device=device, dtype=dtype)
-        upsampled = F.interpolate(lq, size=work, mode="bicubic", align_corners=False).clamp(-1, 1)
-        padded = reflect_pad_to(upsampled, round_up(work[0], PIXEL_PAD_MULTIPLE), round_up(work[1], PIXEL_PAD_MULTIPLE))
-        # Per-axis VAE tile/overlap, each a multiple of 8 and below the tile even when the image is narrower.
-        vae_tiles = tuple(min(settings.vae_tile_size, side) for side in padded.shape[-2:])
-        vae_overlaps = tuple(min(settings.vae_tile_overlap, tile - VAE_FACTOR) for tile in vae_tiles)
-        _onload(self.vae)
-        z_lr, features = model.encode(padded, generator, sample=sample_posterior, tile=vae_tiles,
-                                      overlap=vae_overlaps, progress=show_progress)
-        del padded
+        upsampled, work, target = self._upsample(lr, settings)
+        z_lr, features = self._encode(model, upsampled, work, settings, generator, sample_posterior)
 
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         set_sampling_timesteps(scheduler, settings.num_inference_steps, settings.respacing, device=device)
@@ -271,17 +263,92 @@ class StableSRPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latent
         else:
-            _onload(self.cfw, self.vae)
-            decoded = model.decode(latent, features, settings.w, tile=settings.vae_tile_size // VAE_FACTOR,
-                                   overlap=settings.vae_tile_overlap // VAE_FACTOR, progress=show_progress)
+            decoded = self._decode(model, latent, features, settings, work)
             del features
-            images = self._postprocess(decoded[..., : work[0], : work[1]], upsampled, settings, target, lr)
-            images = _convert_output(images, output_type)
+            images = _convert_output(self._postprocess(decoded, upsampled, settings, target, lr), output_type)
         initial = x_t if return_latents else None
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, initial)
         return StableSRPipelineOutput(images=images, latents=initial)
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        image: torch.Tensor | PIL.Image.Image | np.ndarray,
+        w: float | None = None,
+        color_fix: str | None = None,
+        scale: float | None = None,
+        vae_tile_size: int | None = None,
+        vae_tile_overlap: int | None = None,
+        input_size: int | None = None,
+        output_type: str = "pil",
+    ) -> StableSRPipelineOutput:
+        """The ``lr_latent`` baseline: a call without diffusion. The bicubic-upsampled LR is encoded exactly as a
+        call encodes it (posterior mode, the call's VAE tiles) and that latent is decoded at once through the one
+        decode path with CFW strength ``w`` fused with the LR's own encoder features, then colour-fixed, resized and
+        converted as a call's output. It measures what the VAE (+ CFW) recovers from the LR alone, the ceiling of a
+        sampler that returned the LR latent unchanged. Arguments as for ``__call__`` (None = the pipeline's
+        defaults); ``output_type`` one of ``pil``, ``np``, ``pt``."""
+        settings = self.sampling_settings(w=w, color_fix=color_fix, scale=scale, vae_tile_size=vae_tile_size,
+                                          vae_tile_overlap=vae_tile_overlap, input_size=input_size)
+        if output_type not in IMAGE_OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of {IMAGE_OUTPUT_TYPES}")
+        lr = _as_batch(image)
+        model = self.model
+        upsampled, work, target = self._upsample(lr, settings)
+        z_lr, features = self._encode(model, upsampled, work, settings, generator=None, sample_posterior=False)
+        decoded = self._decode(model, z_lr, features, settings, work)
+        del features
+        images = self._postprocess(decoded, upsampled, settings, target, lr)
+        self.maybe_free_model_hooks()
+        return StableSRPipelineOutput(images=_convert_output(images, output_type))
+
+    @staticmethod
+    def bicubic(image: torch.Tensor | PIL.Image.Image | np.ndarray, scale: float,
+                output_type: str = "pil") -> StableSRPipelineOutput:
+        """The ``bicubic`` baseline (no model): the LR resized to the output size ``round((h, w) * scale)`` by the
+        resize a call applies before encoding (``upsample_lr``), then made an output as a call's image is, without
+        colour fix (grey back to one channel). ``output_type`` one of ``pil``, ``np``, ``pt``."""
+        if output_type not in IMAGE_OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of {IMAGE_OUTPUT_TYPES}")
+        settings = SamplingSettings(scale=scale, color_fix="none").validate()
+        lr = _as_batch(image)
+        target = output_size(*lr.shape[-2:], settings.scale)
+        upsampled = upsample_lr(lr, target)
+        images = StableSRPipeline._postprocess(upsampled, upsampled, settings, target, lr)
+        return StableSRPipelineOutput(images=_convert_output(images, output_type))
+
+    def _upsample(self, lr: torch.Tensor, settings: SamplingSettings):
+        """(``up``, working size, output size) of a call (module docstring), ``up`` on the execution device in the
+        VAE's dtype."""
+        height, width = lr.shape[-2:]
+        target = output_size(height, width, settings.scale)
+        work = output_size(height, width, working_scale(height, width, settings.scale, settings.input_size))
+        return upsample_lr(lr, work, self._execution_device, self.vae.dtype), work, target
+
+    def _encode(self, model: StableSR, upsampled: torch.Tensor, work, settings: SamplingSettings,
+                generator: torch.Generator | None, sample_posterior: bool):
+        """(diffusion-space ``z_lr``, CFW encoder features) of ``up`` reflect-padded to multiples of 64 px."""
+        padded = reflect_pad_to(upsampled, round_up(work[0], PIXEL_PAD_MULTIPLE), round_up(work[1], PIXEL_PAD_MULTIPLE))
+        # Per-axis VAE tile/overlap, each a multiple of 8 and below the tile even when the image is narrower.
+        vae_tiles = tuple(min(settings.vae_tile_size, side) for side in padded.shape[-2:])
+        vae_overlaps = tuple(min(settings.vae_tile_overlap, tile - VAE_FACTOR) for tile in vae_tiles)
+        _onload(self.vae)
+        return model.encode(padded, generator, sample=sample_posterior, tile=vae_tiles, overlap=vae_overlaps,
+                            progress=self._progress_enabled())
+
+    def _decode(self, model: StableSR, latent: torch.Tensor, features, settings: SamplingSettings,
+                work) -> torch.Tensor:
+        """A padded diffusion-space latent through the one decode path (CFW strength ``w`` fused with
+        ``features``), cropped to the working size: in about [-1, 1], before ``_postprocess``."""
+        _onload(self.cfw, self.vae)
+        decoded = model.decode(latent, features, settings.w, tile=settings.vae_tile_size // VAE_FACTOR,
+                               overlap=settings.vae_tile_overlap // VAE_FACTOR, progress=self._progress_enabled())
+        return decoded[..., : work[0], : work[1]]
+
+    def _progress_enabled(self) -> bool:
+        return not getattr(self, "_progress_bar_config", {}).get("disable", False)
 
     @staticmethod
     def _postprocess(image, upsampled, settings: SamplingSettings, target, lr: torch.Tensor) -> torch.Tensor:
@@ -294,6 +361,14 @@ class StableSRPipeline(DiffusionPipeline):
             luma = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
             image = (image * luma).sum(dim=1, keepdim=True)
         return image.to(lr.device)
+
+
+def upsample_lr(lr: torch.Tensor, size: tuple[int, int], device=None, dtype=None) -> torch.Tensor:
+    """``up = clamp(bicubic(2 lr - 1, size), -1, 1)``: the LR ``[B, C, h, w]`` in [0, 1] (grey replicated to RGB)
+    mapped to [-1, 1] (on ``device`` in ``dtype``) and resized; what a call encodes and colour-fixes against, and the
+    ``bicubic`` baseline."""
+    lq = (lr.expand(-1, 3, -1, -1) * 2 - 1).to(device=device, dtype=dtype)
+    return F.interpolate(lq, size=size, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 def _onload(*modules) -> None:

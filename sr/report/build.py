@@ -5,7 +5,7 @@ from pathlib import Path
 
 from sr.io import write_bytes_atomic
 from sr.report.plots import PLOT_AXES, plot_metric
-from sr.report.runs import Run, collect_sweep
+from sr.report.runs import Run, collect_sweep, table_rows
 from sr.report.strips import comparison_strip
 from sr.report.table import metric_columns, render_csv, render_markdown
 
@@ -18,19 +18,27 @@ def build_report(
     hr_dir: Path | None = None,
     strip_images: int = 3,
     overwrite: bool = False,
+    timings: bool = False,
 ) -> dict[str, list[Path]]:
-    """Write table.md, table.csv, plots/*.png and strips/*.png for the sweep; returns the written paths by kind."""
+    """Write table.md, table.csv, plots/*.png and strips/*.png for the sweep; returns the written paths by kind.
+
+    ``timings``: add the seconds per image to the tables (machine-dependent, so off for committed reports). The
+    same runs give byte-identical files.
+    """
     runs = collect_sweep(sweep_dir)
+    rows = table_rows(runs)
     if (out_dir / "table.md").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'table.md'}: already exists (pass --overwrite to replace the report)")
     written: dict[str, list[Path]] = {"tables": [], "plots": [], "strips": []}
-    for file_name, text in (("table.md", render_markdown(name, sweep_dir, runs)), ("table.csv", render_csv(runs))):
+    tables = (("table.md", render_markdown(name, sweep_dir, runs, rows, out_dir, timings)),
+              ("table.csv", render_csv(sweep_dir, rows, timings)))
+    for file_name, text in tables:
         write_bytes_atomic(out_dir / file_name, text.encode(), overwrite)
         written["tables"].append(out_dir / file_name)
 
-    for metric in metric_columns(runs):
+    for metric in metric_columns(rows):
         for x_key in PLOT_AXES:
-            png = plot_metric(runs, metric, x_key)
+            png = plot_metric(rows, metric, x_key)
             if png is not None:
                 path = out_dir / "plots" / f"{metric}_vs_{x_key}.png"
                 write_bytes_atomic(path, png, overwrite)
@@ -40,7 +48,7 @@ def build_report(
     hr_dir = hr_dir or _setting_dir(runs, "hr_dir")
     names = sorted({image for run in runs if run.ok for image in run.record["per_image"]})
     for image_name in names[:strip_images]:
-        png = comparison_strip(runs, image_name, lr_dir, hr_dir)
+        png = comparison_strip(rows, image_name, lr_dir, hr_dir)
         if png is not None:
             path = out_dir / "strips" / f"{image_name}.png"
             write_bytes_atomic(path, png, overwrite)

@@ -1,8 +1,13 @@
-"""Plots of one metric against one setting (``w``, ``tile_overlap``), as PNG bytes."""
+"""Plots of one metric against one setting (``w``, ``tile_overlap``), as PNG bytes.
+
+Figures are drawn in one fixed style (matplotlib's defaults, DejaVu Sans, fixed dpi) whatever the local
+matplotlibrc says, and saved without the software-version metadata, so the same rows give byte-identical files.
+"""
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import matplotlib
 
@@ -11,43 +16,71 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sr.metrics.registry import LOWER_IS_BETTER
-from sr.report.runs import Run
-from sr.report.table import setting_columns
+from sr.report.runs import METHOD, Run
+from sr.report.table import display_setting, setting_columns
 
 PLOT_AXES = ("w", "tile_overlap")
+DPI = 110
+STYLE = {"font.family": "DejaVu Sans", "figure.dpi": DPI, "savefig.dpi": DPI}
+REFERENCE = "bicubic"   # baseline drawn as a horizontal line in every plot
+
+
+@contextmanager
+def report_style() -> Iterator[None]:
+    """Draw inside this: matplotlib's default style plus ``STYLE``, not the machine's matplotlibrc."""
+    with plt.style.context(["default", STYLE]):
+        yield
 
 
 def figure_png(figure) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
+    """The figure as PNG bytes without metadata (no matplotlib version); the figure is closed."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
     return buffer.getvalue()
 
 
-def plot_metric(runs: Sequence[Run], metric: str, x_key: str) -> bytes | None:
-    """PNG of ``metric`` against setting ``x_key``, one line per combination of the other settings; None if no data."""
-    # only settings that differ between runs name a line; the fixed ones are in the table
-    line_keys = [
-        key for key in setting_columns(runs)
-        if key != x_key and len({str(run.settings.get(key)) for run in runs}) > 1
-    ]
-    lines: dict[tuple, list[tuple[float, float, float]]] = {}
+def _mean(row: Run, metric: str) -> float | None:
+    value = row.record["aggregate"].get(metric) if row.ok else None
+    return value["mean"] if isinstance(value, dict) and math.isfinite(value["mean"]) else None
+
+
+def _varying(rows: Sequence[Run], exclude: str) -> list[str]:
+    """Settings (other than ``exclude``) whose value differs between ``rows``: what names their lines."""
+    return [key for key in setting_columns(rows)
+            if key != exclude and len({str(row.settings.get(key)) for row in rows}) > 1]
+
+
+def _label(row: Run, keys: list[str], default: str) -> str:
+    return ", ".join(f"{key}={display_setting(row.settings.get(key))}" for key in keys) or default
+
+
+def plot_metric(rows: Sequence[Run], metric: str, x_key: str) -> bytes | None:
+    """PNG of ``metric`` against setting ``x_key``: one line per combination of the runs' other settings, and each
+    bicubic row's value as a dashed horizontal reference line; None if no run has a value."""
+    runs = [row for row in rows if row.method == METHOD and row.ok]
+    line_keys = _varying(runs, x_key)   # fixed settings are in the table's header, not in every label
+    lines: dict[str, list[tuple[float, float, float]]] = {}
     for run in runs:
-        value = run.record["aggregate"].get(metric) if run.ok else None
-        x = run.settings.get(x_key)
-        if isinstance(value, dict) and isinstance(x, (int, float)) and math.isfinite(value["mean"]):
-            label = tuple((key, run.settings.get(key)) for key in line_keys)
-            lines.setdefault(label, []).append((x, value["mean"], value.get("std") or 0.0))
+        mean, x = _mean(run, metric), run.settings.get(x_key)
+        if mean is not None and isinstance(x, (int, float)):
+            std = run.record["aggregate"][metric].get("std") or 0.0
+            lines.setdefault(_label(run, line_keys, METHOD), []).append((x, mean, std))
     if not lines:
         return None
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for label, points in sorted(lines.items(), key=lambda item: str(item[0])):
-        xs, means, stds = map(np.asarray, zip(*sorted(points)))
-        text = ", ".join(f"{key}={value}" for key, value in label if value is not None) or metric
-        axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=text)
-    axis.set_xlabel(x_key)
-    axis.set_ylabel(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="best")
-    return figure_png(figure)
+    references = [row for row in rows if row.method == REFERENCE and _mean(row, metric) is not None]
+    reference_keys = _varying(references, "method")
+    with report_style():
+        figure, axis = plt.subplots(figsize=(5.5, 3.8))
+        axis.set_xlabel(x_key)
+        axis.set_ylabel(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
+        for label, points in sorted(lines.items()):
+            xs, means, stds = map(np.asarray, zip(*sorted(points)))
+            axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+        for row in references:
+            detail = _label(row, reference_keys, "")
+            axis.axhline(_mean(row, metric), linestyle="--", linewidth=1, color="0.4",
+                         label=f"{REFERENCE} ({detail})" if detail else REFERENCE)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="best")
+        return figure_png(figure)

@@ -1,4 +1,16 @@
-"""The sweep table: one row per run, setting columns then metric columns, as markdown and CSV."""
+"""The sweep table as markdown (``table.md``, for people) and CSV (``table.csv``, for machines).
+
+Rows (:func:`sr.report.runs.table_rows`): each distinct baseline once (``bicubic`` first, then ``lr_latent``), then
+one per run (``stablesr``). Columns: ``method``, the settings, the metrics, ``images``, ``status``; the seconds per
+image only when asked for (``timings``): they depend on the machine, so a committed table leaves them out and two
+builds from the same runs are byte-identical.
+
+In ``table.md``, a column whose value is the same on every row moves to one "Fixed settings" line above the table
+(cells of a setting a row does not have, such as ``steps`` on a baseline, shown ``–``, do not count); ``method`` and
+the metrics always stay. A metric that is n/a shows ``n/a¹`` and its reason once, as a footnote below the table.
+Every path, command and message is shown by :mod:`sr.report.portable` (no absolute path of this machine), and the
+git revisions name the modified tracked files when a tree was dirty. ``table.csv`` keeps every column.
+"""
 
 import csv
 import io
@@ -6,33 +18,46 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sr.metrics.registry import LOWER_IS_BETTER, METRIC_NAMES
-from sr.report.runs import LEADING_SETTINGS, Run, status_counts
-from sr.utils.provenance import command_line, git_revision
+from sr.report.portable import display_path, portable_command, portable_text
+from sr.report.runs import LEADING_SETTINGS, METHOD, Run, status_counts
+from sr.utils.provenance import command_line, git_state
 
 METRIC_DECIMALS = {"psnr": 2, "psnr_y": 2, "psnr_ycbcr": 2, "fid": 2, "fid_patch": 2, "musiq": 2, "niqe": 3}
+ALWAYS_SHOWN = ("method",)
+NOT_APPLICABLE = "–"
+NOT_AVAILABLE = "n/a"
+SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+METHOD_DESCRIPTIONS = {
+    "bicubic": "the LR resized to the output size by the pipeline's own bicubic resize, no colour fix",
+    "lr_latent": "the LR's latent (posterior mode) decoded without diffusion at the run's w (CFW fused with the LR's "
+                 "encoder features) and colour fix: the VAE + CFW ceiling without sampling",
+    METHOD: "the run's sampled outputs",
+}
 
 
-def _is_table_setting(key: str, value) -> bool:
-    """Scalars that distinguish runs; input folders (``*_dir``, ``*_path``) are provenance, not table columns."""
-    return not key.endswith(("_dir", "_path")) and (value is None or isinstance(value, (bool, int, float, str)))
+def _is_table_setting(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
-def setting_columns(runs: Sequence[Run]) -> list[str]:
-    keys = {key for run in runs for key, value in run.settings.items() if _is_table_setting(key, value)}
-    return [key for key in LEADING_SETTINGS if key in keys] + sorted(keys.difference(LEADING_SETTINGS))
+def setting_columns(rows: Sequence[Run]) -> list[str]:
+    """``method``, the leading settings (w, tile_overlap, steps, model), then the other scalar settings by name."""
+    keys = {key for row in rows for key, value in row.settings.items() if _is_table_setting(value)}
+    leading = ["method", *LEADING_SETTINGS]
+    return leading[:1] + [key for key in leading[1:] if key in keys] + sorted(keys.difference(leading))
 
 
-def metric_columns(runs: Sequence[Run]) -> list[str]:
-    keys = {key for run in runs if run.ok for key in run.record["aggregate"]}
+def metric_columns(rows: Sequence[Run]) -> list[str]:
+    keys = {key for row in rows if row.ok for key in row.record["aggregate"]}
     return [name for name in METRIC_NAMES if name in keys] + sorted(keys.difference(METRIC_NAMES))
 
 
 def format_aggregate(metric: str, value) -> str:
-    """``mean ± std`` (set-level metrics: the value alone) with a precision suited to the metric; n/a passes through."""
+    """``mean ± std`` (set-level metrics: the value alone) with a precision suited to the metric; an n/a string is
+    returned as it is (portable)."""
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return portable_text(value)
     decimals = METRIC_DECIMALS.get(metric, 4)
     text = f"{value['mean']:.{decimals}f}"
     return text if value.get("std") is None else f"{text} ± {value['std']:.{decimals}f}"
@@ -42,51 +67,131 @@ def image_count(run: Run) -> int:
     return len(run.record["per_image"] or {})
 
 
-def build_rows(runs: Sequence[Run]) -> tuple[list[str], list[str], list[list[str]]]:
-    """(setting columns, metric columns, display rows) of the sweep table."""
-    settings, metrics = setting_columns(runs), metric_columns(runs)
-    rows = []
-    for run in runs:
-        row = [_format_setting(run.settings.get(key)) for key in settings]
-        row += [format_aggregate(metric, run.record["aggregate"].get(metric)) if run.ok else "" for metric in metrics]
-        seconds = run.record["seconds_per_image"]
-        row += [str(image_count(run)), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else ""]
-        row.append("ok" if run.ok else f"{run.record['status'].upper()}: {run.record['error']}")
-        rows.append(row)
-    return settings, metrics, rows
+def setting_value(row: Run, key: str):
+    """The value of setting ``key`` on ``row``: ``NOT_APPLICABLE`` for a setting a baseline row does not have, ""
+    when a run's record lacks it (a run that failed before its settings were known)."""
+    if key == "method":
+        return row.method
+    if key not in row.settings:
+        return NOT_APPLICABLE if row.method != METHOD else ""
+    return row.settings[key]
 
 
-def _format_setting(value) -> str:
-    return "" if value is None else str(value)
+def display_setting(value) -> str:
+    """A setting as table.md shows it: None as ``none``, paths portable."""
+    return "none" if value is None else portable_text(str(value))
 
 
-def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run]) -> str:
-    settings, metrics, rows = build_rows(runs)
-    header = settings + [_metric_header(metric) for metric in metrics] + ["images", "s/image", "status"]
+def csv_setting(value) -> str:
+    return "" if value is None or value == NOT_APPLICABLE else portable_text(str(value))
+
+
+def status_text(row: Run) -> str:
+    return "ok" if row.ok else f"{row.record['status'].upper()}: {portable_text(str(row.record['error']))}"
+
+
+def seconds_text(row: Run) -> str:
+    seconds = row.record["seconds_per_image"]
+    return f"{seconds:.2f}" if isinstance(seconds, (int, float)) else ""
+
+
+class _Footnotes:
+    """n/a reasons numbered in order of first appearance; a cell shows ``n/a¹``, the reason appears once below."""
+
+    def __init__(self):
+        self.reasons: list[str] = []
+
+    def cell(self, metric: str, value) -> str:
+        text = format_aggregate(metric, value)
+        if not text.startswith(f"{NOT_AVAILABLE} ("):
+            return text
+        reason = text[len(NOT_AVAILABLE) + 2:].removesuffix(")")
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        return NOT_AVAILABLE + self.marker(self.reasons.index(reason))
+
+    @staticmethod
+    def marker(index: int) -> str:
+        return str(index + 1).translate(SUPERSCRIPT_DIGITS)
+
+
+def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Sequence[Run], out_dir: Path,
+                    timings: bool = False) -> str:
+    """``table.md`` of ``rows`` (:func:`sr.report.runs.table_rows` of ``runs``; module docstring)."""
+    footnotes = _Footnotes()
+    columns: list[tuple[str, list[str], bool]] = []   # (header, cells, may move to the fixed line)
+    for key in setting_columns(rows):
+        values = [setting_value(row, key) for row in rows]
+        columns.append((key, [v if v == NOT_APPLICABLE else display_setting(v) for v in values],
+                        key not in ALWAYS_SHOWN))
+    for metric in metric_columns(rows):
+        cells = [footnotes.cell(metric, row.record["aggregate"].get(metric)) if row.ok else "" for row in rows]
+        columns.append((_metric_header(metric), cells, False))
+    columns.append(("images", [str(image_count(row)) for row in rows], True))
+    if timings:
+        columns.append(("s/image", [seconds_text(row) for row in rows], False))
+    columns.append(("status", [status_text(row) for row in rows], True))
+
+    fixed, shown = [], []
+    for header, cells, movable in columns:
+        applicable = {cell for cell in cells if cell != NOT_APPLICABLE}
+        (fixed if movable and len(applicable) == 1 else shown).append((header, cells))
+
+    report_git = git_state(ignore=(out_dir,))
+    commands = sorted({portable_command(run.record["command"]) for run in runs if run.record["command"]})
     lines = [
         f"# {name}",
         "",
-        f"Sweep: `{sweep_dir}` ({len(runs)} runs: {status_counts(runs)}).",
-        f"Report: `{command_line()}` at git revision `{git_revision()}`.",
-        f"Runs' git revisions: {', '.join(f'`{rev}`' for rev in sorted({str(r.record['git_revision']) for r in runs}))}.",
-        f"Eval commands: {'; '.join(f'`{cmd}`' for cmd in sorted({r.record['command'] for r in runs if r.record['command']}))}.",
+        f"Sweep: `{display_path(sweep_dir.absolute())}` ({len(runs)} runs: {status_counts(runs)}).",
+        (f"Report: `{portable_command(command_line())}` at git revision "
+         f"{_revision_text(report_git.revision, report_git.modified)}."),
+        f"Runs' git revisions: {_runs_revisions(runs)}.",
+        f"Eval commands: {'; '.join(f'`{command}`' for command in commands)}.",
         "",
         "Conventions:",
         "",
     ]
     for conventions in _distinct_conventions(runs):
-        lines += [f"- {key}: {value}" for key, value in conventions.items()]
+        lines += [f"- {key}: {portable_text(str(value))}" for key, value in conventions.items()]
     lines += [
         (
             "- table cells: mean ± population std over images (set-level FID: one value per run); "
-            "↓ lower is better, others higher"
+            "↓ lower is better, others higher; – a setting the row's method does not have"
         ),
+        "- methods: " + "; ".join(f"{method} = {text}" for method, text in METHOD_DESCRIPTIONS.items()
+                                  if any(row.method == method for row in rows)),
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
     ]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in row) + " |" for row in rows]
+    if fixed:
+        settings = ", ".join(f"`{header}={next(c for c in cells if c != NOT_APPLICABLE)}`" for header, cells in fixed)
+        lines += [f"Fixed settings (the same on every row): {settings}.", ""]
+    lines += [
+        "| " + " | ".join(header for header, _ in shown) + " |",
+        "|" + "|".join("---" for _ in shown) + "|",
+    ]
+    for index in range(len(rows)):
+        lines.append("| " + " | ".join(_escape(cells[index]) for _, cells in shown) + " |")
+    if footnotes.reasons:
+        lines += ["", "Not available:", ""]
+        lines += [f"- {_Footnotes.marker(i)} `{reason}`" for i, reason in enumerate(footnotes.reasons)]
     return "\n".join(lines) + "\n"
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|").replace("\n", " ")
+
+
+def _revision_text(revision: str, modified: Sequence[str]) -> str:
+    """The revision in backticks; a dirty one (``+dirty``) followed by the modified tracked files, never silent."""
+    if not modified:
+        return f"`{revision}`"
+    return f"`{revision}` (modified tracked files: {', '.join(f'`{name}`' for name in modified)})"
+
+
+def _runs_revisions(runs: Sequence[Run]) -> str:
+    distinct = sorted({(str(run.record["git_revision"]), tuple(run.record["git_modified"] or ()))
+                       for run in runs if run.record["git_revision"]})
+    return ", ".join(_revision_text(revision, modified) for revision, modified in distinct) or "none recorded"
 
 
 def _metric_header(metric: str) -> str:
@@ -102,25 +207,28 @@ def _distinct_conventions(runs: Sequence[Run]) -> list[dict]:
     return distinct
 
 
-def render_csv(runs: Sequence[Run]) -> str:
-    """Machine-readable table: mean and std in separate columns, n/a strings kept verbatim."""
-    settings, metrics = setting_columns(runs), metric_columns(runs)
+def render_csv(sweep_dir: Path, rows: Sequence[Run], timings: bool = False) -> str:
+    """``table.csv``: every column; mean and std in separate columns, n/a strings verbatim (portable), ``run_dir``
+    relative to the sweep folder."""
+    settings, metrics = setting_columns(rows), metric_columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
         settings
         + [f"{metric}_{part}" for metric in metrics for part in ("mean", "std")]
-        + ["images", "seconds_per_image", "status", "error", "git_revision", "run_dir"]
+        + ["images"] + (["seconds_per_image"] if timings else [])
+        + ["status", "error", "git_revision", "run_dir"]
     )
-    for run in runs:
-        row = [_format_setting(run.settings.get(key)) for key in settings]
+    for row in rows:
+        cells = [csv_setting(setting_value(row, key)) for key in settings]
         for metric in metrics:
-            value = run.record["aggregate"].get(metric)
+            value = row.record["aggregate"].get(metric)
             if isinstance(value, dict):
-                row += [value["mean"], "" if value.get("std") is None else value["std"]]
+                cells += [value["mean"], "" if value.get("std") is None else value["std"]]
             else:
-                row += [value or "", ""]
-        row += [image_count(run), run.record["seconds_per_image"] or "", run.record["status"]]
-        row += [run.record["error"] or "", run.record["git_revision"] or "", str(run.run_dir)]
-        writer.writerow(row)
+                cells += [portable_text(value or ""), ""]
+        cells += [image_count(row)] + ([row.record["seconds_per_image"] or ""] if timings else [])
+        cells += [row.record["status"], portable_text(row.record["error"] or ""), row.record["git_revision"] or ""]
+        cells.append(row.run_dir.relative_to(sweep_dir).as_posix())
+        writer.writerow(cells)
     return buffer.getvalue()

@@ -1,14 +1,15 @@
 """Log a sweep report to Weights & Biases: the table with numeric columns, the plots, the strips and the eval config.
 
 :func:`wandb_table` keeps numbers as numbers (``<metric>`` = mean, ``<metric>_std`` = population std over images;
-empty when n/a or the run failed), unlike the display table; :func:`log_to_wandb` logs it with the plots and strips
+empty when n/a or the run failed), unlike the display table, with the same rows (baselines first, ``method``
+column) and every setting column; :func:`log_to_wandb` logs it with the plots and strips
 to a new W&B run whose files go to ``<results dir>/wandb`` (the run or sweep folder, not the working directory).
 """
 
 from collections.abc import Sequence
 from pathlib import Path
 
-from sr.report.runs import Run
+from sr.report.runs import Run, table_rows
 from sr.report.table import image_count, metric_columns, setting_columns
 
 PROJECT = "stablesr"
@@ -16,12 +17,13 @@ PROJECT = "stablesr"
 
 def wandb_table(runs: Sequence[Run]) -> tuple[list[str], list[list]]:
     """(columns, rows) of the sweep table with numbers kept as numbers (module docstring)."""
+    runs = table_rows(list(runs))
     settings, metrics = setting_columns(runs), metric_columns(runs)
     columns = settings + [name for metric in metrics for name in (metric, f"{metric}_std")]
     columns += ["images", "seconds_per_image", "status"]
     rows = []
     for run in runs:
-        row = [run.settings.get(key) for key in settings]
+        row = [run.method] + [run.settings.get(key) for key in settings[1:]]   # settings[0] is "method"
         for metric in metrics:
             value = run.record["aggregate"].get(metric) if run.ok else None
             numeric = isinstance(value, dict)

@@ -4,29 +4,56 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMMAND_ENV = "SR_COMMAND"  # the user's command line, inherited by SLURM jobs (sbatch exports the environment)
 
 
-def git_revision(repo_dir: str | Path | None = None) -> str:
-    """``<commit sha>`` of ``repo_dir`` (default: this checkout), ``+dirty`` when tracked files differ from it.
+@dataclass(frozen=True)
+class GitState:
+    """``revision``: ``<commit sha>``, with ``+dirty`` when ``modified`` is not empty, ``"uncommitted"`` in a
+    repository without commits, ``"unknown"`` outside git; ``modified``: the tracked files that differ from the
+    commit (staged or not), relative to the repository's top level."""
 
-    ``"uncommitted"`` in a repository without commits, ``"unknown"`` outside git or without a git executable.
-    """
+    revision: str
+    modified: tuple[str, ...] = ()
+
+
+def git_state(repo_dir: str | Path | None = None, ignore: tuple[str | Path, ...] = ()) -> GitState:
+    """The commit and modified tracked files of ``repo_dir`` (default: this checkout), files below the folders
+    ``ignore`` left out (a report leaves out its own output folder, which it is about to rewrite)."""
     cwd = Path(repo_dir) if repo_dir is not None else PROJECT_ROOT
     try:
-        inside = _git(["rev-parse", "--is-inside-work-tree"], cwd)
-        if inside != "true":
-            return "unknown"
+        if _git(["rev-parse", "--is-inside-work-tree"], cwd) != "true":
+            return GitState("unknown")
         commit = _git(["rev-parse", "--verify", "--quiet", "HEAD"], cwd)
-        dirty = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+        if not commit:
+            return GitState("uncommitted")
+        top = Path(_git(["rev-parse", "--show-toplevel"], cwd))
+        names = _git(["-c", "core.quotepath=off", "diff", "--no-relative", "--name-only", "HEAD", "--"], cwd)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    if not commit:
-        return "uncommitted"
-    return commit + ("+dirty" if dirty else "")
+        return GitState("unknown")
+    ignored = [_relative_to(top, Path(folder)) for folder in ignore]
+    modified = tuple(name for name in names.splitlines()
+                     if not any(folder is not None and _is_below(name, folder) for folder in ignored))
+    return GitState(commit + ("+dirty" if modified else ""), modified)
+
+
+def git_revision(repo_dir: str | Path | None = None) -> str:
+    """``git_state(repo_dir).revision``: the commit sha, ``+dirty`` when tracked files differ from it."""
+    return git_state(repo_dir).revision
+
+
+def _relative_to(top: Path, folder: Path) -> str | None:
+    """``folder`` relative to the repository's top level (posix), None when it lies outside."""
+    resolved, top = folder.resolve(), top.resolve()
+    return resolved.relative_to(top).as_posix() if resolved.is_relative_to(top) else None
+
+
+def _is_below(name: str, folder: str) -> bool:
+    return folder == "." or name == folder or name.startswith(folder.rstrip("/") + "/")
 
 
 def command_line() -> str:
