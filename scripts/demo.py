@@ -41,7 +41,7 @@ def demo_steps(runs: Path, weights: Path) -> list[Step]:
               "seed=42"]),
         Step("eval", eval_dir, [eval_dir / "report" / "table.md"],
              [sys.executable, "eval.py", "-m", *model, "data=samples_heldout", "experiment_name=demo_tiny", *SWEEP,
-              "seed=42", METRICS, "progress=false", f"hydra.sweep.dir={eval_dir}"]),
+              "seed=42", METRICS, "progress=false", "report_timings=true", f"hydra.sweep.dir={eval_dir}"]),
     ]
 
 

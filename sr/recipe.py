@@ -35,7 +35,7 @@ TRAIN_DIR = Path("data") / "samples" / "train"
 RELEASE_NAME = "stablesr_tiny"
 RELEASE_FILE = "release.json"
 # The CFW training pairs of the recipe (python -m sr.cfw.generate keys): 128 px GT crops, 20 respaced DDPM steps.
-CFW_DATA = {"num_samples": 192, "crop_size": 128, "steps": 20, "seed": 10000}
+CFW_DATA = {"num_samples": 128, "crop_size": 128, "steps": 20, "seed": 10000}
 # Losses reported in release.json: the mean of the last LOSS_WINDOW logged values of each loss column.
 LOSS_WINDOW = 5
 

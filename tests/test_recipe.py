@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from sr.config import RELEASED_DIR, compose
+from sr.io import read_image, write_image
 from sr.pipelines import StableSRPipeline
 from sr.recipe import RELEASE_FILE, RELEASE_NAME, final_losses, release_steps, run_chain
 
@@ -56,3 +57,32 @@ def test_released_model_loads_from_its_preset():
     assert total < 50 * 2**20 and release["name"] == RELEASE_NAME
     pipe = StableSRPipeline.from_pretrained(RELEASED_DIR / RELEASE_NAME)
     assert pipe.config.cfw_trained
+
+
+# Upscaled by the released model at commit time: 32 x 32 crop (top-left) of held-out coffee LR -> 128 x 128,
+# 5 DDPM steps, w=0.5, seed 42, pinned CPU numerics. benchmarks/reproducibility.py measures how far another
+# instruction set or thread count moves an upscale: at most 1 level in 8 bits.
+REFERENCE_OUTPUT = ROOT / "tests" / "data" / "stablesr_tiny_coffee_crop.png"
+REFERENCE_TOLERANCE = 1  # 8-bit levels
+
+
+def upscale_reference_crop(tmp_path: Path) -> torch.Tensor:
+    import subprocess
+    import sys
+
+    from sr.reproducibility import subprocess_environment
+
+    crop = read_image(ROOT / "data/samples/heldout_pairs/lr/coffee.png").image[:, :32, :32]
+    write_image(tmp_path / "in" / "coffee.png", crop)
+    command = [sys.executable, "upscale.py", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
+               "model=stablesr_tiny", "steps=5", "w=0.5", "seed=42"]
+    subprocess.run(command, check=True, cwd=ROOT, env=subprocess_environment(), capture_output=True)
+    return read_image(tmp_path / "out" / "coffee.png").image
+
+
+def test_released_model_upscales_as_it_did_at_commit_time(tmp_path):
+    output = upscale_reference_crop(tmp_path)
+    reference = read_image(REFERENCE_OUTPUT).image
+    levels = ((output - reference).abs() * 255).round().max().item()
+    assert output.shape == reference.shape == (3, 128, 128)
+    assert levels <= REFERENCE_TOLERANCE, f"{levels} 8-bit levels from the committed output"

@@ -190,6 +190,7 @@ def test_two_by_two_sweep_gives_baseline_rows_once_then_four_runs_plots_and_stri
         for axis in ("w", "tile_overlap"):
             assert _is_png(out / "plots" / f"{metric}_vs_{axis}.png")
     assert not (out / "plots" / "musiq_vs_w.png").exists()  # n/a metrics are not plotted
+    assert not (out / "plots" / "psnr_y_vs_steps.png").exists()  # an axis the sweep did not vary
     # the bicubic value is each plot's reference line (fid: the baselines have none)
     assert sorted(y for label, y, _ in horizontal_lines if label.startswith("psnr_y")) == [BICUBIC_PSNR_Y + 0.5] * 2
     assert {text for _, _, text in horizontal_lines} == {"bicubic"}

@@ -19,7 +19,8 @@ from sr.metrics.registry import LOWER_IS_BETTER
 from sr.report.runs import METHOD, Run
 from sr.report.table import display_setting, setting_columns
 
-PLOT_AXES = ("w", "tile_overlap")
+PLOT_AXES = ("w", "tile_overlap", "steps")
+LOG_AXES = ("steps",)   # drawn on a log scale (5 ... 200)
 DPI = 110
 STYLE = {"font.family": "DejaVu Sans", "figure.dpi": DPI, "savefig.dpi": DPI}
 REFERENCE = "bicubic"   # baseline drawn as a horizontal line in every plot
@@ -57,8 +58,11 @@ def _label(row: Run, keys: list[str], default: str) -> str:
 
 def plot_metric(rows: Sequence[Run], metric: str, x_key: str) -> bytes | None:
     """PNG of ``metric`` against setting ``x_key``: one line per combination of the runs' other settings, and each
-    bicubic row's value as a dashed horizontal reference line; None if no run has a value."""
+    bicubic row's value as a dashed horizontal reference line; None if no run has a value or ``x_key`` takes fewer
+    than two values (an axis the sweep did not vary)."""
     runs = [row for row in rows if row.method == METHOD and row.ok]
+    if len({str(run.settings.get(x_key)) for run in runs}) < 2:
+        return None
     line_keys = _varying(runs, x_key)   # fixed settings are in the table's header, not in every label
     lines: dict[str, list[tuple[float, float, float]]] = {}
     for run in runs:
@@ -73,6 +77,8 @@ def plot_metric(rows: Sequence[Run], metric: str, x_key: str) -> bytes | None:
     with report_style():
         figure, axis = plt.subplots(figsize=(5.5, 3.8))
         axis.set_xlabel(x_key)
+        if x_key in LOG_AXES:
+            axis.set_xscale("log")
         axis.set_ylabel(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
         for label, points in sorted(lines.items()):
             xs, means, stds = map(np.asarray, zip(*sorted(points)))
