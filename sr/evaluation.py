@@ -121,6 +121,7 @@ def run_settings(cfg: DictConfig) -> dict:
         "tile_weighting": resolved.tile_weighting,
         "vae_tile_size": resolved.vae_tile_size,
         "vae_tile_overlap": resolved.vae_tile_overlap,
+        "vae_tile_mode": resolved.vae_tile_mode,
         "color_fix": cfg.color_fix,
         "scale": cfg.scale,
         "input_size": cfg.input_size,
@@ -138,8 +139,8 @@ def run_settings(cfg: DictConfig) -> dict:
 # sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
 BASELINE_SETTINGS = {
     "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir"),
-    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile_size", "vae_tile_overlap", "crop_border",
-                  "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
+    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile_size", "vae_tile_overlap",
+                  "vae_tile_mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
 }
 
 
@@ -253,7 +254,7 @@ def baseline_image(name: str, lq: torch.Tensor, cfg: DictConfig, pipe: StableSRP
         return StableSRPipeline.bicubic(lq, scale=cfg.scale, output_type="pt").images[0]
     return pipe.reconstruct(lq, w=cfg.w, color_fix=cfg.color_fix, scale=cfg.scale, input_size=cfg.input_size,
                             vae_tile_size=cfg.vae_tile.size, vae_tile_overlap=cfg.vae_tile.overlap,
-                            output_type="pt").images[0]
+                            vae_tile_mode=cfg.vae_tile.mode, output_type="pt").images[0]
 
 
 def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImageDataset, run_dir: Path,

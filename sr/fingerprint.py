@@ -6,7 +6,7 @@ A fingerprint is the first 16 hex digits of the SHA-256 of a flat, JSON-serialis
                           included), model.<weights> (SHA-256 of each weights file / folder, or the hub id),
                           scheduler (its config), scale, steps, start, respacing, w, color_fix, input_size,
                           tile.size, tile.overlap (resolved), tile.weighting, tile.batch_size, vae_tile.size,
-                          vae_tile.overlap, seed, device
+                          vae_tile.overlap, vae_tile.mode, seed, device
                           type, test_set.lr (SHA-256 over the LR files' names and bytes)
     scores:               generation + test_set.hr + metrics, crop_border, fid_patch_size, conventions
                           + the scores fingerprint of each baseline (``baselines``)
@@ -34,14 +34,14 @@ from sr.io import list_images, write_bytes_atomic
 FINGERPRINT_FILE = "fingerprint.json"
 WEIGHT_KEYS = ("pretrained", "stage1_weights", "cfw_weights")
 SAMPLING_KEYS = ("scale", "steps", "start", "respacing", "w", "color_fix", "input_size", "tile.weighting",
-                 "tile.batch_size", "vae_tile.size", "vae_tile.overlap", "seed")
+                 "tile.batch_size", "vae_tile.size", "vae_tile.overlap", "vae_tile.mode", "seed")
 SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size")
 # Eval's no-diffusion baselines (StableSRPipeline.bicubic / .reconstruct), in report order, and the generation
 # components that decide each one's images.
 BASELINE_COMPONENTS = {
     "bicubic": ("scale", "test_set.lr"),
     "lr_latent": ("model.name", "model.architecture", "model.pretrained", "model.cfw_weights", "scale", "input_size",
-                  "w", "color_fix", "vae_tile.size", "vae_tile.overlap", "device", "test_set.lr"),
+                  "w", "color_fix", "vae_tile.size", "vae_tile.overlap", "vae_tile.mode", "device", "test_set.lr"),
 }
 CHUNK_BYTES = 1 << 24
 _digest_cache: dict[tuple[str, int, int], str] = {}

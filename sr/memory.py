@@ -4,10 +4,10 @@ The estimate is the memory an upscale adds on top of the loaded model (bytes, ``
 model's dtype)::
 
     P   = Hp * Wp             padded working image (sides rounded up to 64 px), the size the VAE sees
-    V   = pixels the VAE runs on at once: P when one VAE tile covers the image, or when the upscale runs on the CPU
-          (the default exact tiled VAE parks up to three whole activation maps in host memory, which is then the
-          device's); else (an accelerator) at most the estimate mode's GroupNorm statistics pass (the image scaled
-          to at most STATS_SIDE px on its long side) plus one tile with its halo,
+    V   = pixels the VAE runs on at once: P when one VAE tile covers the image, or when the exact tiled VAE
+          (``vae_tile.mode``) runs on the CPU (it parks up to three whole activation maps in host memory, which is
+          then the device's); else (estimate mode, or an accelerator) at most the estimate mode's GroupNorm
+          statistics pass (the image scaled to at most STATS_SIDE px on its long side) plus one tile with its halo,
           (min(vae_tile, Hp) + 2 halo) * (min(vae_tile, Wp) + 2 halo)
     T   = tile.batch_size * tile.size^2                    latent pixels of one UNet call
 
@@ -22,10 +22,10 @@ model's dtype)::
 count the live tensors of each kind at the peak. Measured on the ``tiny`` preset (float32, CPU, 1 step, peak RSS of
 a fresh process above the RSS before the call, as ``benchmarks/sampling.py --memory-child`` measures it): 4x
 upscales to 256^2 / 512^2 / 1024^2 took 63-97 / 242 / 810 MB with the default untiled VAE (estimates 133 / 305 /
-991 MB) and 97 / 472 / 828 MB with 256 px VAE tiles (estimates 133 / 380 / 1066 MB: the 512^2 tiled case is the
-one the formula underestimates, by 20%). ``tests/test_faults.py`` measures the default 512^2 case again and checks
-``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.upscale_folder`` skips an image whose
-estimate exceeds :func:`available_memory` or ``max_memory``.
+991 MB) and 97 / 472 / 828 MB with 256 px VAE tiles in estimate mode (estimates 133 / 380 / 1066 MB: the 512^2
+tiled case is the one the formula underestimates, by 20%). ``tests/test_faults.py`` measures the default 512^2 case
+again and checks ``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.upscale_folder`` skips an
+image whose estimate exceeds :func:`available_memory` or ``max_memory``.
 """
 
 import os
@@ -61,17 +61,17 @@ class MemoryEstimate:
 
 
 def estimate_peak(
-    height: int, width: int, *, scale: float, input_size: int | None, vae_tile: int, vae_channels: list[int],
-    unet_channels: int, tile_size: int, tile_batch_size: int, dtype: torch.dtype = torch.float32,
-    on_host: bool = True,
+    height: int, width: int, *, scale: float, input_size: int | None, vae_tile: int, vae_tile_mode: str,
+    vae_channels: list[int], unet_channels: int, tile_size: int, tile_batch_size: int,
+    dtype: torch.dtype = torch.float32, on_host: bool = True,
 ) -> MemoryEstimate:
-    """The module docstring's formula for an ``height x width`` input upscaled by ``scale`` (``on_host``: the
-    upscale runs on the CPU)."""
+    """The module docstring's formula for an ``height x width`` input upscaled by ``scale`` with the tiled VAE in
+    ``vae_tile_mode`` (``on_host``: the upscale runs on the CPU)."""
     element = torch.empty((), dtype=dtype).element_size()
     work = output_size(height, width, working_scale(height, width, scale, input_size))
     padded = [round_up(side, PIXEL_PAD_MULTIPLE) for side in work]
     pixels = padded[0] * padded[1]
-    if max(padded) <= vae_tile or on_host:
+    if max(padded) <= vae_tile or (on_host and vae_tile_mode == "exact"):
         vae_pixels = pixels
     else:
         tile_pixels = (min(vae_tile, padded[0]) + 2 * VAE_HALO) * (min(vae_tile, padded[1]) + 2 * VAE_HALO)
@@ -94,7 +94,8 @@ def estimate_upscale_peak(pipe, settings, height: int, width: int) -> MemoryEsti
     """:func:`estimate_peak` for a ``StableSRPipeline`` call with resolved ``SamplingSettings``."""
     return estimate_peak(
         height, width, scale=settings.scale, input_size=settings.input_size, vae_tile=settings.vae_tile_size,
-        vae_channels=list(pipe.vae.config.block_out_channels), unet_channels=pipe.unet.config.block_out_channels[0],
+        vae_tile_mode=settings.vae_tile_mode, vae_channels=list(pipe.vae.config.block_out_channels),
+        unet_channels=pipe.unet.config.block_out_channels[0],
         tile_size=settings.tile_size, tile_batch_size=settings.tile_batch_size, dtype=pipe.vae.dtype,
         on_host=next(pipe.vae.parameters()).device.type == "cpu",
     )

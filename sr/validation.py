@@ -21,6 +21,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
 from sr.fingerprint import BASELINE_COMPONENTS
+from sr.models.tiled_vae import TILED_VAE_MODES
 from sr.ops.tiling import TILE_WEIGHTINGS
 from sr.sampling.respacing import RESPACINGS
 
@@ -142,6 +143,7 @@ def _sampling_problems(problems: _Problems, latent_tile: int | None) -> None:
         problems.add("vae_tile.overlap", vae_overlap, f"must be a multiple of {VAE_FACTOR} px")
     elif _is_int(vae_tile) and _is_int(vae_overlap) and vae_overlap >= vae_tile:
         problems.add("vae_tile.overlap", vae_overlap, f"must be smaller than vae_tile.size ({vae_tile})")
+    problems.choice("vae_tile.mode", TILED_VAE_MODES)
 
 
 def validate_sampling(settings, latent_tile: int | None = None) -> None:
@@ -152,7 +154,8 @@ def validate_sampling(settings, latent_tile: int | None = None) -> None:
     official/scheduler; ``tile.weighting`` in centred/official; ``color_fix`` in
     adain/wavelet/none; ``input_size`` null, 0 (both: off) or a positive integer; ``tile.size`` a multiple of 8 latent pixels;
     ``0 <= tile.overlap < tile.size``; ``tile.batch_size >= 1``; ``vae_tile.size`` a multiple of 64 px;
-    ``vae_tile.overlap`` a multiple of 8 px below ``vae_tile.size``. Raises ``ConfigError`` listing every problem.
+    ``vae_tile.overlap`` a multiple of 8 px below ``vae_tile.size``; ``vae_tile.mode`` in exact/estimate. Raises
+    ``ConfigError`` listing every problem.
     """
     problems = _Problems(settings)
     _sampling_problems(problems, latent_tile)

@@ -159,6 +159,23 @@ def test_changed_weights_file_is_a_different_fingerprint(test_set, tmp_path, mon
     assert fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), 16, 8)) != first
 
 
+def test_changed_vae_tile_mode_is_a_different_fingerprint(test_set):
+    """The tiled VAE's mode changes the images of a run and of its lr_latent baseline (not the bicubic one), so
+    cached eval images of the other mode are not reused; the run's settings (its report row) show it."""
+    from sr.fingerprint import baseline_components, fingerprint, generation_components
+
+    def fingerprints(mode: str) -> dict[str, str]:
+        cfg = compose("eval", [*EVAL_FAST, *data_overrides(test_set), f"vae_tile.mode={mode}"])
+        assert sr.evaluation.run_settings(cfg)["vae_tile_mode"] == mode
+        generation = generation_components(cfg, sr.evaluation.model_config(cfg), 16, 8)
+        return {"run": fingerprint(generation),
+                **{name: fingerprint(baseline_components(name, generation)) for name in ("bicubic", "lr_latent")}}
+
+    exact, estimate = fingerprints("exact"), fingerprints("estimate")
+    assert exact == fingerprints("exact")
+    assert {name for name in exact if exact[name] != estimate[name]} == {"run", "lr_latent"}
+
+
 # -------------------------------------------------------------------- row 3: output folder = input folder
 def test_output_equal_to_input_is_refused_and_inputs_stay(tiny_model, tmp_path):
     folder = tmp_path / "D"
@@ -230,24 +247,27 @@ def test_peak_memory_estimate_is_checked_against_a_measurement():
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     delta = measured["peak"] - measured["before"]
-    estimate = estimate_peak(128, 128, scale=4, input_size=None, vae_tile=1024, vae_channels=[32, 32, 64, 64],
-                             unet_channels=32, tile_size=32, tile_batch_size=4)
+    estimate = estimate_peak(128, 128, scale=4, input_size=None, vae_tile=1024, vae_tile_mode="exact",
+                             vae_channels=[32, 32, 64, 64], unet_channels=32, tile_size=32, tile_batch_size=4)
     assert delta <= estimate.total <= ESTIMATE_MARGIN * delta, (format_bytes(delta), estimate)
 
 
 def test_estimate_grows_with_the_output_not_the_input():
-    settings = dict(input_size=None, vae_tile=1024, vae_channels=[128, 256, 512, 512], unet_channels=320,
-                    tile_size=64, tile_batch_size=4)
+    settings = dict(input_size=None, vae_tile=1024, vae_tile_mode="exact", vae_channels=[128, 256, 512, 512],
+                    unet_channels=320, tile_size=64, tile_batch_size=4)
     x2 = estimate_peak(1000, 1000, scale=2, **settings)
     x4 = estimate_peak(1000, 1000, scale=4, **settings)
     assert (x2.output_height, x4.output_height) == (2000, 4000)
     per_pixel = (x4.terms["images"] + x4.terms["cfw_features"]) / (x2.terms["images"] + x2.terms["cfw_features"])
     assert per_pixel == pytest.approx((4032 / 2048) ** 2, rel=1e-9)  # padded 4032^2 vs 2048^2 px
     # on an accelerator, above one VAE tile the VAE works on one tile (with halo) plus at most the <= 1024^2
-    # statistics pass, whatever the size; on the CPU the exact tiled VAE's parked maps are the device's memory
+    # statistics pass, whatever the size; on the CPU the exact tiled VAE's parked maps are the device's memory, while
+    # the estimate mode works on its tiles there too
     on_device = [estimate_peak(1000, 1000, scale=scale, on_host=False, **settings) for scale in (2, 4)]
     assert on_device[1].terms["vae"] == on_device[0].terms["vae"] == 6 * 128 * 4 * ((1024 + 64) ** 2 + 1024**2)
     assert x4.terms["vae"] == 6 * 128 * 4 * 4032**2
+    estimate_mode = estimate_peak(1000, 1000, scale=4, **{**settings, "vae_tile_mode": "estimate"})
+    assert estimate_mode.terms["vae"] == on_device[1].terms["vae"]
     assert estimate_peak(100, 100, scale=4, **settings).terms["vae"] == 6 * 128 * 4 * 448**2  # untiled: all of it
     assert x4.terms["unet"] == x2.terms["unet"]
     half = estimate_peak(1000, 1000, scale=4, dtype=torch.float16, **settings)
@@ -316,6 +336,7 @@ BAD_SETTINGS = [
     ("tile.size=7", "tile.size=7: must be a positive multiple of 8"),
     ("tile.overlap=16", "tile.overlap=16: must be smaller than the tile size (16)"),
     ("color_fix=foo", "color_fix='foo': must be one of adain, wavelet, none"),
+    ("vae_tile.mode=fast", "vae_tile.mode='fast': must be one of exact, estimate"),
 ]
 
 

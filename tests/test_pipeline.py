@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
+import sr.models.stablesr
 from sr.models.cfw import decode_latent, encoder_features
 from sr.ops.color import adain_color_fix
 from sr.ops.tiling import TileGrid
@@ -178,6 +179,32 @@ def test_tile_weighting_and_respacing_reach_the_sampler(pipe, monkeypatch):
             pipe(lr_image(8, 8), respacing="official", **MULTI_TILE)
     finally:
         pipe.scheduler = original
+
+
+def test_vae_tile_mode_reaches_the_tiled_vae(pipe, monkeypatch):
+    """64 px VAE tiles on a 128 x 192 px output (2 x 3 tiles; 1024 px tiles: untiled): ``exact`` equals the untiled
+    VAE up to float rounding, ``estimate`` (tile-local attention and context) does not; a call and ``reconstruct``
+    run both their encode and their decode in the chosen mode."""
+    modes = []
+    for name in ("tiled_encode", "tiled_decode"):
+        real = getattr(sr.models.stablesr, name)
+        monkeypatch.setattr(sr.models.stablesr, name,
+                            lambda *args, _real=real, _name=name, **kwargs: modes.append((_name, kwargs["mode"]))
+                            or _real(*args, **kwargs))
+    lr, settings = lr_image(32, 48), dict(MULTI_TILE, num_inference_steps=1, color_fix="none")
+    run = lambda **vae: pipe(lr, generator=torch.Generator().manual_seed(0), output_type="pt", **settings,
+                             **vae).images
+    untiled = run()
+    exact = run(vae_tile_size=64, vae_tile_overlap=16, vae_tile_mode="exact")
+    estimate = run(vae_tile_size=64, vae_tile_overlap=16, vae_tile_mode="estimate")
+    assert untiled.shape == (1, 3, 128, 192)
+    torch.testing.assert_close(exact, untiled, atol=1e-5, rtol=0)
+    assert (estimate - untiled).abs().max() > 1e-2
+    pipe.reconstruct(lr, vae_tile_size=64, vae_tile_overlap=16, vae_tile_mode="estimate", output_type="pt")
+    assert modes == [(name, mode) for mode in ("exact", "exact", "estimate", "estimate")
+                     for name in ("tiled_encode", "tiled_decode")]
+    with pytest.raises(ValueError, match=r"^vae_tile.mode='fast': must be one of exact, estimate$"):
+        pipe(lr, vae_tile_mode="fast")
 
 
 def test_offload_hooks_are_triggered_for_the_parts_run_through_submodules(pipe, monkeypatch):

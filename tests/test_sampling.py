@@ -220,12 +220,13 @@ def test_faster_schedulers_through_the_sampler_equal_their_untiled_loop(name):
 
 RUN_CONFIG_KEYS = {"num_inference_steps": "steps", "tile_size": "tile.size", "tile_overlap": "tile.overlap",
                    "tile_batch_size": "tile.batch_size", "vae_tile_size": "vae_tile.size",
-                   "vae_tile_overlap": "vae_tile.overlap"}
+                   "vae_tile_overlap": "vae_tile.overlap", "vae_tile_mode": "vae_tile.mode"}
 
 
 @pytest.mark.parametrize("bad", [dict(tile_size=12), dict(tile_overlap=16), dict(num_inference_steps=0),
                                  dict(start="middle"), dict(tile_batch_size=0), dict(scale=0), dict(color_fix="x"),
-                                 dict(vae_tile_size=100), dict(vae_tile_overlap=12), dict(input_size=-1)])
+                                 dict(vae_tile_size=100), dict(vae_tile_overlap=12), dict(vae_tile_mode="fast"),
+                                 dict(input_size=-1)])
 def test_bad_sampling_settings_are_refused_with_the_setting_named(bad):
     """Refused under the run-config key (sr.validation decides the ranges for the pipeline and the commands)."""
     arguments = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, tile_batch_size=1, start="lr")

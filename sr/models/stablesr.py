@@ -24,7 +24,7 @@ from torch import nn
 
 from sr.io import write_bytes_atomic
 from sr.models.cfw import decode_latent, encoder_features
-from sr.models.tiled_vae import tiled_decode, tiled_encode
+from sr.models.tiled_vae import DEFAULT_MODE, TiledVAEMode, tiled_decode, tiled_encode
 
 TRAINABLE_PARTS = {"stage1": ("encoder", "sft"), "stage2": ("cfw",)}
 VAE_FACTOR = 8
@@ -80,17 +80,19 @@ class StableSR(nn.Module):
         tile: int | tuple[int, int] | None = None,
         overlap: int | tuple[int, int] = 0,
         progress: bool = False,
+        mode: TiledVAEMode = DEFAULT_MODE,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``image`` in [-1, 1] -> (diffusion-space latent, CFW encoder features [f1, f2]).
 
         The latent is ``scaling_factor * E(x).sample(generator)``, or the posterior mode ``scaling_factor * mean``
-        with ``sample=False`` (deterministic). ``tile`` (pixels, per axis) runs the VAE encoder tile by tile
-        (``sr.models.tiled_vae.tiled_encode``); None encodes the whole image at once.
+        with ``sample=False`` (deterministic). ``tile`` (pixels, per axis) runs the VAE encoder tile by tile in
+        ``mode`` (``exact`` or ``estimate``, ``sr.models.tiled_vae.tiled_encode``); None encodes the whole image at
+        once.
         """
         if tile is None:
             moments, features = encoder_features(self.vae, image)
         else:
-            moments, features = tiled_encode(self.vae, image, tile=tile, overlap=overlap, progress=progress)
+            moments, features = tiled_encode(self.vae, image, tile=tile, overlap=overlap, progress=progress, mode=mode)
         posterior = DiagonalGaussianDistribution(moments)
         latent = posterior.sample(generator=generator) if sample else posterior.mode()
         return latent * self.scaling_factor, features
@@ -117,10 +119,12 @@ class StableSR(nn.Module):
         tile: int | None = None,
         overlap: int = 0,
         progress: bool = False,
+        mode: TiledVAEMode = DEFAULT_MODE,
     ) -> torch.Tensor:
         """Diffusion-space latent -> image in about [-1, 1], CFW fusion strength ``w`` in [0, 1] (0 = plain decoder).
 
-        ``tile`` (latent pixels) decodes tile by tile (``sr.models.tiled_vae.tiled_decode``); None decodes at once.
+        ``tile`` (latent pixels) decodes tile by tile in ``mode`` (``sr.models.tiled_vae.tiled_decode``); None decodes
+        at once.
         """
         if w > 0 and (self.cfw is None or not self.cfw_trained):
             warnings.warn(
@@ -132,7 +136,7 @@ class StableSR(nn.Module):
         if tile is None:
             return decode_latent(self.vae, self.cfw, vae_latent, enc_features, w)
         return tiled_decode(self.vae, vae_latent, enc_features, w, tile=tile, overlap=overlap, cfw=self.cfw,
-                            progress=progress)
+                            progress=progress, mode=mode)
 
     # ------------------------------------------------------------------ trainable weights only
     def trainable_state_dict(self, parts: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -79,12 +79,13 @@ def preset_sampling(sampling: dict | None) -> dict:
 def sampling_arguments(cfg) -> dict:
     """``StableSRPipeline.__call__`` keyword arguments from a run config's sampling keys (conf/sampling/default.yaml:
     ``steps, start, respacing, w, color_fix, scale, input_size, tile.{size,overlap,weighting,batch_size},
-    vae_tile.{size,overlap}``)."""
+    vae_tile.{size,overlap,mode}``)."""
     return {
         "num_inference_steps": cfg.steps, "start": cfg.start, "respacing": cfg.respacing, "w": cfg.w,
         "color_fix": cfg.color_fix, "scale": cfg.scale, "input_size": cfg.input_size, "tile_size": cfg.tile.size,
         "tile_overlap": cfg.tile.overlap, "tile_weighting": cfg.tile.weighting, "tile_batch_size": cfg.tile.batch_size,
         "vae_tile_size": cfg.vae_tile.size, "vae_tile_overlap": cfg.vae_tile.overlap,
+        "vae_tile_mode": cfg.vae_tile.mode,
     }
 
 

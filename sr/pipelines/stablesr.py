@@ -41,6 +41,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from sr.models.stablesr import StableSR
+from sr.models.tiled_vae import DEFAULT_MODE as DEFAULT_VAE_TILE_MODE
 from sr.ops.color import color_fix as apply_color_fix
 from sr.sampling.aggregation import denoise
 from sr.sampling.padding import output_size, reflect_pad_to, round_up, working_scale
@@ -60,7 +61,9 @@ class SamplingSettings:
 
     The defaults are the released any-size recipe's (spec 10); a pipeline's ``sampling`` config (its preset's)
     overrides them, and the call's arguments override both. ``tile_size`` None = the pipeline's ``latent_tile``,
-    ``tile_overlap`` None = half the tile, ``input_size`` None or 0 = no minimum working size. ``tile_weighting``
+    ``tile_overlap`` None = half the tile, ``input_size`` None or 0 = no minimum working size. ``vae_tile_mode``
+    ``exact`` (the tiled VAE equals the untiled one up to float rounding) or ``estimate`` (approximate per-tile
+    passes, sr.models.tiled_vae) applies only above one VAE tile. ``tile_weighting``
     ``centred`` (ours) or ``official`` (the released code's y-centre, sr.ops.tiling) and ``respacing`` ``scheduler``
     (its ``timestep_spacing``) or ``official`` (the released code's timesteps, sr.sampling.respacing): the
     ``stablesr_official*`` presets choose both ``official``.
@@ -75,6 +78,7 @@ class SamplingSettings:
     tile_batch_size: int = 4
     vae_tile_size: int = 1024
     vae_tile_overlap: int = 128
+    vae_tile_mode: str = DEFAULT_VAE_TILE_MODE
     input_size: int | None = None
     start: str = "lr"
     tile_weighting: str = "centred"
@@ -102,7 +106,7 @@ class SamplingSettings:
             "respacing": self.respacing, "color_fix": self.color_fix, "input_size": self.input_size or None,
             "tile": {"size": self.tile_size, "overlap": self.tile_overlap, "weighting": self.tile_weighting,
                      "batch_size": self.tile_batch_size},
-            "vae_tile": {"size": self.vae_tile_size, "overlap": self.vae_tile_overlap},
+            "vae_tile": {"size": self.vae_tile_size, "overlap": self.vae_tile_overlap, "mode": self.vae_tile_mode},
         })
         return self
 
@@ -194,6 +198,7 @@ class StableSRPipeline(DiffusionPipeline):
         tile_batch_size: int | None = None,
         vae_tile_size: int | None = None,
         vae_tile_overlap: int | None = None,
+        vae_tile_mode: str | None = None,
         input_size: int | None = None,
         start: str | None = None,
         tile_weighting: str | None = None,
@@ -218,6 +223,8 @@ class StableSRPipeline(DiffusionPipeline):
             scale: output = ``round(h * scale) x round(w * scale)``.
             tile_size, tile_overlap, tile_batch_size: latent tiles of progressive aggregation, tiles per UNet call.
             vae_tile_size, vae_tile_overlap: pixel tiles of the VAE encode/decode (untiled when one tile covers).
+            vae_tile_mode: ``exact`` (equals the untiled VAE up to float rounding) or ``estimate`` (approximate
+                per-tile passes) for images above one VAE tile (``SamplingSettings``).
             input_size: sample at >= this many pixels on the short side, then resize to the output (0/None: off).
             start: ``lr`` (x_T = the LR latent noised to the first timestep) or ``noise``.
             tile_weighting: ``centred`` or ``official`` Gaussian tile weights (``SamplingSettings``).
@@ -235,8 +242,8 @@ class StableSRPipeline(DiffusionPipeline):
         settings = self.sampling_settings(
             num_inference_steps=num_inference_steps, w=w, color_fix=color_fix, scale=scale, tile_size=tile_size,
             tile_overlap=tile_overlap, tile_batch_size=tile_batch_size, vae_tile_size=vae_tile_size,
-            vae_tile_overlap=vae_tile_overlap, input_size=input_size, start=start, tile_weighting=tile_weighting,
-            respacing=respacing,
+            vae_tile_overlap=vae_tile_overlap, vae_tile_mode=vae_tile_mode, input_size=input_size, start=start,
+            tile_weighting=tile_weighting, respacing=respacing,
         )
         check_respacing(self.scheduler, settings.respacing)
         if output_type not in OUTPUT_TYPES:
@@ -281,6 +288,7 @@ class StableSRPipeline(DiffusionPipeline):
         scale: float | None = None,
         vae_tile_size: int | None = None,
         vae_tile_overlap: int | None = None,
+        vae_tile_mode: str | None = None,
         input_size: int | None = None,
         output_type: str = "pil",
     ) -> StableSRPipelineOutput:
@@ -291,7 +299,8 @@ class StableSRPipeline(DiffusionPipeline):
         sampler that returned the LR latent unchanged. Arguments as for ``__call__`` (None = the pipeline's
         defaults); ``output_type`` one of ``pil``, ``np``, ``pt``."""
         settings = self.sampling_settings(w=w, color_fix=color_fix, scale=scale, vae_tile_size=vae_tile_size,
-                                          vae_tile_overlap=vae_tile_overlap, input_size=input_size)
+                                          vae_tile_overlap=vae_tile_overlap, vae_tile_mode=vae_tile_mode,
+                                          input_size=input_size)
         if output_type not in IMAGE_OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {IMAGE_OUTPUT_TYPES}")
         lr = _as_batch(image)
@@ -336,7 +345,7 @@ class StableSRPipeline(DiffusionPipeline):
         vae_overlaps = tuple(min(settings.vae_tile_overlap, tile - VAE_FACTOR) for tile in vae_tiles)
         _onload(self.vae)
         return model.encode(padded, generator, sample=sample_posterior, tile=vae_tiles, overlap=vae_overlaps,
-                            progress=self._progress_enabled())
+                            progress=self._progress_enabled(), mode=settings.vae_tile_mode)
 
     def _decode(self, model: StableSR, latent: torch.Tensor, features, settings: SamplingSettings,
                 work) -> torch.Tensor:
@@ -344,7 +353,8 @@ class StableSRPipeline(DiffusionPipeline):
         ``features``), cropped to the working size: in about [-1, 1], before ``_postprocess``."""
         _onload(self.cfw, self.vae)
         decoded = model.decode(latent, features, settings.w, tile=settings.vae_tile_size // VAE_FACTOR,
-                               overlap=settings.vae_tile_overlap // VAE_FACTOR, progress=self._progress_enabled())
+                               overlap=settings.vae_tile_overlap // VAE_FACTOR, progress=self._progress_enabled(),
+                               mode=settings.vae_tile_mode)
         return decoded[..., : work[0], : work[1]]
 
     def _progress_enabled(self) -> bool:
