@@ -23,8 +23,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sr.config import CONFIG_DIR
+from sr.config import CONFIG_DIR, register_resolvers
 from sr.upscale_folder import run
+
+register_resolvers()  # before @hydra.main composes: model presets use ${released:...}
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="upscale", version_base="1.3")

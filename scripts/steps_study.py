@@ -1,11 +1,13 @@
 """Fewer sampling steps, measured: quality against steps for DDPM (respaced), DDIM and DPM-Solver++ with the released
 tiny StableSR on the held-out pairs; writes ``experiments/steps_tiny/`` (table, plots, ``summary.md``).
 
-    python scripts/steps_study.py [--runs runs/steps_tiny] [--out experiments/steps_tiny] [--tolerance-db 0.1]
+    python scripts/steps_study.py [--runs runs/steps_tiny] [--out experiments/steps_tiny] [--tolerance-db 0.1] \
+        [eval.py overrides, default: model=stablesr_tiny]
 
-The sweep is one ``eval.py`` multirun (finished runs are reused when rerun with the same ``--runs``); the summary
-names the fastest setting (measured seconds per image) whose mean PSNR-Y is within ``--tolerance-db`` of 200-step
-DDPM, the released sampler.
+The sweep is one ``eval.py`` multirun at w = 0 (the plain decoder: CFW does not depend on the sampler, so this
+measures the sampler alone); finished runs are reused when rerun with the same ``--runs``. The summary names the
+fastest setting whose mean PSNR-Y is within ``--tolerance-db`` of 200-step DDPM, the released sampler: fewest UNet
+evaluations (= steps: every scheduler here calls the UNet once per step), then measured seconds per image.
 """
 
 import argparse
@@ -39,7 +41,7 @@ def summary(runs_dir: Path, tolerance_db: float) -> str:
         rows.append((settings["scheduler"], int(settings["steps"]), aggregate["psnr_y"]["mean"],
                      aggregate["ssim_y"]["mean"], run_record.record["seconds_per_image"]))
     reference = next(row for row in rows if row[:2] == REFERENCE)
-    close = sorted((row for row in rows if row[2] >= reference[2] - tolerance_db), key=lambda row: row[4])
+    close = sorted((row for row in rows if row[2] >= reference[2] - tolerance_db), key=lambda row: (row[1], row[4]))
     lines = [
         f"# Fewest steps within {tolerance_db} dB of {REFERENCE[1]}-step DDPM",
         "",
@@ -61,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "steps_tiny", help="the sweep dir")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "steps_tiny", help="the report folder")
     parser.add_argument("--tolerance-db", type=float, default=0.1)
+    parser.add_argument("overrides", nargs="*", default=["model=stablesr_tiny"], help="more eval.py overrides")
     args = parser.parse_args(argv)
-    run([sys.executable, "eval.py", "-m", "model=stablesr_tiny", "data=samples_heldout", "experiment_name=steps_tiny",
+    run([sys.executable, "eval.py", "-m", *args.overrides, "data=samples_heldout", "experiment_name=steps_tiny", "w=0",
          f"scheduler={','.join(SCHEDULERS)}", f"steps={','.join(map(str, STEPS))}", "seed=42",
          "metrics=[psnr_y,ssim_y,niqe]", "baselines=[bicubic]", "progress=false", "report=false",
          f"hydra.sweep.dir={args.runs}"])

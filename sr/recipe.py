@@ -132,9 +132,12 @@ def sha256(path: Path) -> str:
 
 
 def final_losses(run_dir: Path) -> dict[str, float]:
-    """Mean of the last :data:`LOSS_WINDOW` logged values of every loss-like column of ``run_dir/csv/metrics.csv``."""
+    """Mean of the last :data:`LOSS_WINDOW` logged values of every loss-like column of ``run_dir/csv/metrics.csv``;
+    empty when the run has no such log (another logger, or a log lost to a resume before ResumableCSVLogger)."""
     import csv
 
+    if not (run_dir / "csv" / "metrics.csv").is_file():
+        return {}
     with open(run_dir / "csv" / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     losses = {}

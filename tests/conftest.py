@@ -12,6 +12,7 @@ os.environ["WANDB_SILENT"] = "true"
 os.environ["TORCH_HOME"] = os.path.join(_SESSION_TMP, "torch_home")
 os.environ["HF_HOME"] = os.path.join(_SESSION_TMP, "hf_home")
 os.environ["HYDRA_FULL_ERROR"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a busy machine slows spinning OpenMP threads ~5x
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -423,3 +423,21 @@ def test_slurm_launcher_and_strategies_compose():
     assert cfg.trainer.strategy._target_.endswith("DDPStrategy")
     assert fsdp.trainer.strategy.use_orig_params is True
     assert os.path.basename(cfg.hydra.sweep.dir) != ""
+
+
+def test_csv_logger_continues_a_resumed_runs_metrics(tmp_path):
+    import csv
+
+    from sr.training.loggers import ResumableCSVLogger
+
+    first = ResumableCSVLogger(tmp_path, name="csv", version="")
+    first.log_metrics({"train/loss": 1.0}, step=0)
+    first.save()
+    resumed = ResumableCSVLogger(tmp_path, name="csv", version="")  # a new process on the same run dir
+    resumed.log_metrics({"train/loss": 0.5}, step=1)
+    resumed.log_metrics({"train/loss": 0.25, "val/psnr": 20.0}, step=2)
+    resumed.save()
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["step"], row["train/loss"], row["val/psnr"]) for row in rows] == [
+        ("0", "1.0", ""), ("1", "0.5", ""), ("2", "0.25", "20.0")]
