@@ -1,6 +1,7 @@
 """Datasets, data module (batches, pool, resume), data configs, synthetic test-set and dataset-layout scripts."""
 
 import importlib.util
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -141,9 +142,9 @@ def train_batches(datamodule: SRDataModule, count: int, first_epoch: int = 0):
         epoch += 1
 
 
-def make_datamodule(pool_size: int = 4) -> SRDataModule:
+def make_datamodule(pool_size: int = 4, train_dir: Path = ROOT / "data" / "samples" / "train") -> SRDataModule:
     return SRDataModule(
-        train_dirs=[str(ROOT / "data" / "samples" / "train")], crop_size=32, batch_size=2, degradation=realesrgan(),
+        train_dirs=[str(train_dir)], crop_size=32, batch_size=2, degradation=realesrgan(),
         pool_size=pool_size, seed=5, val_lr_dir=str(ROOT / "data/samples/heldout_pairs/lr"),
         val_hr_dir=str(ROOT / "data/samples/heldout_pairs/hr"),
     )
@@ -170,8 +171,17 @@ def test_pool_returns_earlier_pairs_once_full():
         assert any(torch.equal(sample, stored) for stored in targets)
 
 
+def four_photos(folder: Path) -> Path:
+    """A training folder of the first 4 bundled photos: the resume tests count batches per epoch from it."""
+    folder.mkdir()
+    for photo in sorted((ROOT / "data" / "samples" / "train").glob("*.png"))[:4]:
+        shutil.copy(photo, folder)
+    return folder
+
+
 def test_state_dict_round_trip_reproduces_next_batch(tmp_path):
-    datamodule = make_datamodule(pool_size=4)  # 4 images, batch 2: two batches per epoch
+    four = four_photos(tmp_path / "four")
+    datamodule = make_datamodule(pool_size=4, train_dir=four)  # 4 images, batch 2: two batches per epoch
     batches = train_batches(datamodule, 5)
     for _ in range(3):  # epoch 0 and the first batch of epoch 1; the pool is full after two
         next(batches)
@@ -179,7 +189,7 @@ def test_state_dict_round_trip_reproduces_next_batch(tmp_path):
     torch.save(datamodule.state_dict(), path)
     expected = [next(batches), next(batches)]  # rest of epoch 1, first of epoch 2
 
-    resumed = make_datamodule(pool_size=4)
+    resumed = make_datamodule(pool_size=4, train_dir=four)
     resumed.load_state_dict(torch.load(path, weights_only=True))
     actual = list(train_batches(resumed, 2, first_epoch=1))
     for got, want in zip(actual, expected):
@@ -266,13 +276,14 @@ def test_sampler_gives_each_rank_its_own_slice_of_the_epoch():
         EpochSeededSampler(3, seed=0, rank=0, world_size=4)
 
 
-def _two_rank_data_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _two_rank_data_worker(rank: int, init_file: str, out_dir: str, train_dir: str) -> None:
     """One of two gloo ranks: 3 batches, a checkpoint of the data state, 2 more; then a fresh module resumed."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    datamodule = make_datamodule(pool_size=4)  # 4 images over 2 ranks, batch 2: one batch per rank and epoch
+    # 4 images over 2 ranks, batch 2: one batch per rank and epoch
+    datamodule = make_datamodule(pool_size=4, train_dir=Path(train_dir))
     batches = train_batches(datamodule, 5)
     first = [next(batches) for _ in range(3)]
     state = datamodule.state_dict()  # collective: rank 0 receives both ranks' states
@@ -281,7 +292,7 @@ def _two_rank_data_worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.save(state, path)
     expected = [next(batches), next(batches)]
     dist.barrier()
-    resumed = make_datamodule(pool_size=4)
+    resumed = make_datamodule(pool_size=4, train_dir=Path(train_dir))
     resumed.setup("fit")
     resumed.load_state_dict(torch.load(path, weights_only=True))
     actual = list(train_batches(resumed, 2, first_epoch=3))
@@ -292,7 +303,9 @@ def _two_rank_data_worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_two_ranks_draw_distinct_degradations_and_each_resumes_its_own_stream(tmp_path):
-    torch.multiprocessing.spawn(_two_rank_data_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    four = four_photos(tmp_path / "four")
+    torch.multiprocessing.spawn(_two_rank_data_worker, args=(str(tmp_path / "init"), str(tmp_path), str(four)),
+                                nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert ranks[1]["state_on_other_rank"] == {"ranks": None}  # only rank 0 holds (and writes) the checkpoint
     assert len(torch.load(tmp_path / "data_state.pt", weights_only=True)["ranks"]) == 2

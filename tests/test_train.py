@@ -389,7 +389,7 @@ def generated_cfw_data(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_fast_dev_run_on_cpu(experiment, tmp_path, request):
     cfg = _smoke_config(experiment, tmp_path)
-    if experiment.startswith("cfw_"):
+    if "cfw" in experiment:
         with open_dict(cfg):
             cfg.data.root = str(request.getfixturevalue("generated_cfw_data"))
             cfg.module.loss.perceptual = "stand_in"  # the real LPIPS-VGG backbone cannot be downloaded here
