@@ -37,7 +37,7 @@ from sr.fingerprint import differences, sampling_components
 from sr.io import ImageReadError, image_size, read_image, remove_stale_temporaries, scan_images, write_bytes_atomic, \
     write_image
 from sr.memory import available_memory, estimate_upscale_peak, format_bytes
-from sr.pipelines import StableSRPipeline, sampling_arguments, use_scheduler
+from sr.pipelines import SamplingSettings, StableSRPipeline, sampling_arguments, use_scheduler
 from sr.utils.provenance import git_revision
 from sr.validation import parse_memory, validate_upscale
 
@@ -134,6 +134,15 @@ def memory_problem(pipe: StableSRPipeline, settings, source: Path, limit: int | 
             "skipped (lower scale or vae_tile.size)")
 
 
+def bind_upscale(cfg: DictConfig, pipe: StableSRPipeline) -> tuple[StableSRPipeline, SamplingSettings, partial]:
+    """How a run config samples: ``pipe`` on ``cfg.device`` with ``cfg.scheduler``, the resolved sampling settings,
+    and ``upscale(image, generator=...)``, the pipeline call with them bound (:func:`upscale_file`)."""
+    pipe = use_scheduler(pipe.to(cfg.device), instantiate(cfg.scheduler))
+    pipe.set_progress_bar_config(disable=not cfg.progress, leave=False)
+    settings = sampling_arguments(cfg)
+    return pipe, pipe.sampling_settings(**settings), partial(pipe, output_type="pt", **settings)
+
+
 def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     """Upscale ``cfg.input`` into ``cfg.output``; returns the exit code (0, or 1 if any image failed).
 
@@ -148,13 +157,7 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     output_folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(output_folder):
         print(f"upscale: removed {stale.name}, left by an interrupted write", file=sys.stderr)
-    if pipe is None:
-        pipe = instantiate(cfg.model)
-    pipe = use_scheduler(pipe.to(cfg.device), instantiate(cfg.scheduler))
-    pipe.set_progress_bar_config(disable=not cfg.progress, leave=False)
-    settings = sampling_arguments(cfg)
-    resolved = pipe.sampling_settings(**settings)
-    upscale = partial(pipe, output_type="pt", **settings)
+    pipe, resolved, upscale = bind_upscale(cfg, instantiate(cfg.model) if pipe is None else pipe)
     components = sampling_components(cfg, cfg.model, resolved.tile_size, resolved.tile_overlap)
     producers = recorded_outputs(output_folder)
 

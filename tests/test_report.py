@@ -218,7 +218,8 @@ def test_report_is_portable_byte_identical_with_footnotes_and_fixed_settings(tmp
     first = _report_files(out)
     build_report(sweep, out, "portable", overwrite=True)
     assert _report_files(out) == first   # byte-identical, plots and strips included
-    assert {name.split("/")[0] for name in first} == {"table.md", "table.csv", "plots", "strips"}
+    assert {name.split("/")[0] for name in first} == {"table.md", "table.csv", "plots", "strips", "index.html",
+                                                      "compare"}
     for name, data in first.items():
         for machine_path in (str(tmp_path), str(REPO)):
             assert machine_path.encode() not in data, f"{name} shows {machine_path}"

@@ -1,11 +1,13 @@
-"""Write a sweep's report folder: table.md, table.csv, plots/*.png and strips/*.png."""
+"""Write a sweep's report folder: table.md, table.csv, plots/*.png, strips/*.png and index.html with its
+compare/ images."""
 
 from collections.abc import Sequence
 from pathlib import Path
 
 from sr.io import write_bytes_atomic
+from sr.report.html import COMPARE_DIR, PAGE, browser_image, comparison_candidates, render_html
 from sr.report.plots import PLOT_AXES, plot_metric
-from sr.report.runs import Run, collect_sweep, table_rows
+from sr.report.runs import METHOD, Run, collect_sweep, table_rows
 from sr.report.strips import comparison_strip
 from sr.report.table import metric_columns, render_csv, render_markdown
 
@@ -20,7 +22,9 @@ def build_report(
     overwrite: bool = False,
     timings: bool = False,
 ) -> dict[str, list[Path]]:
-    """Write table.md, table.csv, plots/*.png and strips/*.png for the sweep; returns the written paths by kind.
+    """Write table.md, table.csv, plots/*.png, strips/*.png and index.html (``sr.report.html``) with its compared
+    images under compare/ for the sweep; returns the written paths by kind. The first ``strip_images`` images (by
+    name) get a strip and a comparison view.
 
     ``timings``: add the seconds per image to the tables (machine-dependent, so off for committed reports). The
     same runs give byte-identical files.
@@ -29,7 +33,7 @@ def build_report(
     rows = table_rows(runs)
     if (out_dir / "table.md").exists() and not overwrite:
         raise FileExistsError(f"{out_dir / 'table.md'}: already exists (pass --overwrite to replace the report)")
-    written: dict[str, list[Path]] = {"tables": [], "plots": [], "strips": []}
+    written: dict[str, list[Path]] = {"tables": [], "plots": [], "strips": [], "page": [], "compare": []}
     tables = (("table.md", render_markdown(name, sweep_dir, runs, rows, out_dir, timings)),
               ("table.csv", render_csv(sweep_dir, rows, timings)))
     for file_name, text in tables:
@@ -53,6 +57,20 @@ def build_report(
             path = out_dir / "strips" / f"{image_name}.png"
             write_bytes_atomic(path, png, overwrite)
             written["strips"].append(path)
+
+    comparisons = {}
+    for image_name in names[:strip_images]:
+        candidates = comparison_candidates(rows, image_name, lr_dir, hr_dir)
+        if any(candidate.label.startswith(METHOD) for candidate in candidates):
+            comparisons[image_name] = candidates
+            for candidate in candidates:
+                path = out_dir / COMPARE_DIR / image_name / candidate.file_name
+                write_bytes_atomic(path, browser_image(candidate.source), overwrite)
+                written["compare"].append(path)
+    plots = [path.relative_to(out_dir).as_posix() for path in written["plots"]]
+    page = render_html(name, sweep_dir, runs, rows, plots, comparisons, timings)
+    write_bytes_atomic(out_dir / PAGE, page.encode(), overwrite)
+    written["page"].append(out_dir / PAGE)
     return written
 
 

@@ -46,13 +46,13 @@ def _mean(row: Run, metric: str) -> float | None:
     return value["mean"] if isinstance(value, dict) and math.isfinite(value["mean"]) else None
 
 
-def _varying(rows: Sequence[Run], exclude: str) -> list[str]:
+def varying_settings(rows: Sequence[Run], exclude: str) -> list[str]:
     """Settings (other than ``exclude``) whose value differs between ``rows``: what names their lines."""
     return [key for key in setting_columns(rows)
             if key != exclude and len({str(row.settings.get(key)) for row in rows}) > 1]
 
 
-def _label(row: Run, keys: list[str], default: str) -> str:
+def settings_label(row: Run, keys: list[str], default: str) -> str:
     return ", ".join(f"{key}={display_setting(row.settings.get(key))}" for key in keys) or default
 
 
@@ -63,17 +63,17 @@ def plot_metric(rows: Sequence[Run], metric: str, x_key: str) -> bytes | None:
     runs = [row for row in rows if row.method == METHOD and row.ok]
     if len({str(run.settings.get(x_key)) for run in runs}) < 2:
         return None
-    line_keys = _varying(runs, x_key)   # fixed settings are in the table's header, not in every label
+    line_keys = varying_settings(runs, x_key)   # fixed settings are in the table's header, not in every label
     lines: dict[str, list[tuple[float, float, float]]] = {}
     for run in runs:
         mean, x = _mean(run, metric), run.settings.get(x_key)
         if mean is not None and isinstance(x, (int, float)):
             std = run.record["aggregate"][metric].get("std") or 0.0
-            lines.setdefault(_label(run, line_keys, METHOD), []).append((x, mean, std))
+            lines.setdefault(settings_label(run, line_keys, METHOD), []).append((x, mean, std))
     if not lines:
         return None
     references = [row for row in rows if row.method == REFERENCE and _mean(row, metric) is not None]
-    reference_keys = _varying(references, "method")
+    reference_keys = varying_settings(references, "method")
     with report_style():
         figure, axis = plt.subplots(figsize=(5.5, 3.8))
         axis.set_xlabel(x_key)
@@ -84,7 +84,7 @@ def plot_metric(rows: Sequence[Run], metric: str, x_key: str) -> bytes | None:
             xs, means, stds = map(np.asarray, zip(*sorted(points)))
             axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
         for row in references:
-            detail = _label(row, reference_keys, "")
+            detail = settings_label(row, reference_keys, "")
             axis.axhline(_mean(row, metric), linestyle="--", linewidth=1, color="0.4",
                          label=f"{REFERENCE} ({detail})" if detail else REFERENCE)
         axis.grid(alpha=0.3)

@@ -15,6 +15,7 @@ git revisions name the modified tracked files when a tree was dirty. ``table.csv
 import csv
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sr.metrics.registry import LOWER_IS_BETTER, METRIC_NAMES
@@ -115,9 +116,19 @@ class _Footnotes:
         return str(index + 1).translate(SUPERSCRIPT_DIGITS)
 
 
-def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Sequence[Run], out_dir: Path,
-                    timings: bool = False) -> str:
-    """``table.md`` of ``rows`` (:func:`sr.report.runs.table_rows` of ``runs``; module docstring)."""
+@dataclass(frozen=True)
+class TableLayout:
+    """The sweep table as the reports show it (``table.md``, ``index.html``): ``shown`` columns as
+    ``(header, cells)``, ``fixed`` settings (one value on every row) as ``(header, value)`` and the n/a reasons that
+    the ``n/a¹`` cells point to."""
+
+    shown: list[tuple[str, list[str]]]
+    fixed: list[tuple[str, str]]
+    footnotes: list[str]
+
+
+def table_layout(rows: Sequence[Run], timings: bool = False) -> TableLayout:
+    """The columns of ``rows`` (module docstring), a column with one value on every row moved to ``fixed``."""
     footnotes = _Footnotes()
     columns: list[tuple[str, list[str], bool]] = []   # (header, cells, may move to the fixed line)
     for key in setting_columns(rows):
@@ -134,9 +145,23 @@ def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Seque
 
     fixed, shown = [], []
     for header, cells, movable in columns:
-        applicable = {cell for cell in cells if cell != NOT_APPLICABLE}
-        (fixed if movable and len(applicable) == 1 else shown).append((header, cells))
+        applicable = [cell for cell in cells if cell != NOT_APPLICABLE]
+        if movable and len(set(applicable)) == 1:
+            fixed.append((header, applicable[0]))
+        else:
+            shown.append((header, cells))
+    return TableLayout(shown, fixed, footnotes.reasons)
 
+
+def footnote_marker(index: int) -> str:
+    """``¹`` for the first n/a reason."""
+    return _Footnotes.marker(index)
+
+
+def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Sequence[Run], out_dir: Path,
+                    timings: bool = False) -> str:
+    """``table.md`` of ``rows`` (:func:`sr.report.runs.table_rows` of ``runs``; module docstring)."""
+    layout = table_layout(rows, timings)
     report_git = git_state(ignore=(out_dir,))
     commands = sorted({portable_command(run.record["command"]) for run in runs if run.record["command"]})
     lines = [
@@ -162,18 +187,18 @@ def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Seque
                                   if any(row.method == method for row in rows)),
         "",
     ]
-    if fixed:
-        settings = ", ".join(f"`{header}={next(c for c in cells if c != NOT_APPLICABLE)}`" for header, cells in fixed)
+    if layout.fixed:
+        settings = ", ".join(f"`{header}={value}`" for header, value in layout.fixed)
         lines += [f"Fixed settings (the same on every row): {settings}.", ""]
     lines += [
-        "| " + " | ".join(header for header, _ in shown) + " |",
-        "|" + "|".join("---" for _ in shown) + "|",
+        "| " + " | ".join(header for header, _ in layout.shown) + " |",
+        "|" + "|".join("---" for _ in layout.shown) + "|",
     ]
     for index in range(len(rows)):
-        lines.append("| " + " | ".join(_escape(cells[index]) for _, cells in shown) + " |")
-    if footnotes.reasons:
+        lines.append("| " + " | ".join(_escape(cells[index]) for _, cells in layout.shown) + " |")
+    if layout.footnotes:
         lines += ["", "Not available:", ""]
-        lines += [f"- {_Footnotes.marker(i)} `{reason}`" for i, reason in enumerate(footnotes.reasons)]
+        lines += [f"- {footnote_marker(i)} `{reason}`" for i, reason in enumerate(layout.footnotes)]
     return "\n".join(lines) + "\n"
 
 
