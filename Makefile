@@ -2,6 +2,8 @@
 # `make demo-train` retrains every stage first; `make release-train` trains and packages the tiny release under
 # runs/release; `make demo-report` rewrites experiments/demo_tiny from a clean tree;
 # `make test-cluster` (as root) starts a one-node SLURM cluster, runs the cluster tests on it and stops it again.
+# `make test-browser` (as root) installs Debian's chromium and chromium-driver when missing and runs the browser tests
+# (the report page and the web demo in headless Chromium).
 # Both create .venv when missing and (re)install when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: demo demo-train demo-report release-train test test-slow test-cluster install
+.PHONY: demo demo-train demo-report release-train test test-slow test-cluster test-browser install
 
 install: $(STAMP)
 
@@ -45,3 +47,8 @@ test-slow: $(STAMP)
 test-cluster: $(STAMP)
 	scripts/slurm_local.sh start
 	$(PY) -m pytest -q -s -m cluster tests/test_cluster.py; status=$$?; scripts/slurm_local.sh stop; exit $$status
+
+test-browser: $(STAMP)
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+	$(PY) -m pytest -q -m browser tests/test_browser.py

@@ -5,6 +5,7 @@ byte-identical rebuilds, dirty trees named or refused."""
 import csv
 import json
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.axes
@@ -335,3 +336,70 @@ def test_wandb_table_keeps_numbers_and_the_run_lands_in_the_sweep_folder(tmp_pat
     (table_file,) = (folder / "files" / "media" / "table").glob("sweep_table_*.table.json")
     logged = json.loads(table_file.read_text())
     assert logged["columns"] == columns and logged["data"] == [list(row) for row in rows]  # numbers, not strings
+
+
+class _PageParser(HTMLParser):
+    """The parts of index.html a test reads: table rows (lists of cell texts), image sources, link targets and the
+    comparison menus' options (label, file)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.sources, self.links, self.options = [], [], [], []
+        self._cell = self._option = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th") and self.rows:
+            self._cell = ""
+        elif tag == "img":
+            self.sources.append(attrs["src"])
+        elif tag == "a":
+            self.links.append(attrs["href"])
+        elif tag == "option":
+            self._option = [attrs["value"], ""]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+        if self._option is not None:
+            self._option[1] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(self._cell)
+            self._cell = None
+        elif tag == "option":
+            self.options.append(tuple(self._option))
+            self._option = None
+
+
+def test_html_page_shows_the_markdown_table_the_plots_and_the_compared_images(tmp_path):
+    sweep = _fake_sweep(tmp_path)
+    out = tmp_path / "report"
+    written = build_report(sweep, out, "page", strip_images=1)
+    page = _PageParser()
+    page.feed((out / "index.html").read_text())
+    markdown_rows = [[cell.strip() for cell in line.strip("|").split(" | ")]
+                     for line in (out / "table.md").read_text().splitlines()
+                     if line.startswith("| ") and "---" not in line]
+    assert page.rows == markdown_rows   # the same header and cells as table.md
+    assert sorted(page.sources[2:]) == sorted(path.relative_to(out).as_posix() for path in written["plots"])
+    assert page.links == ["table.md", "table.csv"]
+    # one comparison view (strip_images=1: bird), its two menus offering LR, the baselines, the 4 runs and HR
+    labels = [label for _, label in page.options]
+    assert labels[:len(labels) // 2] == labels[len(labels) // 2:] == [
+        "LR (nearest-neighbour)", "bicubic", "lr_latent (w=0.0)", "lr_latent (w=1.0)",
+        "stablesr (w=0.0, tile_overlap=16)", "stablesr (w=0.0, tile_overlap=32)",
+        "stablesr (w=1.0, tile_overlap=16)", "stablesr (w=1.0, tile_overlap=32)", "HR"]
+    files = dict((label, out / source) for source, label in page.options)
+    assert files["LR (nearest-neighbour)"].read_bytes() == (tmp_path / "data" / "lr" / "bird.png").read_bytes()
+    assert files["stablesr (w=1.0, tile_overlap=16)"].read_bytes() == (sweep / "2" / "images" / "bird.png").read_bytes()
+    assert files["lr_latent (w=1.0)"].read_bytes() == (sweep / "2" / "baselines" / "lr_latent" / "bird.png").read_bytes()
+    assert files["HR"].read_bytes() == (tmp_path / "data" / "hr" / "bird.png").read_bytes()
+    assert page.sources[:2] == [page.options[0][0], page.options[4][0]]   # starts on LR vs the first run
+    assert sorted(written["compare"]) == sorted(set(files.values()))
+    # nothing from another host: every reference is a file of the report folder
+    for reference in page.sources + page.links + [source for source, _ in page.options]:
+        assert "://" not in reference and (out / reference).is_file(), reference

@@ -1,10 +1,10 @@
 """``index.html``: the sweep report as one page to open in a browser, without a network.
 
 The page holds the table of :func:`sr.report.table.table_layout` (click a header to sort by that column, again to
-reverse), the plots and, per compared image, a comparison view: two menus pick any two of LR (enlarged
-nearest-neighbour by the browser), ``bicubic``, each ``lr_latent`` and each run's output and HR; a slider (or a drag
-on the divider) moves the split between them; the mouse wheel or the buttons zoom and a drag pans, the same crop of
-both images at once.
+reverse), a comparison view per compared image, then the plots. In a comparison view two menus pick any two of LR
+(enlarged nearest-neighbour by the browser), ``bicubic``, each ``lr_latent``, each run's output and HR; a slider (or a
+drag on the divider) moves the split between them; the mouse wheel or the buttons zoom and a drag pans, the same
+crop of both images at once.
 
 Self-contained: the CSS and the vanilla JavaScript (``sr/report/assets``) are inlined, nothing is loaded from
 another host. The images are files beside the page, referenced by relative paths: the plots the report already
@@ -127,16 +127,16 @@ def render_html(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Sequence[
         parts += [f"<li>{footnote_marker(index)} <code>{_text(reason)}</code></li>"
                   for index, reason in enumerate(layout.footnotes)]
         parts.append("</ul>")
-    if plots:
-        parts += ["<h2>Plots</h2>", '<div class="plots">']
-        parts += [f'<figure><img src="{_text(path)}" alt="{_text(Path(path).stem)}"><figcaption>'
-                  f"{_text(Path(path).stem)}</figcaption></figure>" for path in plots]
-        parts.append("</div>")
     if comparisons:
         parts += ["<h2>Comparisons</h2>",
                   '<p class="hint">Pick two images; drag the slider (or the divider) to move the split; zoom with '
                   "the mouse wheel or the buttons and drag to pan: both images show the same crop.</p>"]
         parts += [_comparison(image_name, candidates) for image_name, candidates in comparisons.items()]
+    if plots:
+        parts += ["<h2>Plots</h2>", '<div class="plots">']
+        parts += [f'<figure><img src="{_text(path)}" alt="{_text(Path(path).stem)}"><figcaption>'
+                  f"{_text(Path(path).stem)}</figcaption></figure>" for path in plots]
+        parts.append("</div>")
     parts += [f"<script>\n{_asset('report.js')}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)
 
