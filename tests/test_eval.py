@@ -103,6 +103,11 @@ def test_sweep_writes_scores_images_table_and_plots(sweep, test_set):
     plots = sorted((sweep / "report" / "plots").glob("*.png"))
     assert {path.name for path in plots} >= {"psnr_y_vs_w.png", "psnr_y_vs_tile_overlap.png", "ssim_y_vs_w.png"}
     assert all(path.stat().st_size > 1000 and path.read_bytes().startswith(PNG_MAGIC) for path in plots)
+    # the page too, each run's output among the compared images, byte for byte
+    page = (sweep / "report" / "index.html").read_text()
+    assert all(f'src="plots/{path.name}"' in page for path in plots)
+    compared = {path.read_bytes() for path in (sweep / "report" / "compare" / "camera").iterdir()}
+    assert {(row["path"] / "images" / "camera.png").read_bytes() for row in rows} <= compared
 
     for row in rows:
         run_dir = row["path"]
