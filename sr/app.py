@@ -122,6 +122,7 @@ def build_demo(upscaler: Upscaler) -> gr.Blocks:
     """The page: inputs, the run button, the before/after slider, the download and the status line."""
     defaults = upscaler.defaults
 
+    # ``progress``: Gradio shows the tqdm bars of the call (the sampling steps) while it runs
     def run(upload, scale, w, steps, seed, color_fix, tile_size, tile_overlap, progress=gr.Progress(track_tqdm=True)):
         if upload is None:
             raise gr.Error("upload an image first")
@@ -171,10 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: %(default)s)")
     parser.add_argument("--max-memory", help="refuse images whose estimated peak memory exceeds this (e.g. 12GB)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sr-app-") as work_dir:
-        with one_line_errors("sr.app"):
-            upscaler = Upscaler(args.model, Path(work_dir), args.device, args.max_memory)
-        demo = build_demo(upscaler)
+    # the outputs of the server's lifetime, removed when it stops
+    with tempfile.TemporaryDirectory(prefix="sr-app-") as work_dir, one_line_errors("sr.app"):
+        demo = build_demo(Upscaler(args.model, Path(work_dir), args.device, args.max_memory))
         demo.queue(default_concurrency_limit=1)   # one job at a time; the others wait their turn
         demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[work_dir], show_error=True,
                     ssr_mode=False)

@@ -157,7 +157,9 @@ def test_comparison_slider_zoom_and_pan_change_the_pixels_shown(browser, report)
     section = driver.find_element(By.CSS_SELECTOR, "section.compare")
     viewer = section.find_element(By.CSS_SELECTOR, ".viewer")
     slider = section.find_element(By.CSS_SELECTOR, "input.split")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", section)   # the whole view on screen
     before = _pixels(viewer)
+    assert before.shape[:2] == (viewer.size["height"], viewer.size["width"]) == (512, 512)
     width = before.shape[1]
     # a click at 80 % of the slider's track moves the split from the middle to about 80 %
     ActionChains(driver).move_to_element_with_offset(slider, int(0.3 * slider.size["width"]), 0).click().perform()
@@ -250,13 +252,19 @@ def _set_number(driver, element_id, value):
     _wait(lambda: float(field.get_attribute("value")) == float(value), 10, f"{element_id} = {value}")
 
 
-def _submit(driver, image: Path):
+def _upload(driver, image: Path):
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(image))
     # the file list shows the name as stem and suffix in two elements
     _wait(lambda: image.name in driver.find_element(By.ID, "upload").text.replace("\n", ""), 60,
           f"{image.name} uploaded")
+
+
+def _submit(driver, image: Path):
+    from selenium.webdriver.common.by import By
+
+    _upload(driver, image)
     driver.find_element(By.ID, "run").click()
 
 
@@ -317,12 +325,15 @@ def test_a_bad_file_shows_an_error_and_the_next_upload_works(browser, app, tmp_p
 
 
 def test_two_uploads_at_once_are_both_answered(browser, app, tmp_path):
+    from selenium.webdriver.common.by import By
+
     drivers = [_open_app(browser, app) for _ in range(2)]
     images = [_noise_image(tmp_path / f"photo{index}.png", seed=10 + index, size=24 + 8 * index) for index in range(2)]
-    for driver in drivers:
-        _set_number(driver, "steps", 1)
     for driver, image in zip(drivers, images):
-        _submit(driver, image)
+        _set_number(driver, "steps", 4)
+        _upload(driver, image)
+    for driver in drivers:   # both jobs asked for before either is done
+        driver.find_element(By.ID, "run").click()
     results = [Image.open(io.BytesIO(_download(driver)[0])) for driver in drivers]
     assert [result.size for result in results] == [(96, 96), (128, 128)]   # each answer is its own upload's
 

@@ -3,6 +3,7 @@ comparison strips, and a portable report: no absolute paths, n/a footnotes, fixe
 byte-identical rebuilds, dirty trees named or refused."""
 
 import csv
+import io
 import json
 import subprocess
 from html.parser import HTMLParser
@@ -396,10 +397,22 @@ def test_html_page_shows_the_markdown_table_the_plots_and_the_compared_images(tm
     files = dict((label, out / source) for source, label in page.options)
     assert files["LR (nearest-neighbour)"].read_bytes() == (tmp_path / "data" / "lr" / "bird.png").read_bytes()
     assert files["stablesr (w=1.0, tile_overlap=16)"].read_bytes() == (sweep / "2" / "images" / "bird.png").read_bytes()
-    assert files["lr_latent (w=1.0)"].read_bytes() == (sweep / "2" / "baselines" / "lr_latent" / "bird.png").read_bytes()
+    latent = sweep / "2" / "baselines" / "lr_latent" / "bird.png"
+    assert files["lr_latent (w=1.0)"].read_bytes() == latent.read_bytes()
     assert files["HR"].read_bytes() == (tmp_path / "data" / "hr" / "bird.png").read_bytes()
     assert page.sources[:2] == [page.options[0][0], page.options[4][0]]   # starts on LR vs the first run
     assert sorted(written["compare"]) == sorted(set(files.values()))
     # nothing from another host: every reference is a file of the report folder
     for reference in page.sources + page.links + [source for source, _ in page.options]:
         assert "://" not in reference and (out / reference).is_file(), reference
+
+
+def test_images_browsers_cannot_show_are_copied_as_png(tmp_path):
+    from sr.report.html import browser_image
+
+    pixels = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "lr.tif")
+    Image.fromarray(pixels).save(tmp_path / "lr.png")
+    converted = browser_image(tmp_path / "lr.tif")
+    assert converted.startswith(b"\x89PNG") and np.array_equal(np.asarray(Image.open(io.BytesIO(converted))), pixels)
+    assert browser_image(tmp_path / "lr.png") == (tmp_path / "lr.png").read_bytes()   # shown as it is
