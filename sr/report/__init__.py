@@ -23,6 +23,7 @@ Modules:
 - :mod:`sr.report.portable`: paths, commands and messages as a report shows them (no absolute paths).
 - :mod:`sr.report.plots`: each metric against ``w`` / ``tile_overlap`` as PNG, bicubic as a reference line.
 - :mod:`sr.report.strips`: LR | SR(w=...) | bicubic | HR comparison strips as PNG.
+- :mod:`sr.report.html`: ``index.html``, the report as one offline page: sortable table, comparison sliders, plots.
 - :mod:`sr.report.build`: writes all of the above into a report folder.
 - :mod:`sr.report.wandb_log`: logs a built report to W&B.
 - :mod:`sr.report.cli`: the ``python -m sr.report`` command line.
