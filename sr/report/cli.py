@@ -6,10 +6,10 @@ run; failed runs marked with their error), plots every metric against ``w`` (one
 ``tile_overlap`` (one line per w) with the bicubic value as a reference line under ``plots/``, and writes
 LR | SR(w=...) | bicubic | HR comparison strips under ``strips/`` and ``index.html``, the same as one page to
 open offline in a browser (sortable table, comparison sliders over the images copied to ``compare/``, plots). The
-files carry no machine-specific paths or timings and the same runs give byte-identical files; ``--timings`` adds the seconds per image. ``--require-clean``
-refuses to write from a tree whose tracked files differ from the commit (the report's own folder aside), as a
-committed report should. ``--wandb`` logs the table and images to W&B. Exit status 1 when a run failed or is
-unfinished (each named on stderr). A plain argparse tool: it reads result files and composes no config.
+files carry no machine-specific paths or timings and the same runs give byte-identical files; ``--timings`` adds
+the seconds per image. ``--require-clean`` refuses to write from a tree whose tracked files differ from the commit
+(the report's own folder aside), as a committed report should. ``--wandb`` logs the table and images to W&B. Exit
+status 1 when a run failed or is unfinished (each named on stderr). A plain argparse tool: it reads result files and composes no config.
 """
 
 import argparse
