@@ -9,7 +9,8 @@ open offline in a browser (sortable table, comparison sliders over the images co
 files carry no machine-specific paths or timings and the same runs give byte-identical files; ``--timings`` adds
 the seconds per image. ``--require-clean`` refuses to write from a tree whose tracked files differ from the commit
 (the report's own folder aside), as a committed report should. ``--wandb`` logs the table and images to W&B. Exit
-status 1 when a run failed or is unfinished (each named on stderr). A plain argparse tool: it reads result files and composes no config.
+status 1 when a run failed or is unfinished (each named on stderr). A plain argparse tool: it reads result files
+and composes no config.
 """
 
 import argparse
