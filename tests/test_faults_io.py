@@ -262,7 +262,8 @@ class _RunsShellCommand:
         return os.system, ("true",)
 
 
-def test_one_line_errors_name_the_file_not_the_library_exception(tmp_path, monkeypatch, capsys, one_line_mode):
+def test_one_line_errors_name_the_file_not_the_library_exception(tiny_model, tmp_path, monkeypatch, capsys,
+                                                                 one_line_mode):
     from sr.convert import main as convert_main
 
     write_png(tmp_path / "in" / "a.png")
@@ -270,7 +271,7 @@ def test_one_line_errors_name_the_file_not_the_library_exception(tmp_path, monke
 
     def upscale_error(*overrides: str) -> str:
         assert run_entry_point(monkeypatch, "upscale", *base, *overrides) == 1
-        errors = error_lines(capsys)
+        errors = [line for line in error_lines(capsys) if "error" in line]  # (diffusers' loading bar aside)
         assert len(errors) == 1 and errors[0].startswith("upscale: error: "), errors
         return errors[0]
 
@@ -279,6 +280,13 @@ def test_one_line_errors_name_the_file_not_the_library_exception(tmp_path, monke
     truncated.write_bytes(truncated.read_bytes()[:100])
     line = upscale_error(f"model.stage1_weights={truncated}")
     assert f"{truncated}: not a readable safetensors file" in line and "SafetensorError:" not in line
+
+    folder = tmp_path / "pipeline"
+    tiny_model.save_pretrained(folder)
+    damaged = next((folder / "vae").glob("*.safetensors"))
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    line = upscale_error(f"model.pretrained={folder}")
+    assert f"{damaged}: not a readable safetensors file (truncated or corrupt?)" in line
 
     assert "FileNotFoundError: no model folder at /nonexistent/model (" in upscale_error(
         "model.pretrained=/nonexistent/model")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors import safe_open
 
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
@@ -142,7 +143,12 @@ def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
     local = Path(source)
     kwargs = {"torch_dtype": dtype} if dtype else {}
     if (local / PIPELINE_INDEX).is_file():
-        pipe = StableSRPipeline.from_pretrained(local, **kwargs)
+        try:
+            pipe = StableSRPipeline.from_pretrained(local, **kwargs)
+        except Exception as error:  # diffusers names no file for a damaged one: find it, else the error stands
+            if damaged := unreadable_weights(local):
+                raise ValueError(damaged) from error
+            raise
         if pipe.cfw is None and cfw is not None:  # a converted stage-1 folder without CFW: stage 2 starts here
             pipe.register_modules(cfw=CFW(**cfw).to(device=pipe.device, dtype=pipe.vae.dtype).eval())
         return pipe
@@ -168,6 +174,18 @@ def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
     if dtype:
         pipe.to(dtype=dtype)
     return _in_eval_mode(pipe)
+
+
+def unreadable_weights(folder: Path) -> str | None:
+    """``"<file>: not a readable safetensors file ..."`` for the first ``*.safetensors`` file below ``folder`` whose
+    header cannot be read (truncated or corrupt), or None when all can."""
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged header
+            return f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
+    return None
 
 
 def looks_like_a_path(source: str) -> bool:
