@@ -122,8 +122,10 @@ def save_run_config(cfg: DictConfig, output_folder: Path, written: list[str], co
     record["components"] = components
     record["outputs"] = list(written)
     with holding_claim(path):
-        kept = {OmegaConf.load(numbered).get("run_id"): numbered for numbered in _run_configs(output_folder)
-                if numbered != path}
+        kept = {}  # run id -> its numbered config (configs written before run ids were recorded have none)
+        for numbered in _run_configs(output_folder):
+            if numbered != path and (numbered_run := OmegaConf.load(numbered).get("run_id")) is not None:
+                kept[numbered_run] = numbered
         if path.exists():
             current = OmegaConf.load(path)
             previous = current.get("outputs")
@@ -131,7 +133,7 @@ def save_run_config(cfg: DictConfig, output_folder: Path, written: list[str], co
                 number = 1
                 while (free := output_folder / f"{RUN_CONFIG_NAME}-{number}.yaml").exists():
                     number += 1
-                path.replace(kept.get(current.get("run_id")) if current.get("run_id") in kept else free)
+                path.replace(kept.get(current.get("run_id"), free))
         written_path = write_bytes_atomic(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode(), overwrite=True)
         if run_id in kept:
             kept[run_id].unlink()
@@ -199,6 +201,8 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
         producers = {}
     if cfg.overwrite and (refusal := foreign_files_refusal(plan, set(producers), output_folder)):
         raise ConfigError(refusal)
+    # an output that appears later was written by another run into this folder (claims keep this one off it)
+    existing_at_start = {destination for destination in plan.values() if destination.exists()}
     output_folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(output_folder):
         print(f"upscale: removed {stale.name}, left by an interrupted run", file=sys.stderr)
@@ -211,7 +215,6 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     upscale = partial(pipe, output_type="pt", **settings)
     components = sampling_components(cfg, cfg.model, resolved.tile_size, resolved.tile_overlap)
     run_id = uuid.uuid4().hex
-    existing_at_start = {destination for destination in plan.values() if destination.exists()}
 
     written: list[str] = []
     skipped, other_settings, failed, elsewhere = 0, 0, 0, 0
