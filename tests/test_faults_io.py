@@ -24,6 +24,7 @@ from sr.fingerprint import file_digest, weights_identity
 from sr.io import claim_path, remove_stale_temporaries, try_claim
 from sr.memory import estimate_upscale_peak
 from sr.pipelines import sampling_arguments
+from sr.upscale_folder import recorded_outputs, save_run_config
 from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
 
@@ -200,6 +201,28 @@ def test_two_concurrent_runs_share_the_work(tmp_path):
     assert sorted(listed) == names  # one record per run, each image in exactly one of them
     assert len(list(out.glob("upscale_config*.yaml"))) == 2
     assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == []  # claims released
+
+
+def test_runs_that_alternate_keep_one_record_each_and_older_records_stay(tmp_path):
+    """Two runs writing into one folder by turns (as concurrent runs do), beside records of runs made before run ids
+    were recorded: every record is kept, one file per run, and every output stays listed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    legacy = {"upscale_config-1.yaml": ["old1.png"], "upscale_config.yaml": ["old2.png"]}
+    for name, outputs in legacy.items():
+        (out / name).write_text(OmegaConf.to_yaml(OmegaConf.create({"seed": 0, "outputs": outputs})))
+    cfg = upscale_config("input=x", "output=y")
+    first, second = [], []
+    for run_id, written, name in [("A", first, "a1.png"), ("B", second, "b1.png"), ("A", first, "a2.png"),
+                                  ("B", second, "b2.png"), ("A", first, "a3.png")]:
+        written.append(name)
+        save_run_config(cfg, out, written, {"seed": 0}, run_id)
+    records = {path.name: OmegaConf.load(path) for path in out.glob("upscale_config*.yaml")}
+    by_run = sorted((record.get("run_id") or "-", sorted(record.outputs)) for record in records.values())
+    assert by_run == [("-", ["old1.png"]), ("-", ["old2.png"]), ("A", ["a1.png", "a2.png", "a3.png"]),
+                      ("B", ["b1.png", "b2.png"])]
+    assert records["upscale_config.yaml"].run_id == "A" and records["upscale_config-1.yaml"].outputs == ["old1.png"]
+    assert sorted(recorded_outputs(out)) == ["a1.png", "a2.png", "a3.png", "b1.png", "b2.png", "old1.png", "old2.png"]
 
 
 # ---------------------------------------------------------- row 6: weights changed on disk during a sweep
