@@ -33,6 +33,7 @@ Guarantees of :func:`run`:
 import sys
 import traceback
 import uuid
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -174,6 +175,48 @@ def memory_problem(pipe: StableSRPipeline, settings, source: Path, limit: int | 
             f"skipped ({'lower it with ' + levers if levers else 'no sampling setting lowers the estimate'})")
 
 
+def kept_output(source: Path, destination: Path, overwrite: bool, existing_at_start: set[Path],
+                producers: dict[str, dict | None], components: dict) -> str | None:
+    """Why the claimed ``destination`` is not written, as its summary category (``elsewhere``: another run wrote it
+    since this one started; ``other_settings``: an earlier output of other settings; ``skipped``: it exists), with
+    its one line printed; None when it is to be written."""
+    if not destination.exists():
+        return None
+    if destination not in existing_at_start:
+        print(f"{source}: {destination.name} was written by another run meanwhile; left to it", file=sys.stderr)
+        return "elsewhere"
+    if overwrite:
+        return None
+    recorded = producers.get(destination.name)
+    if recorded is not None and recorded != components:
+        changes = "; ".join(differences(recorded, components))
+        print(f"{source}: {destination} was made with other settings ({changes}); overwrite=true to replace it; "
+              "skipped", file=sys.stderr)
+        return "other_settings"
+    print(f"{source}: {destination} exists (overwrite=true to replace it); skipped", file=sys.stderr)
+    return "skipped"
+
+
+def upscale_or_report(upscale, pipe: StableSRPipeline, settings, source: Path, destination: Path, cfg: DictConfig,
+                      limit: int | None) -> bool:
+    """Upscale ``source`` into ``destination`` (:func:`upscale_file`); whether it was written. A failure (memory
+    guard, unreadable image, out of memory, any other error) is one line naming the file, never an exception."""
+    try:
+        if problem := memory_problem(pipe, settings, source, limit, cfg.max_pixels, cfg.device):
+            print(problem, file=sys.stderr)
+            return False
+        upscale_file(upscale, source, destination, cfg.seed, cfg.max_pixels, cfg.overwrite)
+    except ImageReadError as error:
+        print(str(error), file=sys.stderr)
+        return False
+    except Exception as error:  # noqa: BLE001 - out of memory or any other failure of one image: report, go on
+        if traceback_wanted(cfg.get("debug", False)):
+            traceback.print_exc()
+        print(f"{source}: {describe(error)}", file=sys.stderr)
+        return False
+    return True
+
+
 def check_named_paths(cfg: DictConfig) -> None:
     """``ConfigError`` for an empty ``input=`` or ``output=``: an empty path would mean the current directory."""
     for key, what in (("input", "an image or a folder"), ("output", "the output folder (output=. for this folder)")):
@@ -217,64 +260,37 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     run_id = uuid.uuid4().hex
 
     written: list[str] = []
-    skipped, other_settings, failed, elsewhere = 0, 0, 0, 0
+    counts = Counter()  # summary categories other than "written"
     for link, problem in listing.broken.items():
         print(f"{link}: {problem}; skipped", file=sys.stderr)
-        failed += 1
+        counts["failed"] += 1
     claimed: dict[Path, Path] = {}
     for source, destination in tqdm(plan.items(), desc="images", disable=not cfg.progress):
         if destination in claimed:
             print(f"{source}: output name {destination.name} already taken by {claimed[destination].name}; skipped",
                   file=sys.stderr)
-            failed += 1
+            counts["failed"] += 1
             continue
         claimed[destination] = source
         if holder := try_claim(destination):
             print(f"{source}: {destination.name} is being written by another run ({holder}); left to it",
                   file=sys.stderr)
-            elsewhere += 1
+            counts["elsewhere"] += 1
             continue
         try:
-            if destination.exists() and destination not in existing_at_start:
-                print(f"{source}: {destination.name} was written by another run meanwhile; left to it",
-                      file=sys.stderr)
-                elsewhere += 1
-                continue
-            if destination.exists() and not cfg.overwrite:
-                recorded = producers.get(destination.name)
-                if recorded is not None and recorded != components:
-                    changes = "; ".join(differences(recorded, components))
-                    print(f"{source}: {destination} was made with other settings ({changes}); overwrite=true to "
-                          "replace it; skipped", file=sys.stderr)
-                    other_settings += 1
-                else:
-                    print(f"{source}: {destination} exists (overwrite=true to replace it); skipped", file=sys.stderr)
-                    skipped += 1
-                continue
-            try:
-                if problem := memory_problem(pipe, resolved, source, limit, cfg.max_pixels, cfg.device):
-                    print(problem, file=sys.stderr)
-                    failed += 1
-                    continue
-                upscale_file(upscale, source, destination, cfg.seed, cfg.max_pixels, cfg.overwrite)
-            except ImageReadError as error:
-                print(str(error), file=sys.stderr)
-                failed += 1
-                continue
-            except Exception as error:  # noqa: BLE001 - out of memory or any other failure of one image: report, go on
-                if traceback_wanted(cfg.get("debug", False)):
-                    traceback.print_exc()
-                print(f"{source}: {describe(error)}", file=sys.stderr)
-                failed += 1
-                continue
-            written.append(destination.name)
-            save_run_config(cfg, output_folder, written, components, run_id)
+            if reason := kept_output(source, destination, cfg.overwrite, existing_at_start, producers, components):
+                counts[reason] += 1
+            elif upscale_or_report(upscale, pipe, resolved, source, destination, cfg, limit):
+                written.append(destination.name)
+                save_run_config(cfg, output_folder, written, components, run_id)
+            else:
+                counts["failed"] += 1
         finally:
             release_claim(destination)
     others = [path.name + ("/" if path.is_dir() else "") for path in listing.others]
     named = f" ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})" if others else ""
-    print(f"upscale: {len(written)} written, {skipped} skipped (output exists), {failed} failed, "
-          f"{other_settings} kept (made with other settings), of {len(listing.images) + len(listing.broken)} images "
-          f"in {cfg.input} -> {output_folder}; {elsewhere} left to another run writing there; "
-          f"{len(others)} other entries not read{named}")
-    return 1 if failed or other_settings else 0
+    print(f"upscale: {len(written)} written, {counts['skipped']} skipped (output exists), {counts['failed']} failed, "
+          f"{counts['other_settings']} kept (made with other settings), of "
+          f"{len(listing.images) + len(listing.broken)} images in {cfg.input} -> {output_folder}; "
+          f"{counts['elsewhere']} left to another run writing there; {len(others)} other entries not read{named}")
+    return 1 if counts["failed"] or counts["other_settings"] else 0
