@@ -471,7 +471,8 @@ def _report(message: str) -> None:
 def converter_output_extras(folder: Path) -> list[str] | None:
     """The entries of ``folder`` that a converter output does not have (``[]``: it is one, so ``--overwrite`` may
     replace it), or None when ``folder`` is not a ``StableSRPipeline`` folder at all. A converter output holds
-    ``model_index.json`` naming ``StableSRPipeline``, the component folders it lists and optionally ``text_encoder/``."""
+    ``model_index.json`` naming ``StableSRPipeline``, the component folders it lists and optionally
+    ``text_encoder/``."""
     index_path = folder / PIPELINE_INDEX
     if folder.is_symlink() or not folder.is_dir() or not index_path.is_file():
         return None

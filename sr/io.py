@@ -288,7 +288,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}{TEMPORARY_MARK}{_host_tag()}_{os.getpid()}_", suffix=".tmp"
+        dir=path.parent, prefix=f".{path.name}{TEMPORARY_MARK}{host_tag()}_{os.getpid()}_", suffix=".tmp"
     )
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -301,7 +301,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
     return path
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
+    """This machine's name as temporary-file names and claims carry it (characters other than ``A-Za-z0-9-`` as
+    ``-``)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 
 
@@ -318,7 +320,7 @@ def _process_alive(pid: int) -> bool:
 def _owner_gone(host: str, pid: int, path: Path) -> bool:
     """Whether the process ``pid`` on ``host`` that wrote ``path`` no longer runs (another host's: ``path`` is older
     than ``FOREIGN_TEMPORARY_MAX_AGE_S``)."""
-    if host == _host_tag():
+    if host == host_tag():
         return not _process_alive(pid)
     return _older_than(path, FOREIGN_TEMPORARY_MAX_AGE_S)
 
@@ -354,7 +356,7 @@ def try_claim(path: str | os.PathLike) -> str | None:
             descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _claim_owner(claim)
-            if owner == (_host_tag(), os.getpid()):
+            if owner == (host_tag(), os.getpid()):
                 return None
             if owner is None and not _older_than(claim, STARTING_CLAIM_MAX_AGE_S):
                 return "a process that is starting"
@@ -363,7 +365,7 @@ def try_claim(path: str | os.PathLike) -> str | None:
             claim.unlink(missing_ok=True)
             continue
         with os.fdopen(descriptor, "w") as handle:
-            handle.write(f"{_host_tag()} {os.getpid()}\n")
+            handle.write(f"{host_tag()} {os.getpid()}\n")
         return None
     return "another process"
 
@@ -371,7 +373,7 @@ def try_claim(path: str | os.PathLike) -> str | None:
 def release_claim(path: str | os.PathLike) -> None:
     """Remove this process's claim of ``path`` (a claim of another process is left alone)."""
     claim = claim_path(path)
-    if _claim_owner(claim) == (_host_tag(), os.getpid()):
+    if _claim_owner(claim) == (host_tag(), os.getpid()):
         claim.unlink(missing_ok=True)
 
 

@@ -4,36 +4,30 @@ Tiny preset, 1 sampling step, 8-16 px images (helpers shared with tests/test_fau
 import os
 import pickle
 import re
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
-from test_faults import REPO, UPSCALE_FAST, one_line_mode, run_entry_point, tiny_model, upscale_config, write_png
+from test_faults import REPO, UPSCALE_FAST, run_entry_point, upscale_config, write_png
+from test_faults import one_line_mode, tiny_model  # noqa: F401 - fixtures, requested by name
 
 import sr.evaluation
 from sr.config import compose
 from sr.errors import describe
 from sr.fingerprint import file_digest, weights_identity
-from sr.io import claim_path, remove_stale_temporaries, try_claim
+from sr.io import claim_path, host_tag, remove_stale_temporaries, try_claim
 from sr.memory import estimate_upscale_peak
 from sr.pipelines import sampling_arguments
 from sr.upscale_folder import recorded_outputs, save_run_config
 from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
 
-__all__ = ["one_line_mode", "tiny_model"]  # fixtures used by name below
 DAY_S = 24 * 3600
-
-
-def host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 
 
 def dead_pid() -> int:
