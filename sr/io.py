@@ -407,13 +407,10 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return []
     removed = []
     for entry in sorted(folder.glob(".*")):
-        if match := _TEMPORARY_NAME.match(entry.name):
-            owner = match["host"], int(match["pid"])
-        elif entry.name.endswith(CLAIM_SUFFIX) and (owner := _claim_owner(entry)) is not None:
-            pass
-        else:
-            continue
-        if _owner_gone(*owner, entry) and entry.is_file() and not entry.is_symlink():
+        match = _TEMPORARY_NAME.match(entry.name)
+        owner = (match["host"], int(match["pid"])) if match else (
+            _claim_owner(entry) if entry.name.endswith(CLAIM_SUFFIX) else None)
+        if owner is not None and _owner_gone(*owner, entry) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
