@@ -32,9 +32,16 @@ The modules are built on the ``meta`` device and filled with ``load_state_dict(s
 missing or extra parameter, or a wrong shape, fails loudly and no second copy of the 5.6 GB of weights is made.
 The output folder is a ``StableSRPipeline`` (``StableSRPipeline.from_pretrained(out)``) whose config carries the
 variant preset's ``latent_tile`` and sampling defaults.
+
+What it writes and replaces: the folder is built in a hidden temporary sibling of ``--out`` and renamed into place
+when complete. An existing ``--out`` is refused unless ``--overwrite`` is given *and* it is an earlier output of the
+converter (``model_index.json`` of a ``StableSRPipeline``, its component folders, optionally ``text_encoder/``, and
+nothing else); an ``--out`` that holds a source checkpoint is always refused. All of it is checked before the
+checkpoints are read, so a refused command deletes nothing.
 """
 
 import argparse
+import json
 import os
 import shutil
 import tempfile
@@ -60,7 +67,7 @@ from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
 from sr.models.prompt import PromptEmbedding
 from sr.pipelines import StableSRPipeline
-from sr.pipelines.build import new_sft_adapter, preset_sampling
+from sr.pipelines.build import PIPELINE_INDEX, new_sft_adapter, preset_sampling
 from sr.utils.checkpoint import check_checkpoint_file, load_checkpoint_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
@@ -461,6 +468,50 @@ def _report(message: str) -> None:
     tqdm.write(message)
 
 
+def converter_output_extras(folder: Path) -> list[str] | None:
+    """The entries of ``folder`` that a converter output does not have (``[]``: it is one, so ``--overwrite`` may
+    replace it), or None when ``folder`` is not a ``StableSRPipeline`` folder at all. A converter output holds
+    ``model_index.json`` naming ``StableSRPipeline``, the component folders it lists and optionally
+    ``text_encoder/``."""
+    index_path = folder / PIPELINE_INDEX
+    if folder.is_symlink() or not folder.is_dir() or not index_path.is_file():
+        return None
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("_class_name") != StableSRPipeline.__name__:
+        return None
+    components = {name for name, value in index.items() if isinstance(value, list) and not name.startswith("_")}
+    expected = {PIPELINE_INDEX, TEXT_ENCODER_FOLDER} | components
+    return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()
+                  if entry.name not in expected or (entry.name != PIPELINE_INDEX and not entry.is_dir())
+                  or entry.is_symlink())
+
+
+def output_problem(out: Path, sources: list[Path], overwrite: bool) -> str | None:
+    """Why the converter must not write ``out``: it holds a source checkpoint (whatever ``overwrite`` says), or it
+    exists and ``overwrite`` is off, or ``overwrite`` is on but ``out`` is not a converter output (it is replaced
+    only when :func:`converter_output_extras` finds nothing else in it: the converter never deletes what it did not
+    write)."""
+    inside = [source for source in sources if source.resolve().is_relative_to(out.resolve())]
+    if inside:
+        return f"--out {out} holds the source checkpoint {inside[0]}; choose an --out folder outside it"
+    if not out.exists() and not out.is_symlink():
+        return None
+    if not overwrite:
+        return f"{out}: already exists (pass --overwrite to replace it)"
+    extras = converter_output_extras(out)
+    if extras is None:
+        return (f"{out}: --overwrite replaces only a model folder written by this converter (no {PIPELINE_INDEX} of "
+                f"a {StableSRPipeline.__name__} there); choose another --out")
+    if extras:
+        more = " ..." if len(extras) > 5 else ""
+        return (f"{out}: --overwrite replaces only a model folder written by this converter, and this one also holds "
+                f"{', '.join(extras[:5])}{more}; move them or choose another --out")
+    return None
+
+
 def convert_stablesr(
     ckpt: str | os.PathLike,
     out: str | os.PathLike,
@@ -475,11 +526,13 @@ def convert_stablesr(
     ``out``.
 
     Without ``vqgan`` the pipeline has no CFW component (decode with ``w = 0``). ``architecture`` defaults to the
-    variant's preset (``VARIANTS``; tests pass a small one). Written into a temporary sibling folder, renamed last.
+    variant's preset (``VARIANTS``; tests pass a small one). Written into a temporary sibling folder, renamed last;
+    an existing ``out`` is refused before any work (:func:`output_problem`) unless it is an earlier converter output
+    and ``overwrite``, and then swapped out only once the new folder is complete.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    if problem := output_problem(out, [Path(ckpt)] + ([Path(vqgan)] if vqgan is not None else []), overwrite):
+        raise FileExistsError(problem)
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
     architecture = architecture or Architecture.from_preset(VARIANTS[variant])
@@ -517,9 +570,15 @@ def convert_stablesr(
         if text_encoder:
             clip = clip_text_model_from_open_clip(converted.groups["text_tower"], architecture.text_heads)
             clip.save_pretrained(folder / TEXT_ENCODER_FOLDER)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(folder, out)
+        replaced = staging / "replaced"
+        if out.exists():  # a converter output (output_problem): swapped out, deleted with the staging folder
+            os.replace(out, replaced)
+        try:
+            os.replace(folder, out)
+        except BaseException:
+            if replaced.exists():
+                os.replace(replaced, out)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     steps.update()
@@ -543,7 +602,8 @@ def main(argv: list[str] | None = None) -> None:
         help="512 (default) and turbo: SD-2.1-base eps; 768v: SD-2.1-768 v-prediction",
     )
     stablesr.add_argument("--out", required=True, help="output folder (model.pretrained=<out>)")
-    stablesr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    stablesr.add_argument("--overwrite", action="store_true",
+                          help="replace an existing output folder written by this converter (nothing else)")
     stablesr.add_argument("--ema", action="store_true", help="use model_ema.* weights (absent in the released files)")
     stablesr.add_argument(
         "--text-encoder",

@@ -45,12 +45,14 @@ from sr.data.datasets import PairedImageDataset
 from sr.errors import describe, traceback_wanted
 from sr.fingerprint import (
     FINGERPRINT_FILE,
+    WEIGHT_KEYS,
     baseline_components,
     differences,
     fingerprint,
     generation_components,
     read_fingerprint,
     scoring_components,
+    weights_identity,
     write_fingerprint,
 )
 from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic, write_image
@@ -90,18 +92,34 @@ def model_config(cfg: DictConfig) -> DictConfig:
     return resolved
 
 
-def load_model(cfg: DictConfig) -> StableSRPipeline:
-    """The StableSR pipeline of ``cfg`` on ``cfg.device``.
+def load_model(cfg: DictConfig, weights: dict | None = None) -> StableSRPipeline:
+    """The StableSR pipeline of ``cfg`` on ``cfg.device``, built from the weights whose identities (``model.<key>``:
+    ``sr.fingerprint.weights_identity``, content hashes) the run records in ``weights`` (default: as they are now).
 
     The last model built is kept: a sweep run in one process (Hydra's basic launcher) varies only sampling settings,
-    so its jobs share one model instead of loading the weights once per job.
+    so its jobs share one model instead of loading the weights once per job. The cache is keyed on the weights'
+    content as well as the config, so weights replaced on disk during the sweep are loaded again. Weights that change
+    while they are being loaded (their identity after the load differs from ``weights``) are refused: the run would
+    record a hash of weights it did not use.
     """
     config = model_config(cfg)
-    key = json.dumps({"model": OmegaConf.to_container(config), "device": str(cfg.device)}, sort_keys=True)
+    weights = weights if weights is not None else weights_components(config)
+    key = json.dumps({"model": OmegaConf.to_container(config), "device": str(cfg.device), "weights": weights},
+                     sort_keys=True, default=str)
     if key not in _model_cache:
         _model_cache.clear()
-        _model_cache[key] = instantiate(config).to(cfg.device)
+        pipe = instantiate(config).to(cfg.device)
+        now = weights_components(config)
+        if now != weights:
+            changed = "; ".join(differences(weights, now))
+            raise RuntimeError(f"model weights changed on disk while the run loaded them ({changed}); run it again")
+        _model_cache[key] = pipe
     return _model_cache[key]
+
+
+def weights_components(model_cfg: DictConfig) -> dict:
+    """The ``model.<weights key>`` components of ``model_cfg`` (``sr.fingerprint.sampling_components``)."""
+    return {f"model.{key}": weights_identity(model_cfg.get(key)) for key in WEIGHT_KEYS}
 
 
 def run_settings(cfg: DictConfig) -> dict:
@@ -205,14 +223,15 @@ def read_timings(run_dir: Path) -> dict[str, float]:
 
 
 def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, run_dir: Path,
-                  pipe: StableSRPipeline | None) -> int:
+                  pipe: StableSRPipeline | None, weights: dict | None = None) -> int:
     """Upscale every LR image whose ``images/<name>.png`` is missing (all of them with ``overwrite``); returns how
-    many were sampled. Each image gets ``torch.Generator().manual_seed(seed)``, so results do not depend on order."""
+    many were sampled. Each image gets ``torch.Generator().manual_seed(seed)``, so results do not depend on order.
+    ``weights``: the weight identities the run records (:func:`load_model`)."""
     pending = [index for index, name in enumerate(data.names)
                if cfg.overwrite or not (images_dir / f"{name}.png").is_file()]
     if not pending:
         return 0
-    pipe = use_scheduler(pipe if pipe is not None else load_model(cfg), instantiate(cfg.scheduler))
+    pipe = use_scheduler(pipe if pipe is not None else load_model(cfg, weights), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
     settings = sampling_arguments(cfg)
     timings = read_timings(run_dir)
@@ -258,10 +277,10 @@ def baseline_image(name: str, lq: torch.Tensor, cfg: DictConfig, pipe: StableSRP
 
 
 def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImageDataset, run_dir: Path,
-                  pipe: StableSRPipeline | None) -> Path:
+                  pipe: StableSRPipeline | None, weights: dict | None = None) -> Path:
     """Write baseline ``name``'s images to ``<run_dir>/baselines/<name>`` and return that folder. Images recorded
     there for ``components`` are kept (a rerun reuses them, an interrupted one completes them); with another record,
-    none or ``overwrite`` the folder's images are discarded first."""
+    none or ``overwrite`` the folder's images are discarded first. ``weights``: as for :func:`sample_images`."""
     folder = run_dir / BASELINES_DIR / name
     remove_stale_temporaries(folder)
     recorded = read_fingerprint(folder)
@@ -271,7 +290,7 @@ def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImag
     write_fingerprint(folder, components)
     pending = [index for index, image_name in enumerate(data.names) if not (folder / f"{image_name}.png").is_file()]
     if pending and name == "lr_latent" and pipe is None:
-        pipe = load_model(cfg)
+        pipe = load_model(cfg, weights)
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
     for index in tqdm(pending, desc=f"{name} {run_dir.name}", disable=not cfg.progress):
@@ -372,12 +391,13 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
         for folder in (run_dir, images_dir):
             remove_stale_temporaries(folder)
         write_fingerprint(run_dir, generation)
+        weights = {f"model.{key}": generation[f"model.{key}"] for key in WEIGHT_KEYS}  # what the run records
         if not cfg.rescore:
-            sample_images(cfg, data, images_dir, run_dir, pipe)
+            sample_images(cfg, data, images_dir, run_dir, pipe, weights)
         per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
         baseline_records = {}
         for name, components in baselines.items():
-            folder = make_baseline(cfg, name, components, data, run_dir, pipe)
+            folder = make_baseline(cfg, name, components, data, run_dir, pipe, weights)
             baseline_per_image, baseline_aggregate = score_images(suite, data, folder, cfg.progress)
             baseline_records[name] = {"settings": {"method": name, **{key: settings[key] for key in
                                                                         BASELINE_SETTINGS[name]}},

@@ -5,11 +5,17 @@ Pillow decodes everything except 16-bit colour (PNG/TIFF), which Pillow silently
 OpenCV. Writes are atomic (a hidden temporary file in the destination folder, then ``os.replace``) and refuse to
 replace an existing file unless ``overwrite=True``. A temporary file is named
 ``.<name>.partial-<host>_<pid>_<random>.tmp``; one left behind by a killed process is removed by
-:func:`remove_stale_temporaries`, which the commands call on their output folders when they start.
+:func:`remove_stale_temporaries`, which the commands call on their output folders when they start. Only names of
+that exact pattern are ever removed: a user's own ``*.tmp`` file is not this project's and is left alone.
+
+Processes that share an output folder divide its files with claims (:func:`try_claim`): ``.<name>.claim``, created
+with ``O_EXCL`` and holding ``<host> <pid>``; whoever creates it writes ``<name>``, the others leave it to them. A
+claim of a process that is gone (this machine) or older than a day (another machine) is stale and taken over.
 
 EXIF orientation is applied for every format that carries it (JPEG, PNG ``eXIf``, WebP, TIFF), 16-bit included.
 """
 
+import errno
 import io
 import os
 import re
@@ -17,6 +23,8 @@ import socket
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,8 +48,11 @@ TIFF_BITS_PER_SAMPLE_TAG = 258
 EXIF_ORIENTATION_TAG = 0x0112
 TEMPORARY_MARK = ".partial-"
 _TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.partial-(?P<host>[A-Za-z0-9-]*)_(?P<pid>\d+)_[A-Za-z0-9_]+\.tmp$")
-# a temporary file of another machine (shared file system), or of the format without host/pid, is stale after a day
+CLAIM_SUFFIX = ".claim"
+# a temporary file or claim of another machine (shared file system) is stale after a day
 FOREIGN_TEMPORARY_MAX_AGE_S = 24 * 3600
+# a claim file is empty only between its creation and the write of its owner: one empty for longer was abandoned
+STARTING_CLAIM_MAX_AGE_S = 10.0
 
 ImageMode = Literal["rgb", "gray"]
 _GRAY_PIL_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
@@ -277,7 +288,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}{TEMPORARY_MARK}{_host_tag()}_{os.getpid()}_", suffix=".tmp"
+        dir=path.parent, prefix=f".{path.name}{TEMPORARY_MARK}{host_tag()}_{os.getpid()}_", suffix=".tmp"
     )
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -290,7 +301,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
     return path
 
 
-def _host_tag() -> str:
+def host_tag() -> str:
+    """This machine's name as temporary-file names and claims carry it (characters other than ``A-Za-z0-9-`` as
+    ``-``)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 
 
@@ -304,28 +317,100 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _owner_gone(host: str, pid: int, path: Path) -> bool:
+    """Whether the process ``pid`` on ``host`` that wrote ``path`` no longer runs (another host's: ``path`` is older
+    than ``FOREIGN_TEMPORARY_MAX_AGE_S``)."""
+    if host == host_tag():
+        return not _process_alive(pid)
+    return _older_than(path, FOREIGN_TEMPORARY_MAX_AGE_S)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
+def claim_path(path: str | os.PathLike) -> Path:
+    """The claim file of ``path``: ``.<name>.claim`` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}{CLAIM_SUFFIX}"
+
+
+def _claim_owner(claim: Path) -> tuple[str, int] | None:
+    """``(host, pid)`` recorded in a claim file, or None while it is being created (empty) or unreadable."""
+    try:
+        host, pid = claim.read_text().split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def try_claim(path: str | os.PathLike) -> str | None:
+    """Claim ``path`` for this process (module docstring); returns None when this process holds the claim now (or
+    already did), else who holds it (``"pid <pid> on <host>"``). A stale claim is removed and claimed afresh."""
+    claim = claim_path(path)
+    for _attempt in range(3):
+        try:
+            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _claim_owner(claim)
+            if owner == (host_tag(), os.getpid()):
+                return None
+            if owner is None and not _older_than(claim, STARTING_CLAIM_MAX_AGE_S):
+                return "a process that is starting"
+            if owner is not None and not _owner_gone(*owner, claim):
+                return f"pid {owner[1]} on {owner[0]}"
+            claim.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f"{host_tag()} {os.getpid()}\n")
+        return None
+    return "another process"
+
+
+def release_claim(path: str | os.PathLike) -> None:
+    """Remove this process's claim of ``path`` (a claim of another process is left alone)."""
+    claim = claim_path(path)
+    if _claim_owner(claim) == (host_tag(), os.getpid()):
+        claim.unlink(missing_ok=True)
+
+
+@contextmanager
+def holding_claim(path: str | os.PathLike, timeout_s: float = 60.0) -> Iterator[None]:
+    """Hold the claim of ``path`` for the block, waiting up to ``timeout_s`` for another process to release it
+    (a short critical section such as updating a shared record); ``TimeoutError`` names the holder."""
+    deadline = time.monotonic() + timeout_s
+    while (holder := try_claim(path)) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: held by {holder} for more than {timeout_s:.0f} s; "
+                               f"remove {claim_path(path)} if that process is gone")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        release_claim(path)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the hidden temporary files of :func:`write_bytes_atomic` in ``folder`` whose writer is gone.
+    """Delete the hidden temporary files of :func:`write_bytes_atomic` and the claims (:func:`try_claim`) in
+    ``folder`` whose writer is gone.
 
     Stale: written on this machine by a process that no longer runs (killed mid-write), or older than
-    ``FOREIGN_TEMPORARY_MAX_AGE_S`` when written elsewhere or in the earlier ``.<name>.<random>.tmp`` format.
-    A live writer's file is never touched. Returns the deleted paths.
+    ``FOREIGN_TEMPORARY_MAX_AGE_S`` when written on another machine. Only this module's own names are considered
+    (a ``*.tmp`` file of any other name is not ours); a live writer's file is never touched. Returns the deleted
+    paths.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
-    now = time.time()
-    for entry in folder.glob(".*.tmp"):
+    for entry in sorted(folder.glob(".*")):
         match = _TEMPORARY_NAME.match(entry.name)
-        if match and match["host"] == _host_tag():
-            stale = not _process_alive(int(match["pid"]))
-        else:
-            try:
-                stale = now - entry.stat().st_mtime > FOREIGN_TEMPORARY_MAX_AGE_S
-            except FileNotFoundError:
-                continue
-        if stale and entry.is_file():
+        owner = (match["host"], int(match["pid"])) if match else (
+            _claim_owner(entry) if entry.name.endswith(CLAIM_SUFFIX) else None)
+        if owner is not None and _owner_gone(*owner, entry) and entry.is_file() and not entry.is_symlink():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -333,29 +418,50 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 @dataclass(frozen=True)
 class FolderListing:
-    """The files of an input: ``images`` (by suffix) and ``others`` (files that are not, e.g. ``.txt``, ``.gif``)."""
+    """The entries of an input: ``images`` (files, by suffix), ``others`` (files that are not, e.g. ``.txt``,
+    ``.gif``, and folders named like an image, e.g. ``x.png/``) and ``broken`` (``{link: problem}`` for symbolic
+    links that lead nowhere: dangling, or a loop)."""
 
     images: list[Path]
     others: list[Path]
+    broken: dict[Path, str]
+
+
+def broken_link_problem(path: Path) -> str | None:
+    """Why the symbolic link ``path`` cannot be read (``"symbolic link loop"`` / ``"dangling symbolic link to
+    <target>"``), or None when ``path`` is not a link or leads to something."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"dangling symbolic link to {os.readlink(path)} (no such file)"
+    except OSError as error:  # ELOOP
+        return "symbolic link loop" if error.errno == errno.ELOOP else f"unreadable symbolic link ({error.strerror})"
+    return None
 
 
 def scan_images(path_or_folder: str | os.PathLike, recursive: bool = False) -> FolderListing:
-    """:func:`list_images` plus the visible files it leaves out, so a command can count and name them."""
+    """:func:`list_images` plus the visible entries it leaves out, so a command can count and name them."""
     path = Path(path_or_folder)
+    if problem := broken_link_problem(path):
+        raise ImageReadError(path, problem)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise ImageReadError(path, f"not an image file name; expected one of {', '.join(IMAGE_SUFFIXES)}")
-        return FolderListing([path], [])
+        return FolderListing([path], [], {})
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    entries = path.rglob("*") if recursive else path.iterdir()
-    files = sorted(
-        entry for entry in entries
-        if entry.is_file() and not any(part.startswith(".") for part in entry.relative_to(path).parts)
+    entries = sorted(
+        entry for entry in (path.rglob("*") if recursive else path.iterdir())
+        if not any(part.startswith(".") for part in entry.relative_to(path).parts)
     )
+    files = [entry for entry in entries if entry.is_file()]
+    image_named_folders = [entry for entry in entries if entry.is_dir() and entry.suffix.lower() in IMAGE_SUFFIXES]
     return FolderListing(
         images=[entry for entry in files if entry.suffix.lower() in IMAGE_SUFFIXES],
-        others=[entry for entry in files if entry.suffix.lower() not in IMAGE_SUFFIXES],
+        others=sorted([entry for entry in files if entry.suffix.lower() not in IMAGE_SUFFIXES] + image_named_folders),
+        broken={entry: problem for entry in entries if (problem := broken_link_problem(entry))},
     )
 
 

@@ -25,12 +25,13 @@ upscales to 256^2 / 512^2 / 1024^2 took 63-97 / 242 / 810 MB with the default un
 991 MB) and 97 / 472 / 828 MB with 256 px VAE tiles in estimate mode (estimates 133 / 380 / 1066 MB: the 512^2
 tiled case is the one the formula underestimates, by 20%). ``tests/test_faults.py`` measures the default 512^2 case
 again and checks ``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.upscale_folder`` skips an
-image whose estimate exceeds :func:`available_memory` or ``max_memory``.
+image whose estimate exceeds :func:`available_memory` or ``max_memory``, naming the settings that lower the estimate
+(:func:`memory_levers`).
 """
 
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -99,6 +100,25 @@ def estimate_upscale_peak(pipe, settings, height: int, width: int) -> MemoryEsti
         tile_size=settings.tile_size, tile_batch_size=settings.tile_batch_size, dtype=pipe.vae.dtype,
         on_host=next(pipe.vae.parameters()).device.type == "cpu",
     )
+
+
+def memory_levers(pipe, settings, height: int, width: int) -> list[tuple[str, MemoryEstimate]]:
+    """The setting changes that lower :func:`estimate_upscale_peak` for this upscale, lowest estimate first, each as
+    ``(override, estimate with it)``. Candidates, each kept only when the formula says it helps:
+    ``vae_tile.mode=estimate`` (on the CPU the exact mode holds whole activation maps), half the ``vae_tile.size``
+    (the VAE term where tiles are in use), ``tile.batch_size=1`` (the UNet term) and half the ``scale`` (every
+    per-pixel term)."""
+    current = estimate_upscale_peak(pipe, settings, height, width).total
+    candidates = {"vae_tile.mode=estimate": replace(settings, vae_tile_mode="estimate"),
+                  "tile.batch_size=1": replace(settings, tile_batch_size=1),
+                  f"scale={settings.scale / 2:g}": replace(settings, scale=settings.scale / 2)}
+    half_tile = settings.vae_tile_size // 2
+    if half_tile >= PIXEL_PAD_MULTIPLE and half_tile % PIXEL_PAD_MULTIPLE == 0:
+        candidates[f"vae_tile.size={half_tile}"] = replace(settings, vae_tile_size=half_tile)
+    levers = [(override, estimate_upscale_peak(pipe, changed, height, width)) for override, changed in
+              candidates.items()]
+    return sorted(((override, estimate) for override, estimate in levers if estimate.total < current),
+                  key=lambda lever: lever[1].total)
 
 
 def _cgroup_headroom() -> int | None:

@@ -6,23 +6,34 @@ Guarantees of :func:`run`:
   weights by content, sampling settings, seed); an existing output is kept and reused when it was made with the
   same settings, and reported (exit status 1) when it was made with others, naming what differs
   (``overwrite=true`` replaces it).
-- **Inputs are never destroyed.** An output name that is also an input of the run (``output=`` the input folder with
-  ``format=input``, or with ``.png`` inputs, or a second run over a folder the first one wrote into) refuses the whole
-  run before anything is written; ``overwrite=true`` only ever replaces earlier *outputs*.
-- **Every file is accounted for.** The summary counts written, skipped (output exists), failed and non-image files
-  (named); each skipped or failed file gets one line naming it and the reason; the exit status is 1 if any image
-  failed. A failure of one image (unreadable file, out of memory, ...) never stops the folder.
+- **Nothing the command did not write is replaced.** An output name that is also an input of the run (``output=`` the
+  input folder with ``format=input``, or with ``.png`` inputs, or a second run over a folder the first one wrote
+  into) refuses the whole run before anything is written. ``overwrite=true`` only ever replaces files that an
+  earlier run of this command wrote (listed in the folder's ``upscale_config*.yaml``): a same-named file of anyone
+  else (``output=`` a folder of ground-truth images) refuses the whole run, naming it. An empty ``input=`` or
+  ``output=`` is refused (it would mean the current directory).
+- **Every entry is accounted for.** The summary counts written, skipped (output exists), failed, kept (other
+  settings), left to another run and non-image entries (named: other files, folders named like images); each
+  skipped or failed item gets one line naming it and the reason, a dangling symbolic link or a link loop among them
+  (a failed item); the exit status is 1 if any image failed. A failure of one image (unreadable file, out of memory,
+  ...) never stops the folder.
+- **Runs can share a folder.** Each output is claimed before it is computed (``sr.io.try_claim``: an ``O_EXCL`` file
+  naming host and pid); two runs into one folder at once divide the images, each computed once; an image another
+  live run claimed or wrote meanwhile is reported as left to it (not a failure).
 - **Memory guard.** Before an image is read in full, its peak memory is estimated from its output size
   (:mod:`sr.memory`); an image whose estimate exceeds the available memory or ``max_memory`` is skipped with one
-  line that says how much it needs.
+  line that says how much it needs and which settings lower the estimate, by how much (``sr.memory.memory_levers``).
 - **Provenance.** ``<output>/upscale_config.yaml`` is the resolved config and git revision of the run that wrote the
   most recent outputs, with the names it wrote; a run that writes nothing leaves the folder's config alone. The
-  config of an earlier run that wrote outputs is kept as ``upscale_config-<n>.yaml``.
-- **Clean folders.** Temporary files left by a killed write are removed when the next run starts.
+  config of an earlier (or concurrent) run that wrote outputs is kept as ``upscale_config-<n>.yaml``, one per run.
+- **Clean folders.** Temporary files and claims left by a killed run (its process gone) are removed when the next
+  run starts; no other file is touched.
 """
 
 import sys
 import traceback
+import uuid
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -34,9 +45,9 @@ from tqdm.auto import tqdm
 
 from sr.errors import ConfigError, describe, traceback_wanted
 from sr.fingerprint import differences, sampling_components
-from sr.io import ImageReadError, image_size, read_image, remove_stale_temporaries, scan_images, write_bytes_atomic, \
-    write_image
-from sr.memory import available_memory, estimate_upscale_peak, format_bytes
+from sr.io import ImageReadError, holding_claim, image_size, read_image, release_claim, remove_stale_temporaries, \
+    scan_images, try_claim, write_bytes_atomic, write_image
+from sr.memory import available_memory, estimate_upscale_peak, format_bytes, memory_levers
 from sr.pipelines import SamplingSettings, StableSRPipeline, sampling_arguments, use_scheduler
 from sr.utils.provenance import git_revision
 from sr.validation import parse_memory, validate_upscale
@@ -67,39 +78,67 @@ def plan_outputs(sources: list[Path], output_folder: Path, output_format: str) -
     return plan
 
 
-def recorded_outputs(output_folder: Path) -> dict[str, dict]:
-    """``{output name: settings components}`` from the folder's run configs (the newest run that wrote a name wins;
-    configs written before components were recorded are skipped)."""
+def _run_configs(output_folder: Path) -> list[Path]:
+    """The folder's run configs, oldest first: ``upscale_config-<n>.yaml`` by ``n``, then ``upscale_config.yaml``."""
     numbered = sorted(output_folder.glob(f"{RUN_CONFIG_NAME}-*.yaml"),
                       key=lambda path: int(path.stem.rsplit("-", 1)[1]) if path.stem.rsplit("-", 1)[1].isdigit() else 0)
-    producers: dict[str, dict] = {}
-    for path in [*numbered, output_folder / f"{RUN_CONFIG_NAME}.yaml"]:
-        if not path.is_file():
-            continue
+    return [path for path in [*numbered, output_folder / f"{RUN_CONFIG_NAME}.yaml"] if path.is_file()]
+
+
+def recorded_outputs(output_folder: Path) -> dict[str, dict | None]:
+    """``{output name: settings components}`` of every output the folder's run configs list (the newest run that
+    wrote a name wins; ``None`` for configs written before components were recorded). Its keys are the files this
+    command wrote there: the only ones ``overwrite=true`` may replace."""
+    producers: dict[str, dict | None] = {}
+    for path in _run_configs(output_folder):
         record = OmegaConf.to_container(OmegaConf.load(path))
-        if isinstance(record.get("components"), dict):
-            producers.update({name: record["components"] for name in record.get("outputs") or []})
+        components = record.get("components") if isinstance(record.get("components"), dict) else None
+        producers.update({name: components for name in record.get("outputs") or []})
     return producers
 
 
-def save_run_config(cfg: DictConfig, output_folder: Path, written: list[str], components: dict) -> Path:
-    """Write this run's resolved config, git revision and written outputs to ``upscale_config.yaml`` (atomically).
+def foreign_files_refusal(plan: dict[Path, Path], written_here: set[str], output_folder: Path) -> str | None:
+    """Why ``overwrite=true`` must not run: destinations that exist but are no earlier output of this command."""
+    foreign = [destination.name for destination in plan.values()
+               if (destination.exists() or destination.is_symlink()) and destination.name not in written_here]
+    if not foreign:
+        return None
+    more = " ..." if len(foreign) > 3 else ""
+    return (f"output={output_folder}: overwrite=true would replace {len(foreign)} file(s) this command did not write "
+            f"({', '.join(foreign[:3])}{more}; not listed in {RUN_CONFIG_NAME}*.yaml); choose another output folder")
 
-    The file is named after the run that produced the folder's latest outputs: an earlier run's file (one that
-    lists other outputs) is first moved to the next free ``upscale_config-<n>.yaml``.
+
+def save_run_config(cfg: DictConfig, output_folder: Path, written: list[str], components: dict, run_id: str) -> Path:
+    """Write this run's resolved config, git revision, run id and written outputs to ``upscale_config.yaml``
+    (atomically, holding the file's claim: runs writing into one folder at once take turns).
+
+    The file is named after the run that produced the folder's latest outputs: another run's file (one that lists
+    outputs this run did not write) is first moved to that run's ``upscale_config-<n>.yaml`` (the next free ``n``
+    the first time), so each run keeps one record.
     """
     path = output_folder / f"{RUN_CONFIG_NAME}.yaml"
     record = OmegaConf.to_container(cfg, resolve=True)
     record["git_revision"] = git_revision()
+    record["run_id"] = run_id
     record["components"] = components
     record["outputs"] = list(written)
-    previous = OmegaConf.load(path).get("outputs") if path.exists() else []
-    if previous is None or not set(previous) <= set(written):
-        number = 1
-        while (kept := output_folder / f"{RUN_CONFIG_NAME}-{number}.yaml").exists():
-            number += 1
-        path.replace(kept)
-    return write_bytes_atomic(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode(), overwrite=True)
+    with holding_claim(path):
+        kept = {}  # run id -> its numbered config (configs written before run ids were recorded have none)
+        for numbered in _run_configs(output_folder):
+            if numbered != path and (numbered_run := OmegaConf.load(numbered).get("run_id")) is not None:
+                kept[numbered_run] = numbered
+        if path.exists():
+            current = OmegaConf.load(path)
+            previous = current.get("outputs")
+            if current.get("run_id") != run_id and (previous is None or not set(previous) <= set(written)):
+                number = 1
+                while (free := output_folder / f"{RUN_CONFIG_NAME}-{number}.yaml").exists():
+                    number += 1
+                path.replace(kept.get(current.get("run_id"), free))
+        written_path = write_bytes_atomic(path, OmegaConf.to_yaml(OmegaConf.create(record)).encode(), overwrite=True)
+        if run_id in kept:
+            kept[run_id].unlink()
+    return written_path
 
 
 def upscale_file(upscale, source: Path, destination: Path, seed: int, max_pixels: int, overwrite: bool) -> Path:
@@ -129,9 +168,61 @@ def memory_problem(pipe: StableSRPipeline, settings, source: Path, limit: int | 
     if estimate.total <= budget:
         return None
     which = "max_memory" if limit is not None and limit <= available else f"available on {device}"
+    levers = ", ".join(f"{override} (about {format_bytes(lowered.total)})"
+                       for override, lowered in memory_levers(pipe, settings, height, width))
     return (f"{source}: needs about {format_bytes(estimate.total)} to upscale {width}x{height} to "
             f"{estimate.output_width}x{estimate.output_height}, more than the {format_bytes(budget)} {which}; "
-            "skipped (lower scale or vae_tile.size)")
+            f"skipped ({'lower it with ' + levers if levers else 'no sampling setting lowers the estimate'})")
+
+
+def kept_output(source: Path, destination: Path, overwrite: bool, existing_at_start: set[Path],
+                producers: dict[str, dict | None], components: dict) -> str | None:
+    """Why the claimed ``destination`` is not written, as its summary category (``elsewhere``: another run wrote it
+    since this one started; ``other_settings``: an earlier output of other settings; ``skipped``: it exists), with
+    its one line printed; None when it is to be written."""
+    if not destination.exists():
+        return None
+    if destination not in existing_at_start:
+        print(f"{source}: {destination.name} was written by another run meanwhile; left to it", file=sys.stderr)
+        return "elsewhere"
+    if overwrite:
+        return None
+    recorded = producers.get(destination.name)
+    if recorded is not None and recorded != components:
+        changes = "; ".join(differences(recorded, components))
+        print(f"{source}: {destination} was made with other settings ({changes}); overwrite=true to replace it; "
+              "skipped", file=sys.stderr)
+        return "other_settings"
+    print(f"{source}: {destination} exists (overwrite=true to replace it); skipped", file=sys.stderr)
+    return "skipped"
+
+
+def upscale_or_report(upscale, pipe: StableSRPipeline, settings, source: Path, destination: Path, cfg: DictConfig,
+                      limit: int | None) -> bool:
+    """Upscale ``source`` into ``destination`` (:func:`upscale_file`); whether it was written. A failure (memory
+    guard, unreadable image, out of memory, any other error) is one line naming the file, never an exception."""
+    try:
+        if problem := memory_problem(pipe, settings, source, limit, cfg.max_pixels, cfg.device):
+            print(problem, file=sys.stderr)
+            return False
+        upscale_file(upscale, source, destination, cfg.seed, cfg.max_pixels, cfg.overwrite)
+    except ImageReadError as error:
+        print(str(error), file=sys.stderr)
+        return False
+    except Exception as error:  # noqa: BLE001 - out of memory or any other failure of one image: report, go on
+        if traceback_wanted(cfg.get("debug", False)):
+            traceback.print_exc()
+        print(f"{source}: {describe(error)}", file=sys.stderr)
+        return False
+    return True
+
+
+def check_named_paths(cfg: DictConfig) -> None:
+    """``ConfigError`` for an empty ``input=`` or ``output=``: an empty path would mean the current directory."""
+    for key, what in (("input", "an image or a folder"), ("output", "the output folder (output=. for this folder)")):
+        value = cfg.get(key)
+        if value is None or not str(value).strip():
+            raise ConfigError(f"{key}={'' if value is None else value}: empty; name {what}")
 
 
 def bind_upscale(cfg: DictConfig, pipe: StableSRPipeline) -> tuple[StableSRPipeline, SamplingSettings, partial]:
@@ -149,60 +240,60 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     ``pipe``: an already built ``StableSRPipeline`` (tests, notebooks); otherwise ``instantiate(cfg.model)``. Raises
     ``ConfigError`` (one line) for settings that cannot work, before anything is built or written.
     """
+    check_named_paths(cfg)
     validate_upscale(cfg)
     listing = scan_images(cfg.input)
     output_folder = Path(cfg.output)
     plan = plan_outputs(listing.images, output_folder, cfg.format)
     limit = parse_memory(cfg.get("max_memory"))
+    if output_folder.is_dir():
+        with holding_claim(output_folder / f"{RUN_CONFIG_NAME}.yaml"):
+            producers = recorded_outputs(output_folder)
+    else:
+        producers = {}
+    if cfg.overwrite and (refusal := foreign_files_refusal(plan, set(producers), output_folder)):
+        raise ConfigError(refusal)
+    # an output that appears later was written by another run into this folder (claims keep this one off it)
+    existing_at_start = {destination for destination in plan.values() if destination.exists()}
     output_folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(output_folder):
-        print(f"upscale: removed {stale.name}, left by an interrupted write", file=sys.stderr)
+        print(f"upscale: removed {stale.name}, left by an interrupted run", file=sys.stderr)
     pipe, resolved, upscale = bind_upscale(cfg, instantiate(cfg.model) if pipe is None else pipe)
     components = sampling_components(cfg, cfg.model, resolved.tile_size, resolved.tile_overlap)
-    producers = recorded_outputs(output_folder)
+    run_id = uuid.uuid4().hex
 
     written: list[str] = []
-    skipped, other_settings, failed = 0, 0, 0
+    counts = Counter()  # summary categories other than "written"
+    for link, problem in listing.broken.items():
+        print(f"{link}: {problem}; skipped", file=sys.stderr)
+        counts["failed"] += 1
     claimed: dict[Path, Path] = {}
     for source, destination in tqdm(plan.items(), desc="images", disable=not cfg.progress):
         if destination in claimed:
             print(f"{source}: output name {destination.name} already taken by {claimed[destination].name}; skipped",
                   file=sys.stderr)
-            failed += 1
+            counts["failed"] += 1
             continue
         claimed[destination] = source
-        if destination.exists() and not cfg.overwrite:
-            recorded = producers.get(destination.name)
-            if recorded is not None and recorded != components:
-                changes = "; ".join(differences(recorded, components))
-                print(f"{source}: {destination} was made with other settings ({changes}); overwrite=true to "
-                      "replace it; skipped", file=sys.stderr)
-                other_settings += 1
-            else:
-                print(f"{source}: {destination} exists (overwrite=true to replace it); skipped", file=sys.stderr)
-                skipped += 1
+        if holder := try_claim(destination):
+            print(f"{source}: {destination.name} is being written by another run ({holder}); left to it",
+                  file=sys.stderr)
+            counts["elsewhere"] += 1
             continue
         try:
-            if problem := memory_problem(pipe, resolved, source, limit, cfg.max_pixels, cfg.device):
-                print(problem, file=sys.stderr)
-                failed += 1
-                continue
-            upscale_file(upscale, source, destination, cfg.seed, cfg.max_pixels, cfg.overwrite)
-        except ImageReadError as error:
-            print(str(error), file=sys.stderr)
-            failed += 1
-            continue
-        except Exception as error:  # noqa: BLE001 - out of memory or any other failure of one image: report, go on
-            if traceback_wanted(cfg.get("debug", False)):
-                traceback.print_exc()
-            print(f"{source}: {describe(error)}", file=sys.stderr)
-            failed += 1
-            continue
-        written.append(destination.name)
-        save_run_config(cfg, output_folder, written, components)
-    others = listing.others
-    named = f" ({', '.join(path.name for path in others[:5])}{' ...' if len(others) > 5 else ''})" if others else ""
-    print(f"upscale: {len(written)} written, {skipped} skipped (output exists), {failed} failed, "
-          f"{other_settings} kept (made with other settings), of {len(listing.images)} images in {cfg.input} -> "
-          f"{output_folder}; {len(others)} other files not read{named}")
-    return 1 if failed or other_settings else 0
+            if reason := kept_output(source, destination, cfg.overwrite, existing_at_start, producers, components):
+                counts[reason] += 1
+            elif upscale_or_report(upscale, pipe, resolved, source, destination, cfg, limit):
+                written.append(destination.name)
+                save_run_config(cfg, output_folder, written, components, run_id)
+            else:
+                counts["failed"] += 1
+        finally:
+            release_claim(destination)
+    others = [path.name + ("/" if path.is_dir() else "") for path in listing.others]
+    named = f" ({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})" if others else ""
+    print(f"upscale: {len(written)} written, {counts['skipped']} skipped (output exists), {counts['failed']} failed, "
+          f"{counts['other_settings']} kept (made with other settings), of "
+          f"{len(listing.images) + len(listing.broken)} images in {cfg.input} -> {output_folder}; "
+          f"{counts['elsewhere']} left to another run writing there; {len(others)} other entries not read{named}")
+    return 1 if counts["failed"] or counts["other_settings"] else 0

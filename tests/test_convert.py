@@ -29,6 +29,7 @@ from sr.convert import (
     convert_stablesr,
     convert_stablesr_state_dict,
     convert_vqgan_state_dict,
+    converter_output_extras,
     empty_prompt_token_ids,
     main,
     open_clip_text_context,
@@ -614,18 +615,12 @@ def test_tiny_release_converts_and_loads_with_identical_weights(tiny_release, tm
 
 def test_tiny_release_without_vqgan_overwrite_and_text_encoder(tiny_release, tmp_path):
     out = tmp_path / "model"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
-    convert_stablesr(
-        tiny_release.folder / "stablesr_000117.ckpt",
-        out,
-        "512",
-        overwrite=True,
-        text_encoder=True,
-        architecture=tiny_release.architecture,
-    )
+    ckpt, vqgan = tiny_release.folder / "stablesr_000117.ckpt", tiny_release.folder / "vqgan_cfw_00011.ckpt"
+    convert_stablesr(ckpt, out, "512", vqgan, architecture=tiny_release.architecture)  # an earlier output
+    assert (out / "cfw").is_dir()
+    convert_stablesr(ckpt, out, "512", overwrite=True, text_encoder=True, architecture=tiny_release.architecture)
 
-    assert not (out / "stale.txt").exists() and not (out / "cfw").exists()
+    assert not (out / "cfw").exists() and [path.name for path in tmp_path.iterdir()] == ["model"]  # swapped, no rest
     assert (out / "text_encoder" / "config.json").is_file()
     loaded = StableSRPipeline.from_pretrained(out)
     assert_same_tensors(loaded.unet.state_dict(), tiny_release.model.unet.state_dict())
@@ -664,6 +659,43 @@ def test_tiny_release_with_a_missing_tensor_fails_loudly(tiny_release, tmp_path,
     ):
         convert_stablesr(ckpt, tmp_path / "out", architecture=tiny_release.architecture)
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_never_deletes_what_the_converter_did_not_write(tiny_release, tmp_path, capsys, monkeypatch):
+    """Issue 22: ``--out <folder with the checkpoints> --overwrite`` deleted the source checkpoints."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    sources = tmp_path / "downloads"
+    sources.mkdir()
+    for name in ("stablesr_000117.ckpt", "vqgan_cfw_00011.ckpt"):
+        (sources / name).write_bytes((tiny_release.folder / name).read_bytes())
+    (sources / "notes.txt").write_text("mine")
+    before = {path.name: path.read_bytes() for path in sources.iterdir()}
+
+    def convert(out: Path) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            main(["stablesr", "--ckpt", str(sources / "stablesr_000117.ckpt"), "--vqgan",
+                  str(sources / "vqgan_cfw_00011.ckpt"), "--out", str(out), "--overwrite"])
+        assert exit_.value.code == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1, errors
+        return errors[0]
+
+    assert f"--out {sources} holds the source checkpoint {sources / 'stablesr_000117.ckpt'}" in convert(sources)
+    photos = tmp_path / "photos"  # a folder the converter did not write
+    photos.mkdir()
+    (photos / "holiday.png").write_bytes(b"a photo")
+    assert f"{photos}: --overwrite replaces only a model folder written by this converter (no model_index.json" \
+        in convert(photos)
+    assert {path.name: path.read_bytes() for path in sources.iterdir()} == before
+    assert (photos / "holiday.png").read_bytes() == b"a photo"
+
+    # a converter output that also holds a file of the user's: refused, naming it; nothing deleted
+    out = tmp_path / "model"
+    convert_stablesr(sources / "stablesr_000117.ckpt", out, architecture=tiny_release.architecture)
+    assert converter_output_extras(out) == []
+    (out / "my_notes.txt").write_text("keep")
+    assert "also holds my_notes.txt; move them" in convert(out)
+    assert (out / "my_notes.txt").read_text() == "keep" and (out / "model_index.json").is_file()
 
 
 def test_cli_refuses_existing_output(tiny_release, tmp_path):

@@ -430,7 +430,7 @@ def test_non_image_files_are_counted_and_named_in_the_summary(tiny_model, tmp_pa
     Image.new("P", (4, 4)).save(folder / "anim.gif")
     assert upscale_run(upscale_config(f"input={folder}", f"output={tmp_path / 'out'}"), tiny_model) == 0
     assert "1 written, 0 skipped (output exists), 0 failed, 0 kept (made with other settings), of 1 images" in (out := capsys.readouterr().out)
-    assert "2 other files not read (anim.gif, notes.txt)" in out
+    assert "2 other entries not read (anim.gif, notes.txt)" in out
 
 
 # -------------------------------------------------------------------- row 12: EXIF orientation, all formats
@@ -483,7 +483,7 @@ def test_temporary_file_of_a_killed_write_is_removed_by_the_next_run(tiny_model,
 
         write_png(tmp_path / "in" / "c.png")
         assert upscale_run(upscale_config(f"input={tmp_path / 'in'}", f"output={out}"), tiny_model) == 0
-        assert f"removed {killed_temporary.name}, left by an interrupted write" in capsys.readouterr().err
+        assert f"removed {killed_temporary.name}, left by an interrupted run" in capsys.readouterr().err
         assert not killed_temporary.exists() and alive_temporary.exists()  # a live writer's file is kept
     finally:
         for process in (killed, alive):

@@ -162,13 +162,20 @@ def test_folder_run_reports_bad_files_skips_existing_and_is_reproducible(tiny_mo
     assert saved.seed == 3 and saved.tile.size == 16 and saved.scheduler._target_ == "diffusers.DDPMScheduler"
     assert "git_revision" in saved
 
-    # Same seed and settings into a second folder: identical bytes. overwrite=true replaces the stale output.
+    # Same seed and settings into a second folder: identical bytes.
     again = tmp_path / "again"
     assert run(upscale_config(f"input={files['good']}", f"output={again}", "seed=3"), tiny_model) == 0
     assert (again / "good.png").read_bytes() == (output / "good.png").read_bytes()
-    assert run(upscale_config(f"input={files['done']}", f"output={output}", "overwrite=true"), tiny_model) == 0
-    assert np.asarray(Image.open(existing)).shape == (32, 32, 3)
-    assert (output / "upscale_config.yaml").exists()
+    # overwrite=true replaces the command's own earlier output, never a file it did not write (done.png)
+    with pytest.raises(ConfigError, match=r"overwrite=true would replace 1 file\(s\) this command did not write "
+                                          r"\(done.png; not listed in upscale_config\*.yaml\)"):
+        run(upscale_config(f"input={files['done']}", f"output={output}", "overwrite=true"), tiny_model)
+    assert existing.read_bytes() == b"previous result"
+    first = (output / "good.png").read_bytes()
+    assert run(upscale_config(f"input={files['good']}", f"output={output}", "overwrite=true", "seed=4"),
+               tiny_model) == 0
+    assert (output / "good.png").read_bytes() != first
+    assert OmegaConf.load(output / "upscale_config.yaml").seed == 4
 
 
 def test_missing_input_and_output_naming(tiny_model, tmp_path, capsys):

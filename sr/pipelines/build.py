@@ -11,6 +11,10 @@ Three sources, one result:
   from the global torch RNG inside ``torch.random.fork_rng`` seeded with ``seed``, so it is reproducible and leaves
   the caller's RNG state untouched.
 
+A ``pretrained`` that names a path (:func:`looks_like_a_path`) and does not exist, or a local folder that is neither
+a pipeline folder (``model_index.json``) nor a Stable Diffusion folder (``SD_FOLDER_PARTS``), is refused with one line
+naming it, before any library is asked to load it.
+
 Then ``stage1_weights`` / ``cfw_weights`` (files written by ``StableSR.save_trainable``) replace the encoder + SFT /
 CFW weights, and the preset's ``latent_tile`` and ``sampling`` block become the pipeline's defaults.
 """
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from safetensors import safe_open
 
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
@@ -29,6 +34,8 @@ from sr.pipelines.stablesr import SamplingSettings, StableSRPipeline
 from sr.sampling.aggregation import fresh_scheduler
 
 PIPELINE_INDEX = "model_index.json"
+# the subfolders a plain Stable Diffusion folder (no model_index.json) is read from
+SD_FOLDER_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 # preset `sampling` keys that differ from the pipeline's argument names
 PRESET_SAMPLING_NAMES = {"steps": "num_inference_steps"}
 
@@ -136,15 +143,25 @@ def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
     local = Path(source)
     kwargs = {"torch_dtype": dtype} if dtype else {}
     if (local / PIPELINE_INDEX).is_file():
-        pipe = StableSRPipeline.from_pretrained(local, **kwargs)
+        try:
+            pipe = StableSRPipeline.from_pretrained(local, **kwargs)
+        except Exception as error:  # diffusers names no file for a damaged one: find it, else the error stands
+            if damaged := unreadable_weights(local):
+                raise ValueError(damaged) from error
+            raise
         if pipe.cfw is None and cfw is not None:  # a converted stage-1 folder without CFW: stage 2 starts here
             pipe.register_modules(cfw=CFW(**cfw).to(device=pipe.device, dtype=pipe.vae.dtype).eval())
         return pipe
-    if local.exists() and not (local / "unet").is_dir():
-        raise FileNotFoundError(f"{local}: not a model folder (no {PIPELINE_INDEX}, no unet/ subfolder)")
+    if local.exists():
+        missing = [name for name in SD_FOLDER_PARTS if not (local / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{local}: not a diffusers pipeline folder (no {PIPELINE_INDEX}), nor a Stable "
+                                    f"Diffusion folder (no {', '.join(name + '/' for name in missing)})")
+    elif looks_like_a_path(source):
+        raise FileNotFoundError(f"no model folder at {source}")
     try:
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: huggingface_hub's HFValidationError of a malformed id
         raise FileNotFoundError(
             f"{source}: not a local model folder, and not loadable as a hub id ({str(error).splitlines()[0]})"
         ) from error
@@ -157,6 +174,24 @@ def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
     if dtype:
         pipe.to(dtype=dtype)
     return _in_eval_mode(pipe)
+
+
+def unreadable_weights(folder: Path) -> str | None:
+    """``"<file>: not a readable safetensors file ..."`` for the first ``*.safetensors`` file below ``folder`` whose
+    header cannot be read (truncated or corrupt), or None when all can."""
+    for path in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception as error:  # noqa: BLE001 - safetensors raises several types for a damaged header
+            return f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
+    return None
+
+
+def looks_like_a_path(source: str) -> bool:
+    """Whether ``pretrained`` names a local path rather than a hub id (``org/name``): absolute, relative to ``.``,
+    ``..`` or ``~``, or with more than one ``/``."""
+    return Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1
 
 
 def _in_eval_mode(pipe: StableSRPipeline) -> StableSRPipeline:
@@ -174,8 +209,9 @@ def _load_text_encoder(source: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a tokenizer/ whose files cannot build a tokenizer
         raise FileNotFoundError(
-            f"{source}: no prompt embedding and no text_encoder/ + tokenizer/ to compute the empty-prompt embedding"
+            f"{source}: no prompt embedding and no loadable text_encoder/ + tokenizer/ to compute the empty-prompt "
+            f"embedding ({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
         ) from error
     return text_encoder.eval(), tokenizer

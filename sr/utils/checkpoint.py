@@ -74,11 +74,14 @@ def check_checkpoint_file(path: str | os.PathLike) -> Path:
 
 
 def _load_pickled_checkpoint(path: Path):
-    """``torch.load(weights_only=True)`` with the released checkpoints' one extra global allowed for this call."""
+    """``torch.load(weights_only=True)`` with the released checkpoints' one extra global allowed for this call;
+    memory-mapped when the file is a zip archive (torch cannot map the legacy non-zip format, which is read whole)."""
     check_checkpoint_file(path)
+    with open(path, "rb") as handle:
+        zip_archive = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
     try:
         with torch.serialization.safe_globals(RELEASED_CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_archive)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: {_refusal(path, error)}") from None
     except (RuntimeError, OSError, EOFError, ValueError) as error:
@@ -93,7 +96,8 @@ def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
     except (RuntimeError, OSError, ValueError):
         unsafe = []
     if unsafe:
-        return f"the pickle needs globals that are not on the allow-list ({', '.join(sorted(unsafe))}); refusing to load it"
+        globals_named = ", ".join(f"pickle global {name}" for name in sorted(unsafe))
+        return f"refused: the checkpoint holds code ({globals_named}), not only tensors"
     return f"cannot unpickle checkpoint (truncated or corrupt?): {str(error).splitlines()[0]}"
 
 
@@ -114,9 +118,10 @@ def _tensor_state_dict(path: Path, loaded) -> dict[str, torch.Tensor]:
 def load_checkpoint_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load the tensors of a checkpoint's ``state_dict`` without executing code from the file.
 
-    ``.safetensors`` is read directly; ``.ckpt/.pt/.pth/.bin`` as described in the module docstring (tensors are
-    memory-mapped, so a 6 GB file does not need 6 GB of RAM up front). A Lightning checkpoint yields its
-    ``"state_dict"`` entry; a file holding a bare ``{name: tensor}`` dict yields that dict.
+    ``.safetensors`` is read directly; ``.ckpt/.pt/.pth/.bin`` as described in the module docstring (tensors of the
+    zip format are memory-mapped, so a 6 GB file does not need 6 GB of RAM up front; the legacy format is read
+    whole). A Lightning checkpoint yields its ``"state_dict"`` entry; a file holding a bare ``{name: tensor}`` dict
+    yields that dict.
     """
     path = check_checkpoint_file(path)
     if path.suffix == ".safetensors":
