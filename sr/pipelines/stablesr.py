@@ -503,7 +503,8 @@ def _onload(*modules) -> None:
 def _as_batch(image: ImageInput) -> torch.Tensor:
     """``image`` (``__call__``'s ``image``) as a float ``[B, C, h, w]`` tensor in [0, 1] with C = 1 or 3. Paths and
     PIL images go through ``sr.io`` as ``upscale.py`` reads files; ``VaeImageProcessor.preprocess`` does not fit
-    here: it maps to [-1, 1], resizes to multiples of 8, makes grey RGB and reads 16-bit PIL images as 8-bit."""
+    here: it maps to [-1, 1], resizes to multiples of 8, and divides every PIL image by 255 (16-bit grey turns
+    white)."""
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("image is an empty list")
