@@ -55,7 +55,8 @@ FOREIGN_TEMPORARY_MAX_AGE_S = 24 * 3600
 STARTING_CLAIM_MAX_AGE_S = 10.0
 
 ImageMode = Literal["rgb", "gray"]
-_GRAY_PIL_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")
+_SIXTEEN_BIT_PIL_MODES = ("I", "I;16", "I;16B", "I;16L")
+_GRAY_PIL_MODES = ("1", "L", "LA", *_SIXTEEN_BIT_PIL_MODES)
 
 
 class ImageReadError(Exception):
@@ -116,7 +117,7 @@ def _decode_sixteen_bit_colour(path: Path, has_gray_channels: bool) -> tuple[np.
 
 def _pil_pixels(pil_image: Image.Image) -> tuple[np.ndarray, ImageMode, np.ndarray | None]:
     """8-bit (or Pillow-native 16-bit grey) pixels, their mode, and alpha, from a loaded Pillow image."""
-    if pil_image.mode in ("I", "I;16", "I;16B", "I;16L"):
+    if pil_image.mode in _SIXTEEN_BIT_PIL_MODES:
         return np.asarray(pil_image).astype(np.uint16), "gray", None
     if pil_image.mode in ("1", "L"):
         return np.asarray(pil_image.convert("L")), "gray", None
@@ -182,7 +183,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """
     path = Path(path)
     with _open_image(path, max_pixels) as pil_image:
-        source_format = pil_image.format
         bits = _bits_per_sample(path, pil_image)
         if bits > 8 and bits != 16:
             raise ImageReadError(path, f"unsupported bit depth {bits} (expected at most 8, or 16)")
@@ -190,21 +190,41 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             pil_image.load()
         except (OSError, SyntaxError, ValueError) as error:
             raise ImageReadError(path, f"truncated or corrupt image data ({error})") from None
-        if bits == 16 and pil_image.mode not in ("I", "I;16", "I;16B", "I;16L"):
+        if bits == 16 and pil_image.mode not in _SIXTEEN_BIT_PIL_MODES:
             mode: ImageMode = "gray" if pil_image.mode in _GRAY_PIL_MODES else "rgb"
             pixels, alpha = _decode_sixteen_bit_colour(path, has_gray_channels=mode == "gray")
-        else:
-            pixels, mode, alpha = _pil_pixels(pil_image)
-        orientation = pil_image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+            return _loaded(pil_image, pixels, mode, alpha, 16)
+        return _decode_pil(pil_image, 16 if bits == 16 else 8)
+
+
+def image_from_pil(pil_image: Image.Image, name: str = "PIL image") -> LoadedImage:
+    """A Pillow image already in memory, decoded as :func:`read_image` decodes its file (grey kept grey, 16-bit grey
+    scaled by 65535, alpha apart, EXIF orientation applied). Pillow itself holds 16-bit colour files as 8 bit: pass
+    the file's path to keep their 16 bits. ``name`` names the image in an ``ImageReadError``."""
+    if pil_image.mode == "I":  # 32-bit integer pixels: 16-bit grey when they fit, as Pillow decodes such PNGs
+        low, high = pil_image.getextrema()
+        if low < 0 or high > 2**16 - 1:
+            raise ImageReadError(name, f"integer pixels in [{low}, {high}] do not fit 16 bits")
+    return _decode_pil(pil_image, 16 if pil_image.mode in _SIXTEEN_BIT_PIL_MODES else 8)
+
+
+def _decode_pil(pil_image: Image.Image, bit_depth: int) -> LoadedImage:
+    pixels, mode, alpha = _pil_pixels(pil_image)
+    return _loaded(pil_image, pixels, mode, alpha, bit_depth)
+
+
+def _loaded(pil_image: Image.Image, pixels: np.ndarray, mode: ImageMode, alpha: np.ndarray | None,
+            bit_depth: int) -> LoadedImage:
+    """The ``LoadedImage`` of decoded ``pixels``/``alpha`` as displayed (``pil_image``'s EXIF orientation)."""
+    orientation = pil_image.getexif().get(EXIF_ORIENTATION_TAG, 1)
     pixels = apply_exif_orientation(pixels, orientation)
     alpha = None if alpha is None else apply_exif_orientation(alpha, orientation)
-    bit_depth = 16 if bits == 16 else 8
     return LoadedImage(
         image=_to_chw_float(pixels, bit_depth),
         mode=mode,
         alpha=None if alpha is None else _to_chw_float(alpha, bit_depth),
         bit_depth=bit_depth,
-        source_format=source_format,
+        source_format=pil_image.format or "",
     )
 
 

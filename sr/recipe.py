@@ -165,13 +165,15 @@ def package(runs: Path, out: Path, cfw_data_settings: dict, overwrite: bool = Fa
     from sr.io import write_bytes_atomic
 
     root = find_project_root()
-    model = compose("upscale", [f"model.pretrained={runs / 'prior' / 'model'}",
+    # the release preset (conf/model/stablesr_tiny.yaml) with the run's weights: the folder records its sampling
+    # defaults, so from_pretrained(out) samples as `upscale.py model=stablesr_tiny` does
+    model = compose("upscale", ["model=stablesr_tiny", f"model.pretrained={runs / 'prior' / 'model'}",
                                 f"model.stage1_weights={runs / 'stage1' / 'stage1.safetensors'}",
-                                f"model.cfw_weights={runs / 'cfw' / 'cfw.safetensors'}", "model.name=stablesr_tiny"]).model
+                                f"model.cfw_weights={runs / 'cfw' / 'cfw.safetensors'}"]).model
     pipe = instantiate(model)
     if out.exists() and not overwrite:
         sys.exit(f"[release] {out}: already exists (pass --overwrite to replace it)")
-    pipe.save_pretrained(out, overwrite=True)
+    pipe.save_pretrained(out)
     photos = sorted((root / TRAIN_DIR).glob("*.png"))
     release = {
         "name": RELEASE_NAME,

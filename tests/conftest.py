@@ -23,3 +23,23 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """The `tiny` preset's pipeline (model.seed=11) with perturbed CFW weights marked trained, so `w` matters and the
+    untrained-CFW warning does not fire; progress bars off. Tests that change its state restore it."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        pipeline = instantiate(compose(config_name="model/tiny", overrides=["model.seed=11"]).model)
+    with torch.no_grad():
+        for parameter in pipeline.cfw.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.02)
+    pipeline.register_to_config(cfw_trained=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 
-import sr.models.stablesr
+import sr.models.autoencoder
 from sr.models.cfw import decode_latent, encoder_features
 from sr.ops.color import adain_color_fix
 from sr.ops.tiling import TileGrid
@@ -26,16 +24,9 @@ MULTI_TILE = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, tile_batc
                   scale=4, input_size=0, start="lr")
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        pipeline = instantiate(compose(config_name="model/tiny", overrides=["model.seed=11"]).model)
-    with torch.no_grad():  # trained-looking CFW weights, so w matters and the untrained warning does not fire
-        for parameter in pipeline.cfw.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.02)
-    pipeline.register_to_config(cfw_trained=True)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+@pytest.fixture
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 def lr_image(height: int = 24, width: int = 40, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -187,8 +178,8 @@ def test_vae_tile_mode_reaches_the_tiled_vae(pipe, monkeypatch):
     run both their encode and their decode in the chosen mode."""
     modes = []
     for name in ("tiled_encode", "tiled_decode"):
-        real = getattr(sr.models.stablesr, name)
-        monkeypatch.setattr(sr.models.stablesr, name,
+        real = getattr(sr.models.autoencoder, name)
+        monkeypatch.setattr(sr.models.autoencoder, name,
                             lambda *args, _real=real, _name=name, **kwargs: modes.append((_name, kwargs["mode"]))
                             or _real(*args, **kwargs))
     lr, settings = lr_image(32, 48), dict(MULTI_TILE, num_inference_steps=1, color_fix="none")

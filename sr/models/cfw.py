@@ -7,7 +7,7 @@ Two fusion blocks correct the decoder's features with the VAE encoder's features
 ``fusion_layer_2`` acts at H/4 (512 channels for SD, diffusers ``decoder.up_blocks[1]``) and ``fusion_layer_1`` at
 H/2 (256 channels, ``decoder.up_blocks[2]``), between each block's resnets and its upsampler. The encoder features are
 the outputs of ``encoder.down_blocks[1|2].resnets[-1]`` (before that level's downsample). ``w = 0`` is exactly the
-plain decoder (the fusion is skipped). Both are attached with temporary hooks around one call, so the diffusers VAE
+plain decoder (the fusion is skipped; ``plain_decoder`` is that rule, applied by ``sr.models.autoencoder``). Both are attached with temporary hooks around one call, so the diffusers VAE
 stays an unmodified ``AutoencoderKL`` whose weights load from any SD folder.
 """
 
@@ -22,6 +22,17 @@ from sr.compat.basicsr import RRDB
 
 # (encoder down block, decoder up block) per fusion layer, for a 4-level VAE
 FUSION_SITES = {"fusion_layer_1": (1, 2), "fusion_layer_2": (2, 1)}
+
+
+def fuse(decoder_feature: torch.Tensor, correction: torch.Tensor, w: float) -> torch.Tensor:
+    """The CFW fusion ``F_m = F_d + w * C(F_e, F_d)`` (``correction`` = ``C(F_e, F_d)``); the untiled fusion block and
+    the exact tiled VAE (``sr.models.layerwise_vae``) both fuse through it."""
+    return decoder_feature + w * correction
+
+
+def plain_decoder(w: float) -> bool:
+    """``w == 0`` decodes with the plain SD decoder: the fusion layers are skipped, not run with zero weight."""
+    return w == 0
 
 
 class FusionResBlock(nn.Module):
@@ -54,7 +65,7 @@ class FusionBlock(nn.Module):
     def forward(self, enc_feature: torch.Tensor, dec_feature: torch.Tensor, w: float) -> torch.Tensor:
         correction = self.encode_enc_1(torch.cat([enc_feature.to(dec_feature.dtype), dec_feature], dim=1))
         correction = self.encode_enc_3(self.encode_enc_2(correction))
-        return dec_feature + w * correction
+        return fuse(dec_feature, correction, w)
 
 
 class CFW(ModelMixin, ConfigMixin):
@@ -95,9 +106,12 @@ def encoder_features(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
 def decode_latent(
     vae: nn.Module, cfw: CFW | None, z: torch.Tensor, enc_features: list[torch.Tensor] | None, w: float
 ) -> torch.Tensor:
-    """Decode an unscaled latent, fusing ``enc_features = [f1, f2]`` with strength ``w`` (``w=0``: plain decoder)."""
-    if w == 0 or cfw is None:
-        return vae.decode(z).sample
+    """Decode an unscaled latent, fusing ``enc_features = [f1, f2]`` with strength ``w``; ``cfw`` None: the plain
+    decoder (``sr.models.autoencoder.CFWAutoencoder`` passes None where ``plain_decoder(w)``). The decoder is run
+    through its submodules, as ``AutoencoderKL.decode`` runs it untiled, so diffusers' own tiling flag cannot tile it
+    without the features."""
+    if cfw is None:
+        return _plain_decode(vae, z)
     if enc_features is None:
         raise ValueError("CFW decoding with w > 0 needs the encoder features of the LR image")
     features = dict(zip(("fusion_layer_1", "fusion_layer_2"), enc_features))
@@ -115,4 +129,9 @@ def decode_latent(
         for name, (_, up) in FUSION_SITES.items()
     ]
     with _hooks(handles):
-        return vae.decode(z).sample
+        return _plain_decode(vae, z)
+
+
+def _plain_decode(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``AutoencoderKL._decode`` without its tiling branch: ``decoder(post_quant_conv(z))``."""
+    return vae.decoder(vae.post_quant_conv(z) if vae.post_quant_conv is not None else z)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sr.models.cfw import CFW, FUSION_SITES, FusionBlock, FusionResBlock
+from sr.models.cfw import CFW, FUSION_SITES, FusionBlock, FusionResBlock, fuse
 
 Pointwise = Callable[[torch.Tensor], torch.Tensor]
 TileSlices = tuple[slice, slice]
@@ -394,12 +394,12 @@ class LayerwiseRunner:
         )
 
     def fusion(self, enc_feature: ActivationMap, dec: ActivationMap, block: FusionBlock, w: float) -> ActivationMap:
-        """CFW ``dec + w * ResBlock(RRDBs(ResBlock(cat[enc, dec])))``."""
+        """CFW ``dec + w * ResBlock(RRDBs(ResBlock(cat[enc, dec])))`` (``sr.models.cfw.fuse``)."""
         correction = self.fusion_res_block(self.concat(enc_feature, dec), block.encode_enc_1)
         correction = self.local(correction, block.encode_enc_2)
         return self.fusion_res_block(
             correction, block.encode_enc_3,
-            lambda total, rows, cols: self.fetch(dec, rows, cols) + w * total,
+            lambda total, rows, cols: fuse(self.fetch(dec, rows, cols), total, w),
         )
 
     # --- networks ----------------------------------------------------------------------------------------------
@@ -431,7 +431,7 @@ class LayerwiseRunner:
     def decode(
         self, vae: nn.Module, z: torch.Tensor, cfw: CFW | None, enc_features: list[torch.Tensor] | None, w: float
     ) -> torch.Tensor:
-        """``sr.models.cfw.decode_latent`` (``cfw``/``enc_features`` None or ``w == 0``: the plain decoder)."""
+        """``sr.models.cfw.decode_latent`` (``cfw`` None: the plain decoder)."""
         decoder = vae.decoder
         post_quant_conv = vae.post_quant_conv
         h = self.conv(
@@ -439,9 +439,8 @@ class LayerwiseRunner:
             None if post_quant_conv is None else (lambda tile: self._pointwise_conv(post_quant_conv, tile)),
         )
         h = self.mid_block(h, decoder.mid_block)
-        fused = w != 0 and cfw is not None
         fusions = {}
-        if fused:
+        if cfw is not None:
             if enc_features is None:
                 raise ValueError("CFW decoding with w > 0 needs the encoder features of the LR image")
             fusions = {up: (getattr(cfw, name), ActivationMap(feature))

@@ -11,7 +11,9 @@ The layers live in :class:`SFTAdapter` (a diffusers ``ModelMixin``), keyed by th
 parameter ``down_blocks.0.resnets.0.mlp_gamma.weight`` modulates ``unet.down_blocks[0].resnets[0]``. The UNet itself
 stays an untouched diffusers ``UNet2DConditionModel`` (its ``state_dict`` is the plain one): ``adapter.applied(unet,
 features)`` registers a forward hook on each ``conv2`` for the duration of one ``with`` block only, and the encoder
-features reach the hooks through that block's closure, so nothing is left set after a call. UNet gradient
+features reach the hooks through that block's closure, so nothing is left set after a call. Not diffusers'
+``HookRegistry`` registered once: it replaces ``module.forward`` with a partial over closures that ``copy.deepcopy``
+shares, so a deep copy of the UNet (tests, training) would run the original module's ``conv2`` weights. UNet gradient
 checkpointing would recompute blocks outside the ``with`` block; it is not used (the UNet is frozen in every stage).
 SPADE is not identity at initialisation (as released).
 """

@@ -17,14 +17,14 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from sr.io import write_bytes_atomic
-from sr.models.cfw import decode_latent, encoder_features
-from sr.models.tiled_vae import DEFAULT_MODE, TiledVAEMode, tiled_decode, tiled_encode
+from sr.models.autoencoder import CFWAutoencoder
+from sr.models.cfw import plain_decoder
+from sr.models.tiled_vae import DEFAULT_MODE, TiledVAEMode
 
 TRAINABLE_PARTS = {"stage1": ("encoder", "sft"), "stage2": ("cfw",)}
 VAE_FACTOR = 8
@@ -34,14 +34,22 @@ class StableSR(nn.Module):
     """The model's operations on shared pipeline components; owns no training or sampling loop.
 
     ``cfw_trained`` says whether ``cfw`` holds trained/converted weights; decoding with ``w > 0`` otherwise warns.
+    ``vae_tiling``: the ``CFWAutoencoder`` tiling switch (``StableSRPipeline.enable_vae_tiling``).
     """
 
-    def __init__(self, unet, vae, time_aware_encoder, sft, cfw, scheduler, prompt_embedding, cfw_trained: bool = False):
+    def __init__(self, unet, vae, time_aware_encoder, sft, cfw, scheduler, prompt_embedding, cfw_trained: bool = False,
+                 vae_tiling: bool = True):
         super().__init__()
         self.unet, self.vae, self.time_aware_encoder, self.sft = unet, vae, time_aware_encoder, sft
         self.cfw, self.prompt_embedding = cfw, prompt_embedding
         self.scheduler = scheduler
         self.cfw_trained = cfw_trained
+        self.vae_tiling = vae_tiling
+
+    @property
+    def autoencoder(self) -> CFWAutoencoder:
+        """The VAE and CFW as one component (the same module objects; not a submodule, so not in ``state_dict``)."""
+        return CFWAutoencoder(self.vae, self.cfw, use_tiling=self.vae_tiling)
 
     # ------------------------------------------------------------------ parts and freezing
     @property
@@ -87,15 +95,12 @@ class StableSR(nn.Module):
         The latent is ``scaling_factor * E(x).sample(generator)``, or the posterior mode ``scaling_factor * mean``
         with ``sample=False`` (deterministic). ``tile`` (pixels, per axis) runs the VAE encoder tile by tile in
         ``mode`` (``exact`` or ``estimate``, ``sr.models.tiled_vae.tiled_encode``); None encodes the whole image at
-        once.
+        once (``CFWAutoencoder.encode``).
         """
-        if tile is None:
-            moments, features = encoder_features(self.vae, image)
-        else:
-            moments, features = tiled_encode(self.vae, image, tile=tile, overlap=overlap, progress=progress, mode=mode)
-        posterior = DiagonalGaussianDistribution(moments)
+        encoding = self.autoencoder.encode(image, tile=tile, overlap=overlap, mode=mode, progress=progress)
+        posterior = encoding.latent_dist
         latent = posterior.sample(generator=generator) if sample else posterior.mode()
-        return latent * self.scaling_factor, features
+        return latent * self.scaling_factor, encoding.features
 
     def predict(
         self, x_t: torch.Tensor, timesteps: torch.Tensor, z_lr: torch.Tensor, prompt_embeds: torch.Tensor | None = None
@@ -124,19 +129,16 @@ class StableSR(nn.Module):
         """Diffusion-space latent -> image in about [-1, 1], CFW fusion strength ``w`` in [0, 1] (0 = plain decoder).
 
         ``tile`` (latent pixels) decodes tile by tile in ``mode`` (``sr.models.tiled_vae.tiled_decode``); None decodes
-        at once.
+        at once (``CFWAutoencoder.decode``).
         """
-        if w > 0 and (self.cfw is None or not self.cfw_trained):
+        if not plain_decoder(w) and (self.cfw is None or not self.cfw_trained):
             warnings.warn(
                 "decoding with w > 0 but the CFW fusion layers were never loaded or trained"
                 + (" (this model has none: plain decoder)" if self.cfw is None else " (random init)"),
                 stacklevel=2,
             )
-        vae_latent = latent / self.scaling_factor
-        if tile is None:
-            return decode_latent(self.vae, self.cfw, vae_latent, enc_features, w)
-        return tiled_decode(self.vae, vae_latent, enc_features, w, tile=tile, overlap=overlap, cfw=self.cfw,
-                            progress=progress, mode=mode)
+        return self.autoencoder.decode(latent / self.scaling_factor, enc_features, w, tile=tile, overlap=overlap,
+                                       mode=mode, progress=progress)
 
     # ------------------------------------------------------------------ trainable weights only
     def trainable_state_dict(self, parts: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -330,8 +330,8 @@ def tiled_decode(
     park_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Tiled ``decode_latent``: unscaled latent ``z [B, 4, h, w]`` -> image ``[B, 3, 8h, 8w]``, fusing the CFW
-    ``enc_feats = [f1 at 4h, f2 at 2h]`` cropped to each tile with strength ``w`` (``w = 0`` or no ``cfw``: the
-    plain decoder, features unused).
+    ``enc_feats = [f1 at 4h, f2 at 2h]`` cropped to each tile with strength ``w`` (no ``cfw``: the plain decoder,
+    features unused; ``sr.models.autoencoder.CFWAutoencoder`` passes None where ``w == 0``).
 
     Latent units for ``tile`` and, in ``mode="estimate"``, ``overlap``, ``halo`` and ``stats_size`` (long side of
     the GroupNorm statistics pass); ``mode="exact"`` (default) as in ``tiled_encode``.
@@ -340,11 +340,11 @@ def tiled_decode(
         raise ValueError(f"tiled_decode expects z of shape [B, C, h, w], got {tuple(z.shape)}")
     _check_mode(mode)
     factor = _downsampling_factor(vae)
-    fused = w != 0 and cfw is not None
+    fused = cfw is not None
     inputs: list[TensorAtScale] = [(z, Fraction(1))]
     if fused:
         if enc_feats is None or len(enc_feats) != 2:
-            raise ValueError("CFW decoding with w != 0 needs enc_feats = [f1, f2] of the LR image")
+            raise ValueError("CFW decoding needs enc_feats = [f1, f2] of the LR image")
         expected = [(z.shape[-2] * factor // 2, z.shape[-1] * factor // 2),
                     (z.shape[-2] * factor // 4, z.shape[-1] * factor // 4)]
         for name, feature, size in zip(("f1", "f2"), enc_feats, expected):
@@ -357,13 +357,13 @@ def tiled_decode(
     height, width = z.shape[-2:]
     if mode == "exact" and any(t < side for t, side in zip(_as_pair(tile), (height, width))):
         image = _run_exact(
-            lambda runner: runner.decode(vae, z, cfw if fused else None, enc_feats if fused else None, w),
+            lambda runner: runner.decode(vae, z, cfw, enc_feats, w),
             modules, (height, width), tile, compute_device, park_device, progress,
         )
         return image.to(output_device)
 
     def decode(tile_z: torch.Tensor, *tile_feats: torch.Tensor) -> list[torch.Tensor]:
-        return [decode_latent(vae, cfw, tile_z, list(tile_feats) if fused else None, w if fused else 0.0)]
+        return [decode_latent(vae, cfw, tile_z, list(tile_feats) if fused else None, w)]
 
     (image,) = _tiled_apply(
         decode, inputs, [Fraction(factor)], tile, overlap, halo, stats_size, modules, compute_device, output_device,

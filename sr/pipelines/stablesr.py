@@ -27,9 +27,11 @@ ranges are ``sr.validation.validate_sampling``'s, shared with the commands) and 
 (``scaling_factor * E(x)``, see ``sr.models.stablesr``).
 """
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -37,9 +39,22 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    SchedulerMixin,
+    UNet2DConditionModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 
+from sr.io import image_from_pil, read_image
+from sr.models.autoencoder import CFWAutoencoder
+from sr.models.cfw import CFW
+from sr.models.encoder import TimeAwareEncoder
+from sr.models.prompt import PromptEmbedding
+from sr.models.sft import SFTAdapter
 from sr.models.stablesr import StableSR
 from sr.models.tiled_vae import DEFAULT_MODE as DEFAULT_VAE_TILE_MODE
 from sr.ops.color import color_fix as apply_color_fix
@@ -53,6 +68,10 @@ VAE_FACTOR = 8
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "latent")
+PIPELINE_INDEX = "model_index.json"
+# Outputs are already in [0, 1]: the processor only converts them (no denormalisation, no resize).
+OUTPUT_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=False)
+ImageInput = torch.Tensor | PIL.Image.Image | np.ndarray | str | os.PathLike | list
 
 
 @dataclass(frozen=True)
@@ -129,16 +148,18 @@ class StableSRPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "vae->time_aware_encoder->unet->cfw"
     _exclude_from_cpu_offload = ["sft", "prompt_embedding"]
     _optional_components = ["cfw"]
+    # what `callback_on_step_end` may read and replace: the padded diffusion-space latent being denoised
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
-        unet,
-        vae,
-        time_aware_encoder,
-        sft,
-        cfw,
-        scheduler,
-        prompt_embedding,
+        unet: UNet2DConditionModel,
+        vae: AutoencoderKL,
+        time_aware_encoder: TimeAwareEncoder,
+        sft: SFTAdapter,
+        cfw: CFW | None,
+        scheduler: SchedulerMixin,
+        prompt_embedding: PromptEmbedding,
         latent_tile: int = 64,
         sampling: dict | None = None,
         cfw_trained: bool = False,
@@ -148,33 +169,69 @@ class StableSRPipeline(DiffusionPipeline):
                               scheduler=scheduler, prompt_embedding=prompt_embedding)
         self.register_to_config(latent_tile=latent_tile, sampling=dict(sampling or {}),
                                 cfw_trained=bool(cfw_trained and cfw is not None))
+        self._vae_tiling = True
+        self._interrupt = False
+        self._num_timesteps = 0
 
     @property
     def model(self) -> StableSR:
         """The model operations over this pipeline's components (the same module objects)."""
         return StableSR(self.unet, self.vae, self.time_aware_encoder, self.sft, self.cfw, self.scheduler,
-                        self.prompt_embedding, cfw_trained=self.config.cfw_trained)
+                        self.prompt_embedding, cfw_trained=self.config.cfw_trained, vae_tiling=self._vae_tiling)
+
+    @property
+    def autoencoder(self) -> CFWAutoencoder:
+        """``vae`` and ``cfw`` as one component (``sr.models.autoencoder``), with this pipeline's tiling switch."""
+        return self.model.autoencoder
+
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode tile by tile (``vae_tile_size``/``_overlap``/``_mode`` of the call) when the image is
+        larger than one VAE tile: the default. ``exact`` mode equals the untiled pass, CFW included."""
+        self._vae_tiling = True
+
+    def disable_vae_tiling(self) -> None:
+        """Encode and decode every image in one pass, whatever its size."""
+        self._vae_tiling = False
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the latest call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in ``callback_on_step_end``) to skip the call's remaining steps; the
+        image is decoded from the latent reached."""
+        return self._interrupt
 
     def sampling_settings(self, **overrides) -> SamplingSettings:
         """The call's settings: library defaults < the pipeline's ``sampling`` config < ``overrides`` (None = unset),
         tile defaults resolved against ``latent_tile``, validated (``SamplingSettings.resolve``)."""
         return SamplingSettings.resolve(self.config.latent_tile, self.config.sampling, **overrides)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False, **kwargs) -> Path:
-        """``DiffusionPipeline.save_pretrained`` written atomically (temporary sibling folder, then rename); an
-        existing folder is replaced only with ``overwrite``. Returns the folder."""
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> Path:
+        """``DiffusionPipeline.save_pretrained`` written atomically: into a temporary sibling folder, which then
+        replaces ``save_directory``. An existing pipeline folder (one with a ``model_index.json``) or an empty folder
+        is replaced, as diffusers saves into existing folders; any other non-empty folder is refused. The configs
+        record no ``_name_or_path`` (the folder it was loaded from: a machine path). Returns the folder."""
         folder = Path(save_directory)
-        if folder.exists() and not overwrite:
-            raise FileExistsError(f"{folder}: already exists (pass overwrite=True to replace it)")
+        if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir())
+                                                         or (folder / PIPELINE_INDEX).is_file())):
+            raise FileExistsError(f"{folder}: exists and is not a pipeline folder (no {PIPELINE_INDEX}); "
+                                  "not replaced")
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        previous = staging.with_name(staging.name + ".previous")
         try:
             super().save_pretrained(staging, **kwargs)
+            for config in staging.glob("**/*.json"):
+                _drop_name_or_path(config)
             if folder.exists():
-                shutil.rmtree(folder)
+                os.replace(folder, previous)
             os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(previous, ignore_errors=True)
         return folder
 
     def load_trainable(self, path, parts: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -188,7 +245,7 @@ class StableSRPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        image: torch.Tensor | PIL.Image.Image | np.ndarray,
+        image: ImageInput,
         num_inference_steps: int | None = None,
         w: float | None = None,
         color_fix: str | None = None,
@@ -203,26 +260,33 @@ class StableSRPipeline(DiffusionPipeline):
         start: str | None = None,
         tile_weighting: str | None = None,
         respacing: str | None = None,
-        generator: torch.Generator | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
         sample_posterior: bool = True,
         output_type: str = "pil",
         return_latents: bool = False,
         return_dict: bool = True,
+        callback_on_step_end: Callable[["StableSRPipeline", int, torch.Tensor, dict], dict] | PipelineCallback
+        | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
         """Upscale ``image`` (module docstring). Settings left None take the pipeline's defaults
         (``sampling_settings``); the sampling schedule is ``self.scheduler`` (a fresh copy per call).
 
         Args:
-            image: ``[C, h, w]`` / ``[B, C, h, w]`` tensor in [0, 1] (C = 1 or 3), a PIL image, or an ``[h, w, C]``
-                numpy array in [0, 1].
+            image: a path or a PIL image (read as ``upscale.py`` reads files, ``sr.io``: 16-bit, grey kept grey, EXIF
+                orientation; alpha is dropped), a ``[C, h, w]`` / ``[B, C, h, w]`` tensor or an ``[h, w, C]`` /
+                ``[B, h, w, C]`` numpy array (C = 1 or 3; float in [0, 1], or uint8 / uint16 scaled by 255 / 65535),
+                or a list of any of these of one size.
             num_inference_steps: denoising steps (the scheduler's respacing of its training steps).
             w: CFW fusion strength (0 = plain SD decoder, 1 = most fidelity).
             color_fix: ``adain``, ``wavelet`` or ``none``.
             scale: output = ``round(h * scale) x round(w * scale)``.
             tile_size, tile_overlap, tile_batch_size: latent tiles of progressive aggregation, tiles per UNet call.
-            vae_tile_size, vae_tile_overlap: pixel tiles of the VAE encode/decode (untiled when one tile covers).
+            vae_tile_size, vae_tile_overlap: pixel tiles of the VAE encode/decode (untiled when one tile covers, or
+                after ``disable_vae_tiling()``).
             vae_tile_mode: ``exact`` (equals the untiled VAE up to float rounding) or ``estimate`` (approximate
                 per-tile passes) for images above one VAE tile (``SamplingSettings``).
             input_size: sample at >= this many pixels on the short side, then resize to the output (0/None: off).
@@ -230,7 +294,10 @@ class StableSRPipeline(DiffusionPipeline):
             tile_weighting: ``centred`` or ``official`` Gaussian tile weights (``SamplingSettings``).
             respacing: ``scheduler`` or ``official`` timesteps (``SamplingSettings``; official needs a scheduler
                 that takes custom timesteps: DDPM, DPM-Solver).
-            generator: every random draw (posterior sample, x_T noise, step noise), in that order.
+            num_images_per_prompt: outputs per input image (``[a, a, b, b]`` for inputs ``[a, b]`` and 2).
+            generator: every random draw (posterior sample, x_T noise, step noise), in that order. One generator
+                draws for the whole batch; a list gives output ``k`` its own (length batch x
+                ``num_images_per_prompt``): output ``k`` then equals a one-image call with ``generator[k]``.
             prompt_embeds: ``[1 or B, L, D]`` text conditioning replacing the cached empty-prompt embedding.
             latents: ``x_T`` in diffusion space, of the padded latent's size (as returned with
                 ``return_latents=True``); replaces the ``start`` draw.
@@ -238,6 +305,11 @@ class StableSRPipeline(DiffusionPipeline):
             output_type: ``pil``, ``np``, ``pt`` (``[B, C, H, W]`` in [0, 1] on the input's device) or ``latent``
                 (the denoised diffusion-space latent, cropped to the image's latent size; not decoded).
             return_latents: also return the ``x_T`` used (``StableSRPipelineOutput.latents``).
+            callback_on_step_end: ``callback(pipe, i, t, callback_kwargs) -> dict`` after every step ``i``;
+                ``callback_kwargs`` holds ``callback_on_step_end_tensor_inputs`` (names of
+                ``_callback_tensor_inputs``, default ``["latents"]``); a returned ``latents`` replaces the latent,
+                and setting ``pipe._interrupt = True`` skips the remaining steps. With a generator list it runs per
+                output image (``i`` restarts).
         """
         settings = self.sampling_settings(
             num_inference_steps=num_inference_steps, w=w, color_fix=color_fix, scale=scale, tile_size=tile_size,
@@ -248,7 +320,49 @@ class StableSRPipeline(DiffusionPipeline):
         check_respacing(self.scheduler, settings.respacing)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
-        lr = _as_batch(image)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        unknown = sorted(set(tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} unknown; expected names of "
+                             f"{self._callback_tensor_inputs}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        images = _as_batch(image)
+        lr = images.repeat_interleave(num_images_per_prompt, dim=0)
+        if prompt_embeds is not None and prompt_embeds.shape[0] == images.shape[0] > 1:
+            prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        self._interrupt = False
+        step_end = None
+        if callback_on_step_end is not None:
+            def step_end(index, timestep, x):
+                outputs = callback_on_step_end(self, index, timestep, {name: x for name in tensor_inputs})
+                return (outputs or {}).get("latents", x)
+
+        if isinstance(generator, list):
+            if len(generator) != lr.shape[0]:
+                raise ValueError(f"{len(generator)} generators for {lr.shape[0]} output images (batch "
+                                 f"{images.shape[0]} x num_images_per_prompt {num_images_per_prompt}); pass one "
+                                 "generator, or one per output image")
+            runs = [self._upscale(lr[k : k + 1], settings, generator[k], _item(prompt_embeds, k),
+                                  _item(latents, k), sample_posterior, output_type, step_end)
+                    for k in range(lr.shape[0])]
+            result, initial = torch.cat([run[0] for run in runs]), torch.cat([run[1] for run in runs])
+        else:
+            result, initial = self._upscale(lr, settings, generator, prompt_embeds, latents, sample_posterior,
+                                            output_type, step_end)
+        images_out = result if output_type == "latent" else _convert_output(result, output_type)
+        initial = initial if return_latents else None
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images_out, initial)
+        return StableSRPipelineOutput(images=images_out, latents=initial)
+
+    def _upscale(self, lr: torch.Tensor, settings: SamplingSettings, generator, prompt_embeds, latents,
+                 sample_posterior: bool, output_type: str, step_end) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch through the whole call (module docstring): (images ``[B, C, H, W]`` in [0, 1] on ``lr``'s
+        device, or the denoised latent for ``output_type="latent"``; ``x_T``)."""
         model = self.model
         device, dtype = self._execution_device, self.vae.dtype
         upsampled, work, target = self._upsample(lr, settings)
@@ -256,6 +370,7 @@ class StableSRPipeline(DiffusionPipeline):
 
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         set_sampling_timesteps(scheduler, settings.num_inference_steps, settings.respacing, device=device)
+        self._num_timesteps = len(scheduler.timesteps)
         if prompt_embeds is not None:
             prompt_embeds = prompt_embeds.to(device=device, dtype=dtype)
 
@@ -266,23 +381,18 @@ class StableSRPipeline(DiffusionPipeline):
             predict, scheduler, z_lr, settings.tile_size, settings.tile_overlap, settings.tile_batch_size,
             settings.start, generator, None if latents is None else latents.to(device=device, dtype=dtype),
             progress=lambda timesteps: self.progress_bar(timesteps), tile_weighting=settings.tile_weighting,
+            step_end=step_end, interrupted=lambda: self.interrupt,
         )
         if output_type == "latent":
-            images = latent
-        else:
-            decoded = self._decode(model, latent, features, settings, work)
-            del features
-            images = _convert_output(self._postprocess(decoded, upsampled, settings, target, lr), output_type)
-        initial = x_t if return_latents else None
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images, initial)
-        return StableSRPipelineOutput(images=images, latents=initial)
+            return latent, x_t
+        decoded = self._decode(model, latent, features, settings, work)
+        del features
+        return self._postprocess(decoded, upsampled, settings, target, lr), x_t
 
     @torch.no_grad()
     def reconstruct(
         self,
-        image: torch.Tensor | PIL.Image.Image | np.ndarray,
+        image: ImageInput,
         w: float | None = None,
         color_fix: str | None = None,
         scale: float | None = None,
@@ -314,7 +424,7 @@ class StableSRPipeline(DiffusionPipeline):
         return StableSRPipelineOutput(images=_convert_output(images, output_type))
 
     @staticmethod
-    def bicubic(image: torch.Tensor | PIL.Image.Image | np.ndarray, scale: float,
+    def bicubic(image: ImageInput, scale: float,
                 output_type: str = "pil") -> StableSRPipelineOutput:
         """The ``bicubic`` baseline (no model): the LR resized to the output size ``round((h, w) * scale)`` by the
         resize a call applies before encoding (``upsample_lr``), then made an output as a call's image is, without
@@ -390,30 +500,69 @@ def _onload(*modules) -> None:
             hook.pre_forward(module)
 
 
-def _as_batch(image) -> torch.Tensor:
-    """``image`` as a float ``[B, C, h, w]`` tensor in [0, 1] with C = 1 or 3 (PIL: RGB, or L for grey)."""
+def _as_batch(image: ImageInput) -> torch.Tensor:
+    """``image`` (``__call__``'s ``image``) as a float ``[B, C, h, w]`` tensor in [0, 1] with C = 1 or 3. Paths and
+    PIL images go through ``sr.io`` as ``upscale.py`` reads files; ``VaeImageProcessor.preprocess`` does not fit
+    here: it maps to [-1, 1], resizes to multiples of 8, and divides every PIL image by 255 (16-bit grey turns
+    white)."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("image is an empty list")
+        items = [_as_batch(item) for item in image]
+        shapes = sorted({tuple(item.shape[1:]) for item in items})
+        if len(shapes) > 1:
+            raise ValueError(f"the images of a list must share one [C, h, w], got {shapes}")
+        return torch.cat(items)
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image).image[None]
     if isinstance(image, PIL.Image.Image):
-        array = np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"), dtype=np.float32) / 255
-        image = array
+        return image_from_pil(image).image[None]
     if isinstance(image, np.ndarray):
         array = image[..., None] if image.ndim == 2 else image
-        image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        if array.ndim not in (3, 4):
+            raise ValueError(f"expected a numpy image [h, w, C] or [B, h, w, C], got shape {image.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(_unit_range(array)))
+        image = tensor.permute(2, 0, 1) if array.ndim == 3 else tensor.permute(0, 3, 1, 2)
     if not isinstance(image, torch.Tensor):
-        raise TypeError(f"image must be a tensor, PIL image or numpy array, got {type(image).__name__}")
+        raise TypeError(f"image must be a path, PIL image, numpy array, tensor or a list of them, got "
+                        f"{type(image).__name__}")
     batch = image[None] if image.ndim == 3 else image
     if batch.ndim != 4 or batch.shape[1] not in (1, 3):
         raise ValueError(f"expected images [B, C, h, w] with C = 1 or 3, got shape {tuple(image.shape)}")
     return batch if batch.is_floating_point() else batch.float() / 255
 
 
+def _unit_range(array: np.ndarray) -> np.ndarray:
+    """A numpy image in [0, 1]: float as given, uint8 / uint16 divided by 255 / 65535 (as ``sr.io`` reads files)."""
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / (2**16 - 1)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"numpy images must be float in [0, 1], uint8 or uint16, got {array.dtype}")
+    return array
+
+
+def _item(tensor: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    """Row ``index`` of a per-image batch tensor (a batch of one is shared)."""
+    if tensor is None or tensor.shape[0] == 1:
+        return tensor
+    return tensor[index : index + 1]
+
+
 def _convert_output(images: torch.Tensor, output_type: str):
+    """``[B, C, H, W]`` in [0, 1] as ``pt`` (itself), ``np`` or ``pil`` (grey as ``L``), by ``VaeImageProcessor``."""
     if output_type == "pt":
         return images
-    array = images.permute(0, 2, 3, 1).float().cpu().numpy()
-    if output_type == "np":
-        return array
-    eight_bit = (array * 255).round().astype(np.uint8)
-    return [PIL.Image.fromarray(item[..., 0] if item.shape[-1] == 1 else item) for item in eight_bit]
+    return OUTPUT_PROCESSOR.postprocess(images, output_type=output_type, do_denormalize=[False] * images.shape[0])
+
+
+def _drop_name_or_path(config: Path) -> None:
+    """Remove ``_name_or_path`` from a saved diffusers config (``save_pretrained``)."""
+    data = json.loads(config.read_text())
+    if isinstance(data, dict) and "_name_or_path" in data:
+        del data["_name_or_path"]
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 __all__ = ["SamplingSettings", "StableSRPipeline", "StableSRPipelineOutput"]

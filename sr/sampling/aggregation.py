@@ -76,6 +76,8 @@ def denoise(
     x_t: torch.Tensor | None = None,
     progress: Callable[[Iterable], Iterable] = iter,
     tile_weighting: TileWeighting = "centred",
+    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Progressive aggregation over ``scheduler.timesteps`` (set by the caller, e.g. with
     ``sr.sampling.respacing.set_sampling_timesteps``); returns ``(x_0, x_T)``.
@@ -84,7 +86,9 @@ def denoise(
     reflect-padded to it, and ``x_0`` is cropped back to ``h, w``. ``x_T`` is ``x_t`` when given (shape of the padded
     latent, ``padded_size``), else ``initial_latent(scheduler, padded z_lr, start, generator)``. Tiles are blended
     with the ``tile_weighting`` Gaussian (``centred`` or ``official``, sr.ops.tiling). ``progress`` wraps the
-    timestep iterable (e.g. a progress bar).
+    timestep iterable (e.g. a progress bar). ``step_end(i, t, x)``, after step ``i``, returns the ``x`` sampling goes
+    on from (the pipeline's ``callback_on_step_end``); once ``interrupted()`` is true, the remaining steps are skipped and
+    the current ``x`` returned.
     """
     if z_lr.ndim != 4:
         raise ValueError(f"z_lr must be [B, C, h, w], got shape {tuple(z_lr.shape)}")
@@ -98,10 +102,14 @@ def denoise(
     grid = TileGrid.build(*padded, tile_size, tile_overlap, weighting=tile_weighting)
     fuse = TileFusion(grid, z_padded, tile_batch_size)
     x = x_t.to(device=z_lr.device, dtype=z_lr.dtype)
-    for timestep in progress(scheduler.timesteps):
+    for index, timestep in enumerate(progress(scheduler.timesteps)):
+        if interrupted():
+            break
         model_input = scheduler.scale_model_input(x, timestep)
         output = fuse(predict, model_input, timestep)
         x = scheduler.step(output, timestep, x, generator=generator).prev_sample
+        if step_end is not None:
+            x = step_end(index, timestep, x)
     return x[..., :height, :width], x_t
 
 

@@ -143,7 +143,7 @@ class PriorModule(UpdateCounter):
         The exporter callback has already refused an existing folder unless told to overwrite."""
         if self.latent_scale > 0:
             self._apply_latent_scale()
-        path = self.pipeline.save_pretrained(Path(folder) / PRIOR_EXPORT_FOLDER, overwrite=True)
+        path = self.pipeline.save_pretrained(Path(folder) / PRIOR_EXPORT_FOLDER)
         log.info("tiny prior written to %s (demo scaffolding: the real recipe uses frozen SD-2.1)", path)
         return path
 

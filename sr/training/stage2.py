@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from sr.models.cfw import encoder_features
 from sr.pipelines import StableSRPipeline
 from sr.training.losses import AutoencoderLoss, Reconstruction
 from sr.training.stage1 import TrainableOnlyCheckpoint
@@ -110,7 +109,7 @@ class CFWModule(UpdateCounter):
         boundary = (batch_idx + 1) % self.accumulate_grad_batches == 0
         step = self.update_step
         with torch.no_grad():
-            _, features = encoder_features(self.model.vae, batch["lq"])
+            features = self.model.autoencoder.encode(batch["lq"]).features
         w = self.fusion_strength()
         with self.toggled_optimizer(optimizer_g):
             output = self.model.decode(batch["latent"], features, w=w)
