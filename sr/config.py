@@ -49,8 +49,8 @@ def wandb_default_mode() -> str:
 
 def register_resolvers() -> None:
     """What the YAML files' interpolations need (idempotent): ``$PROJECT_ROOT`` for ``${oc.env:PROJECT_ROOT}``
-    (found once, see :func:`find_project_root`), ``${wandb_mode:}``, ``${run_stamp:<log dir>}`` (the time stamp of a
-    run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
+    (found once, see :func:`find_project_root`), ``${wandb_mode:}``, ``${run_stamp:<log dir>,<parent>}`` (the claimed
+    time stamp of a run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
     ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``) and ``${released:<name>}``, the folder of a model shipped
     in the package (:data:`RELEASED_DIR`).
 

@@ -24,6 +24,15 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names the key, the value and what is expected."""
 
 
+class ReportedFailure(SystemExit):
+    """Exit status 1 after :func:`one_line_errors` printed its line; ``message`` keeps that line's message for a
+    launcher that reports the jobs of a sweep (``sr.launcher``)."""
+
+    def __init__(self, message: str):
+        super().__init__(1)
+        self.message = message
+
+
 def exception_chain(error: BaseException) -> list[BaseException]:
     """``error`` and the exceptions it chains (``__cause__``, or ``__context__`` unless ``raise ... from None``
     suppressed it), outermost first."""
@@ -81,13 +90,14 @@ def traceback_wanted(debug: bool = False) -> bool:
 @contextmanager
 def one_line_errors(prog: str, debug: bool = False, debug_flag: str = "debug=true") -> Iterator[None]:
     """Turn any exception of the block into the line ``<prog>: error: <root cause>`` on stderr and exit status 1,
-    unless :func:`traceback_wanted`; ``debug_flag`` is how the command's user asks for the traceback.
+    (:class:`ReportedFailure`) unless :func:`traceback_wanted`; ``debug_flag`` is how the command's user asks for the
+    traceback.
     ``KeyboardInterrupt`` and ``SystemExit`` pass through untouched."""
     try:
         yield
     except Exception as error:
         if traceback_wanted(debug):
             raise
-        print(f"{prog}: error: {describe(error)} ({debug_flag} or HYDRA_FULL_ERROR=1 shows the traceback)",
-              file=sys.stderr)
-        raise SystemExit(1) from None
+        message = describe(error)
+        print(f"{prog}: error: {message} ({debug_flag} or HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+        raise ReportedFailure(message) from None

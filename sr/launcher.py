@@ -11,16 +11,37 @@ The launcher (``hydra_plugins.stablesr_launcher.SlurmLauncher``: Hydra takes lau
 compares the request with the partition (:func:`check_partition`, ``sinfo``) before submitting: a job that asks for
 more CPUs, memory, GPUs, nodes or time than any node of the partition has would wait in the queue forever
 (``Reason=PartitionConfig``); it stops instead with one line naming the request, the limit and the override to change.
+It also refuses a time limit that is not a positive number of minutes (:func:`time_limit_problem`) and validates every
+job's config as the command itself would (``validate_train`` / ``validate_eval``), so a bad value stops the sweep
+before anything is submitted.
+
+A job that fails ends with an error result (:func:`job_failure`: the command's one-line error, which it raises as
+``SystemExit``, becomes :class:`JobFailed`, which submitit records; only submitit's own requeue exit passes). The
+submitting process waits for the jobs with :func:`wait_for_jobs`, which needs no accounting (``sacct``): it polls
+``squeue`` and gives up on a job that left the queue, or ended, without writing a result (cancelled, killed, out of
+memory) after :data:`RESULT_GRACE_S`. The sweep then ends with exit status 1 and one line per failed job: its number,
+its overrides and its error.
 """
 
+import getpass
 import logging
+import math
 import shutil
 import subprocess
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 CPU_ACCELERATORS = ("cpu",)
+REQUEUE_EXIT_CODE = -1  # submitit's signal handler ends a job it has requeued with sys.exit(-1)
+POLL_S = 5.0
+RESULT_GRACE_S = 30.0  # a job that ended writes its result before it leaves the queue; allow for slow file systems
+# squeue states of a job that may still write a result (every other state is final)
+WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
+                            "REQUEUE_HOLD", "RESIZING", "PREEMPTED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
+                            "STOPPED"})
 
 
 def tasks_per_node(accelerator: str, devices) -> int:
@@ -108,8 +129,19 @@ def _minutes(limit: str) -> int | None:
     return int(days or 0) * 1440 + hours * 60 + minutes + (seconds > 0)
 
 
-def request_problems(params: dict, limits: PartitionLimits) -> list[str]:
-    """What in the launcher ``params`` (``hydra.launcher``) no node of the partition can give; empty when it fits."""
+def time_limit_problem(params: dict) -> str | None:
+    """Why ``hydra.launcher.timeout_min`` is not a usable SLURM time limit (SLURM reads 0 or a negative number as no
+    limit at all), or None."""
+    minutes = params.get("timeout_min")
+    valid = isinstance(minutes, int | float) and not isinstance(minutes, bool) and math.isfinite(minutes)
+    if not valid or minutes <= 0 or minutes != int(minutes):
+        return f"hydra.launcher.timeout_min={minutes!r}: must be a positive whole number of minutes"
+    return None
+
+
+def request_problems(params: dict, limits: PartitionLimits, cpu_override: str = "trainer=cpu") -> list[str]:
+    """What in the launcher ``params`` (``hydra.launcher``) no node of the partition can give; empty when it fits.
+    ``cpu_override``: the command's override that asks for no GPU (``device=cpu`` for eval.py)."""
     tasks = int(params.get("tasks_per_node") or 1)
     cpus = int(params.get("cpus_per_task") or 1) * tasks
     mem_mb = int(params.get("mem_gb") or 0) * 1024
@@ -125,7 +157,7 @@ def request_problems(params: dict, limits: PartitionLimits) -> list[str]:
         problems.append(f"{mem_mb // 1024} GB per node ({tasks} tasks x slurm.mem_gb_per_task) but the nodes of "
                         f"{where} have {limits.mem_mb} MB: set slurm.mem_gb_per_task<={limits.mem_mb // 1024 // tasks}")
     if gpus > limits.gpus:
-        fix = "trainer=cpu (no GPU)" if limits.gpus == 0 else f"trainer.devices<={limits.gpus}"
+        fix = f"{cpu_override} (no GPU)" if limits.gpus == 0 else f"trainer.devices<={limits.gpus}"
         problems.append(f"{gpus} GPUs per node but the nodes of {where} have {limits.gpus}: {fix}")
     if nodes > limits.nodes:
         problems.append(f"{nodes} nodes but {where} has {limits.nodes}: set trainer.num_nodes<={limits.nodes}")
@@ -135,8 +167,10 @@ def request_problems(params: dict, limits: PartitionLimits) -> list[str]:
     return problems
 
 
-def check_partition(params: dict) -> PartitionLimits:
+def check_partition(params: dict, cpu_override: str = "trainer=cpu") -> PartitionLimits:
     """Refuse (``SystemExit`` with one line) launcher ``params`` that no node of their partition can satisfy."""
+    if problem := time_limit_problem(params):
+        raise SystemExit(f"hydra/launcher=slurm: {problem}")
     if shutil.which("sinfo") is None:
         raise SystemExit("hydra/launcher=slurm: sinfo not found; run on a SLURM login node")
     completed = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%D|%l"], capture_output=True, text=True, timeout=60)
@@ -146,10 +180,78 @@ def check_partition(params: dict) -> PartitionLimits:
         limits = parse_sinfo(completed.stdout, params.get("partition"))
     except ValueError as problem:
         raise SystemExit(f"hydra/launcher=slurm: {problem}") from None
-    problems = request_problems(params, limits)
+    problems = request_problems(params, limits, cpu_override)
     if problems:
         raise SystemExit("hydra/launcher=slurm: the job cannot be scheduled: " + "; ".join(problems))
     log.info("SLURM request fits partition %s: %s", limits.name,
              {key: params.get(key) for key in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb",
                                                "timeout_min")})
     return limits
+
+
+class JobFailed(RuntimeError):
+    """A sweep job ended with an error; the message is the job's one-line error."""
+
+
+def job_failure(exit: SystemExit) -> JobFailed | None:
+    """The error a job records for ``exit``; None for submitit's requeue exit, which must end the job unrecorded
+    (the requeued job writes the result)."""
+    if exit.code == REQUEUE_EXIT_CODE:
+        return None
+    return JobFailed(getattr(exit, "message", None) or f"exited with status {exit.code}")
+
+
+def failure_message(trace: str) -> str:
+    """The one line of a job's error result (the traceback text submitit records): its last line, without the
+    ``sr.launcher.JobFailed:`` prefix."""
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else "no error message"
+    prefix = f"{JobFailed.__module__}.{JobFailed.__name__}: "
+    return last.removeprefix(prefix)
+
+
+def swept_overrides(job_overrides: Sequence[Sequence[str]]) -> list[str]:
+    """Per job, the overrides that tell it from the other jobs of its sweep (all of them when no other job differs),
+    joined by spaces: how the sweep's messages name a job."""
+    shared = set.intersection(*(set(overrides) for overrides in job_overrides)) if len(job_overrides) > 1 else set()
+    return [" ".join(item for item in overrides if item not in shared) or " ".join(overrides)
+            for overrides in job_overrides]
+
+
+def queue_states() -> dict[str, str]:
+    """``{job id: state}`` of this user's jobs that SLURM still lists (``squeue``; ended ones for ``MinJobAge``);
+    array tasks as ``<array id>_<task>``."""
+    completed = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%i|%T"],
+                               capture_output=True, text=True, timeout=60)
+    if completed.returncode != 0:
+        raise RuntimeError(f"squeue failed: {completed.stderr.strip()}")
+    return dict(line.split("|", 1) for line in completed.stdout.split() if "|" in line)
+
+
+def wait_for_jobs(jobs: Sequence, poll_s: float = POLL_S, grace_s: float = RESULT_GRACE_S,
+                  states: Callable[[], dict[str, str]] = queue_states, clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep) -> list[str | None]:
+    """Wait until each submitit job has written its result file or has been out of the running for ``grace_s``
+    without one (``squeue`` shows a final state, or no longer lists it); a requeued job keeps waiting. Returns per job
+    None (its result is there) or why it ended without a result."""
+    outcomes: dict[int, str | None] = {}
+    ended_since: dict[int, float] = {}
+    while True:
+        pending = [index for index in range(len(jobs)) if index not in outcomes]
+        for index in pending:
+            if jobs[index].paths.result_pickle.exists():
+                outcomes[index] = None
+        pending = [index for index in pending if index not in outcomes]
+        if not pending:
+            return [outcomes[index] for index in range(len(jobs))]
+        listed, now = states(), clock()
+        for index in pending:
+            state = listed.get(str(jobs[index].job_id))
+            if state in WAITING_STATES:
+                ended_since.pop(index, None)
+                continue
+            ended_since.setdefault(index, now)
+            if now - ended_since[index] >= grace_s:
+                outcomes[index] = (f"SLURM job {jobs[index].job_id} ended {state} without a result" if state else
+                                   f"SLURM job {jobs[index].job_id} left the queue without a result (cancelled or killed)")
+        sleep(poll_s)

@@ -264,12 +264,15 @@ def validate_eval(cfg) -> None:
 
 
 def validate_train(cfg) -> None:
-    """The keys of ``conf/train.yaml`` a user sets by hand: ``seed``, ``ckpt_path`` (a readable checkpoint), a GPU
-    accelerator that exists, a writable output folder."""
+    """The keys of ``conf/train.yaml`` a user sets by hand: ``seed``, the learning rates (numbers > 0), ``ckpt_path``
+    (a readable checkpoint), a GPU accelerator that exists, a writable output folder."""
     from sr.utils.checkpoint import CheckpointError, check_checkpoint_file
 
     problems = _Problems(cfg)
     problems.number("seed", integer=True, optional=True, default=None)
+    for key in ("module.lr", "module.vae_lr", "module.unet_lr"):  # the learning rates of conf/module/*.yaml
+        if problems.get(key, None) not in (None, _UNSET):
+            problems.number(key, low=0, low_open=True)
     ckpt_path = problems.get("ckpt_path", None)
     if ckpt_path is not None and ckpt_path is not _UNSET:
         try:

@@ -12,12 +12,21 @@ import pytest
 from omegaconf import OmegaConf
 
 from sr.config import compose
-from sr.launcher import job_device, parse_sinfo, request_problems
+from sr.launcher import (
+    JobFailed, failure_message, job_device, job_failure, parse_sinfo, request_problems, swept_overrides,
+    time_limit_problem, wait_for_jobs,
+)
 from sr.utils import launch
 from sr.utils.provenance import COMMAND_ENV, command_line, pin_command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_KEYS = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb")
+
+
+@pytest.fixture(autouse=True)
+def project_root(tmp_path, monkeypatch):
+    """Runs and sweeps of these tests claim their dirs under a temporary project root, not the checkout's runs/."""
+    monkeypatch.setenv("PROJECT_ROOT", str(tmp_path / "project"))
 
 
 def slurm_request(config_name: str, overrides: list[str]) -> dict:
@@ -76,13 +85,98 @@ def test_an_unschedulable_request_names_the_override_to_change():
     assert "8 CPUs per node" in problems[0] and "slurm.cpus_per_task<=2" in problems[0]
     assert "400 GB per node" in problems[1] and "slurm.mem_gb_per_task<=21" in problems[1]
     assert "1 GPUs per node" in problems[2] and "trainer=cpu" in problems[2]
+    assert "device=cpu (no GPU)" in request_problems(issue_request, debug, cpu_override="device=cpu")[2]  # eval.py
     gpu = parse_sinfo(SINFO, "gpu")
     too_long = request_problems({"tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 8, "mem_gb": 400,
                                  "nodes": 7, "timeout_min": 4320}, gpu)
     assert [problem.split(" ")[1] for problem in too_long] == ["nodes", "minutes"]
 
 
+def test_a_time_limit_that_slurm_would_read_as_unlimited_is_refused():
+    for minutes in (-5, 0, float("nan"), float("inf"), 1.5, "abc", None, True):
+        problem = time_limit_problem({"timeout_min": minutes})
+        assert problem == f"hydra.launcher.timeout_min={minutes!r}: must be a positive whole number of minutes"
+    assert time_limit_problem({"timeout_min": 15}) is None and time_limit_problem({"timeout_min": 15.0}) is None
+
+
+def test_a_failed_job_records_its_one_line_error_and_a_requeue_passes():
+    from sr.errors import ReportedFailure
+
+    failure = job_failure(ReportedFailure("module.lr='abc': must be a number"))
+    assert isinstance(failure, JobFailed) and str(failure) == "module.lr='abc': must be a number"
+    assert str(job_failure(SystemExit(3))) == "exited with status 3"
+    assert job_failure(SystemExit(-1)) is None  # submitit requeued the job: no result now
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nsr.launcher.JobFailed: no prior at /p\n'
+    assert failure_message(trace) == "no prior at /p"
+    assert failure_message("Traceback ...\nRuntimeError: boom\n\n") == "RuntimeError: boom"
+
+
+def test_a_sweep_names_each_job_by_what_sets_it_apart():
+    assert swept_overrides([["a=1", "lr=1"], ["a=1", "lr=2"]]) == ["lr=1", "lr=2"]
+    assert swept_overrides([["a=1", "lr=1"]]) == ["a=1 lr=1"]
+    assert swept_overrides([["a=1"], ["a=1"]]) == ["a=1", "a=1"]  # no difference: all of them
+
+
+class FakeJob:
+    def __init__(self, job_id: str, folder: Path):
+        self.job_id = job_id
+        self.paths = type("Paths", (), {"result_pickle": folder / f"{job_id}_result.pkl"})()
+
+
+def test_waiting_for_jobs_ends_for_jobs_that_ended_or_vanished_without_a_result(tmp_path):
+    """No accounting: the states come from squeue alone. A job with a result is done; a requeued one (PENDING again)
+    keeps the wait going; one that squeue shows ended, or no longer lists, fails after the grace period."""
+    jobs = [FakeJob(f"9_{index}", tmp_path) for index in range(4)]
+    clock = {"now": 0.0}
+    timeline = [  # squeue answers, one per poll (every 10 s)
+        {"9_0": "RUNNING", "9_1": "RUNNING", "9_2": "RUNNING", "9_3": "RUNNING"},
+        {"9_0": "COMPLETED", "9_1": "CANCELLED", "9_2": "REQUEUED", "9_3": "RUNNING"},
+        {"9_1": "CANCELLED", "9_2": "PENDING", "9_3": "RUNNING"},
+        {"9_1": "CANCELLED", "9_2": "RUNNING"},
+        {"9_1": "CANCELLED", "9_2": "RUNNING"},
+        {"9_2": "RUNNING"},
+        {"9_2": "COMPLETED"},
+    ]
+
+    def states():
+        if clock["now"] == 10:
+            jobs[0].paths.result_pickle.touch()  # job 0 finished
+        if clock["now"] == 60:
+            jobs[2].paths.result_pickle.touch()  # the requeued job finished in its second attempt
+        return timeline[min(int(clock["now"] // 10), len(timeline) - 1)]
+
+    outcomes = wait_for_jobs(jobs, poll_s=10, grace_s=25, states=states, clock=lambda: clock["now"],
+                             sleep=lambda seconds: clock.update(now=clock["now"] + seconds))
+    assert outcomes == [None, "SLURM job 9_1 ended CANCELLED without a result", None,
+                        "SLURM job 9_3 left the queue without a result (cancelled or killed)"]
+    assert clock["now"] <= 70  # bounded: no job is waited for past its grace period
+
+
 # ---------------------------------------------------------------------------------------------------- run dirs
+def test_runs_started_in_the_same_second_claim_their_own_dirs(tmp_path):
+    """Eight processes claim a run dir for the same time stamp at once: each gets its own (-2, -3 ... suffixes)."""
+    code = ("import sys; from sr.utils.launch import claim_stamp; "
+            "print(claim_stamp(sys.argv[1], '2026-01-01_00-00-00'))")
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "multiruns")], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(8)]
+    names = [process.communicate(timeout=60)[0].strip() for process in processes]
+    expected = {"2026-01-01_00-00-00", *(f"2026-01-01_00-00-00-{n}" for n in range(2, 9))}
+    assert set(names) == expected and len(names) == 8
+    assert {path.name for path in (tmp_path / "multiruns").iterdir()} == expected
+    from sr.tracking import wandb_run_identity
+
+    ids = {wandb_run_identity(tmp_path / "multiruns" / name / "0", "x", [], 0)["id"] for name in names}
+    assert len(ids) == 8  # one W&B run id per sweep dir
+
+
+def test_run_and_sweep_dirs_are_claimed_when_composed(tmp_path):
+    """Two compositions (two commands started in the same second) get two sweep dirs."""
+    first = compose("train", [f"paths.log_dir={tmp_path}"], return_hydra_config=True).hydra.sweep.dir
+    second = compose("train", [f"paths.log_dir={tmp_path}"], return_hydra_config=True).hydra.sweep.dir
+    assert first != second and Path(first).is_dir() and Path(second).is_dir()
+    assert Path(first).parent == Path(second).parent == tmp_path / "train" / "default" / "multiruns"
+
+
 def test_srun_ranks_follow_rank_zero_and_a_requeued_job_finds_its_dir_again(tmp_path):
     marker = tmp_path / ".launches" / "slurm-7-0"
     follower: dict = {}

@@ -12,10 +12,15 @@ itself:
   overrides (:func:`export_for_child_ranks`) and a rank Lightning started replaces its command line with that one
   job (:func:`child_rank_argv`).
 
+Rank 0 claims the run dir (:func:`claim_stamp`): it creates ``<parent>/<stamp>`` with one ``mkdir``, which fails when
+the dir exists, and takes ``<stamp>-2``, ``<stamp>-3`` ... then; so two runs or sweeps started in the same second get
+their own dirs (and, derived from the run dir, their own W&B run ids: ``sr.tracking``).
+
 Under ``hydra/launcher=slurm`` all tasks of a job get the sweep dir the submitting process resolved (Hydra copies
 its resolver cache into every job), so none of this is needed there.
 """
 
+import itertools
 import json
 import os
 import time
@@ -29,38 +34,55 @@ OVERRIDES_ENV = "SR_RANK_ZERO_OVERRIDES"
 RENDEZVOUS_TIMEOUT_S = 600
 
 
-def run_stamp(log_dir: str) -> str:
-    """The time stamp that names this run's dir: the current time of rank 0 of the launch (module docstring)."""
+def run_stamp(log_dir: str, parent: str | None = None) -> str:
+    """The name of this run's dir under ``parent``: the current time of rank 0 of the launch, which rank 0 claims
+    (module docstring; nothing is created when ``parent`` is None)."""
     now = datetime.now().strftime(STAMP_FORMAT)
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _torchrun_stamp(now)
+        return _torchrun_stamp(now, parent)
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
         marker = Path(log_dir) / ".launches" / f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ['SLURM_STEP_ID']}"
-        return _file_stamp(marker, int(os.environ["SLURM_PROCID"]) == 0, now)
-    return now
+        return _file_stamp(marker, int(os.environ["SLURM_PROCID"]) == 0, now, parent)
+    return claim_stamp(parent, now) if parent else now
 
 
-def _torchrun_stamp(now: str) -> str:
+def claim_stamp(parent: str | Path, stamp: str) -> str:
+    """``stamp``, or else ``stamp-2``, ``stamp-3`` ...: the first name whose folder under ``parent`` this call
+    creates (``mkdir`` fails when the folder exists, also when another process made it a moment ago)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        name = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        try:
+            (Path(parent) / name).mkdir()
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")
+
+
+def _torchrun_stamp(now: str, parent: str | None) -> str:
     from torch.distributed import TCPStore
 
     store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                      timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
     key = f"stablesr/run_stamp/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     if int(os.environ["RANK"]) == 0:
-        store.set(key, now)
-        return now
+        stamp = claim_stamp(parent, now) if parent else now
+        store.set(key, stamp)
+        return stamp
     return store.get(key).decode()  # blocks until rank 0 has set it
 
 
-def _file_stamp(marker: Path, is_rank_zero: bool, now: str) -> str:
+def _file_stamp(marker: Path, is_rank_zero: bool, now: str, parent: str | None = None) -> str:
     if is_rank_zero:
         if marker.is_file():  # the same job again (requeued): same run dir
             return marker.read_text().strip()
+        stamp = claim_stamp(parent, now) if parent else now
         marker.parent.mkdir(parents=True, exist_ok=True)
         temporary = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-        temporary.write_text(now)
+        temporary.write_text(stamp)
         os.replace(temporary, marker)
-        return now
+        return stamp
     deadline = time.monotonic() + RENDEZVOUS_TIMEOUT_S
     while not marker.is_file():
         if time.monotonic() > deadline:
