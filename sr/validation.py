@@ -265,7 +265,8 @@ def validate_eval(cfg) -> None:
 
 def validate_train(cfg) -> None:
     """The keys of ``conf/train.yaml`` a user sets by hand: ``seed``, the learning rates (numbers > 0), ``ckpt_path``
-    (a readable checkpoint), a GPU accelerator that exists, a writable output folder."""
+    (a readable checkpoint), the tiny prior (``paths.prior_dir``) when the model starts from it, a GPU accelerator that
+    exists, a writable output folder. Other missing ``model.pretrained`` folders: ``sr.pipelines.build``."""
     from sr.utils.checkpoint import CheckpointError, check_checkpoint_file
 
     problems = _Problems(cfg)
@@ -279,6 +280,11 @@ def validate_train(cfg) -> None:
             check_checkpoint_file(ckpt_path)
         except CheckpointError as error:
             problems.lines.append(f"ckpt_path={error}")
+    pretrained, prior_dir = problems.get("model.pretrained", None), problems.get("paths.prior_dir", None)
+    if isinstance(pretrained, str) and pretrained == prior_dir and not Path(pretrained).exists():
+        problems.lines.append(
+            f"model.pretrained={pretrained}: no prior at {pretrained}; make it with `python train.py "
+            f"experiment=prior_tiny hydra.run.dir={Path(pretrained).parent}` (or `make release-train`)")
     accelerator = problems.get("trainer.accelerator", "cpu")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         problems.lines.append(f"trainer.accelerator={accelerator}: no CUDA GPU is available here (use trainer=cpu)")

@@ -1,6 +1,8 @@
 """On a real SLURM cluster (``make test-cluster`` starts a one-node one with scripts/slurm_local.sh): training and eval
 sweeps through ``hydra/launcher=slurm``, a job requeued at its time limit, 2-rank DDP (gloo, CPU) under ``srun``
-and through the launcher with exact resume for both ranks, and DDP inside a basic-launcher sweep.
+and through the launcher with exact resume for both ranks, and DDP inside a basic-launcher sweep; sweeps with failing
+or cancelled jobs (the cluster has no accounting, as scripts/slurm_local.sh sets it up) and bad settings refused before
+submission.
 
 Every job is the tiny preset on CPU with random weights, a few steps, 1 CPU per task: the node has 2 cores.
 """
@@ -179,6 +181,86 @@ def test_ddp_inside_a_basic_launcher_sweep_runs_each_job_once(tmp_path):
     for job in ("0", "1"):
         assert last_checkpoint(sweep_dir / job)["global_step"] == 1
         assert len(last_checkpoint(sweep_dir / job)["SRDataModule"]["ranks"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------- failing sweeps
+def failure_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if " failed: " in line]
+
+
+def wait_until_running(sweep_dir: Path, timeout: float = 300) -> str:
+    """The SLURM id of the sweep's one job once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for folder in (sweep_dir / ".submitit").glob("*_0"):
+            state = subprocess.run(["squeue", "-h", "-j", folder.name, "-o", "%T"], capture_output=True, text=True)
+            if state.stdout.strip() == "RUNNING":
+                return folder.name
+        time.sleep(1)
+    pytest.fail(f"no job of {sweep_dir} ran within {timeout} s")
+
+
+def test_a_sweep_with_failing_or_cancelled_jobs_ends_promptly_with_one_line_per_failed_job(tmp_path):
+    """Sweep 1: job #1 has no data folder and fails inside its job; sweep 2: its one job is cancelled (scancel) while
+    it trains. Without accounting, each sweep ends soon after its last job, exit 1, one line per failed job naming
+    its overrides and its error; the job that worked finished."""
+    logs, missing = tmp_path / "logs", tmp_path / "no_such_folder"
+    failing = start(command("train.py", "-m", *TINY, *SLURM, "trainer.max_steps=1", f"paths.log_dir={logs}",
+                            f"data.train_dirs=[data/samples/train],[{missing}]",
+                            f"hydra.sweep.dir={tmp_path / 'failing'}"), tmp_path / "failing.log")
+    cancelled = start(command("train.py", "-m", *TINY, *SLURM, "trainer.max_steps=20", f"paths.log_dir={logs}",
+                              "+callbacks.slow._target_=cluster_callbacks.SlowUntilRequeued",
+                              "+callbacks.slow.seconds=20", "seed=5", f"hydra.sweep.dir={tmp_path / 'cancelled'}"),
+                      tmp_path / "cancelled.log")
+    job_id = wait_until_running(tmp_path / "cancelled")
+    subprocess.run(["scancel", job_id], check=True)
+    cancelled_at = time.monotonic()
+    assert finish(cancelled, tmp_path / "cancelled.log", timeout=240) == 1
+    waited = time.monotonic() - cancelled_at
+    assert finish(failing, tmp_path / "failing.log", timeout=300) == 1
+
+    (line,) = failure_lines(tmp_path / "failing.log")
+    assert line.startswith(f"train: job #1 (data.train_dirs=[{missing}]) failed: ")
+    assert f"{missing}: no such file or folder" in line and "Traceback" not in (tmp_path / "failing.log").read_text()
+    assert last_checkpoint(tmp_path / "failing" / "0")["global_step"] == 1  # the other job worked
+    (line,) = failure_lines(tmp_path / "cancelled.log")
+    assert line.startswith(f"train: job #0 (") and "seed=5" in line
+    assert f"SLURM job {job_id} ended CANCELLED without a result" in line
+    print(f"failing sweep: {line}\ncancelled job: the sweep ended {waited:.0f} s after scancel")
+    assert waited < 120  # KillWait (10 s) + the launcher's grace period (30 s) + polls
+
+
+def test_bad_settings_stop_a_sweep_before_submission_with_one_line(tmp_path):
+    """A value the job would refuse, a time limit SLURM would read as unlimited, the README's CPU-cluster command
+    without a trained prior: exit 1, one line naming the key, nothing submitted."""
+    logs = tmp_path / "logs"
+    cases = {
+        "lr": ([*TINY, *SLURM, "module.lr=1e-4,abc"], "train: error: nothing submitted: job #1 (module.lr=abc): "
+                                                     "module.lr='abc': must be a number"),
+        "timeout": ([*TINY, *SLURM, "hydra.launcher.timeout_min=-5"],
+                    "hydra/launcher=slurm: hydra.launcher.timeout_min=-5: must be a positive whole number of minutes"),
+        "prior": (["experiment=stablesr_tiny", "trainer=cpu", "hydra/launcher=slurm", "slurm.cpus_per_task=1",
+                   "slurm.mem_gb_per_task=3", "module.lr=1e-4,2e-4"],
+                  f"no prior at {logs}/release/prior/model; make it with `python train.py experiment=prior_tiny "
+                  f"hydra.run.dir={logs}/release/prior` (or `make release-train`)"),
+    }
+    for name, (overrides, message) in cases.items():
+        sweep_dir = tmp_path / name
+        log = tmp_path / f"{name}.log"
+        argv = command("train.py", "-m", *overrides, f"paths.log_dir={logs}", f"hydra.sweep.dir={sweep_dir}")
+        assert run(argv, log, timeout=120) == 1, log.read_text()[-2000:]
+        errors = [line for line in log.read_text().splitlines() if "error" in line or "must be" in line]
+        assert len(errors) == 1 and message in errors[0], log.read_text()[-2000:]
+        assert not (sweep_dir / ".submitit").exists()  # nothing submitted
+
+
+def test_eval_on_a_cpu_cluster_is_told_the_override_eval_accepts(tmp_path):
+    argv = command("eval.py", "-m", "hydra/launcher=slurm", "slurm.cpus_per_task=1", "slurm.mem_gb_per_task=3",
+                   "model=tiny", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'eval'}")
+    assert run(argv, tmp_path / "eval.log", timeout=120) == 1
+    text = (tmp_path / "eval.log").read_text()
+    assert "1 GPUs per node but the nodes of partition 'debug' have 0: device=cpu (no GPU)" in text, text[-2000:]
+    assert "trainer=cpu" not in text
 
 
 # ------------------------------------------------------------------------------------------------- DDP exact resume

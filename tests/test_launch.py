@@ -13,8 +13,15 @@ from omegaconf import OmegaConf
 
 from sr.config import compose
 from sr.launcher import (
-    JobFailed, failure_message, job_device, job_failure, parse_sinfo, request_problems, swept_overrides,
-    time_limit_problem, wait_for_jobs,
+    JobFailed,
+    failure_message,
+    job_device,
+    job_failure,
+    parse_sinfo,
+    request_problems,
+    swept_overrides,
+    time_limit_problem,
+    wait_for_jobs,
 )
 from sr.utils import launch
 from sr.utils.provenance import COMMAND_ENV, command_line, pin_command_line

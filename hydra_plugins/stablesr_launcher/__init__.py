@@ -8,11 +8,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+    SlurmLauncher as SubmititSlurmLauncher,
+)
 from omegaconf import OmegaConf, open_dict
 
 from sr.errors import ConfigError, describe
-from sr.launcher import check_partition, failure_message, job_failure, swept_overrides, wait_for_jobs
+from sr.launcher import (
+    check_partition,
+    failure_message,
+    job_failure,
+    swept_overrides,
+    wait_for_jobs,
+)
 
 log = logging.getLogger(__name__)
 
