@@ -189,10 +189,10 @@ def failure_lines(log: Path) -> list[str]:
 
 
 def wait_until_running(sweep_dir: Path, timeout: float = 300) -> str:
-    """The SLURM id of the sweep's one job once it runs."""
+    """The SLURM id of the sweep's one job (one job: not an array) once it runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for folder in (sweep_dir / ".submitit").glob("*_0"):
+        for folder in (sweep_dir / ".submitit").glob("*"):
             state = subprocess.run(["squeue", "-h", "-j", folder.name, "-o", "%T"], capture_output=True, text=True)
             if state.stdout.strip() == "RUNNING":
                 return folder.name
@@ -212,12 +212,16 @@ def test_a_sweep_with_failing_or_cancelled_jobs_ends_promptly_with_one_line_per_
                               "+callbacks.slow._target_=cluster_callbacks.SlowUntilRequeued",
                               "+callbacks.slow.seconds=20", "seed=5", f"hydra.sweep.dir={tmp_path / 'cancelled'}"),
                       tmp_path / "cancelled.log")
-    job_id = wait_until_running(tmp_path / "cancelled")
-    subprocess.run(["scancel", job_id], check=True)
-    cancelled_at = time.monotonic()
-    assert finish(cancelled, tmp_path / "cancelled.log", timeout=240) == 1
-    waited = time.monotonic() - cancelled_at
-    assert finish(failing, tmp_path / "failing.log", timeout=300) == 1
+    try:
+        job_id = wait_until_running(tmp_path / "cancelled")
+        subprocess.run(["scancel", job_id], check=True)
+        cancelled_at = time.monotonic()
+        assert finish(cancelled, tmp_path / "cancelled.log", timeout=240) == 1
+        waited = time.monotonic() - cancelled_at
+        assert finish(failing, tmp_path / "failing.log", timeout=300) == 1
+    finally:
+        for process in (failing, cancelled):
+            process.kill()
 
     (line,) = failure_lines(tmp_path / "failing.log")
     assert line.startswith(f"train: job #1 (data.train_dirs=[{missing}]) failed: ")
@@ -226,7 +230,7 @@ def test_a_sweep_with_failing_or_cancelled_jobs_ends_promptly_with_one_line_per_
     (line,) = failure_lines(tmp_path / "cancelled.log")
     assert line.startswith(f"train: job #0 (") and "seed=5" in line
     assert f"SLURM job {job_id} ended CANCELLED without a result" in line
-    print(f"failing sweep: {line}\ncancelled job: the sweep ended {waited:.0f} s after scancel")
+    print(f"cancelled job: {line}\nthe sweep ended {waited:.0f} s after scancel")
     assert waited < 120  # KillWait (10 s) + the launcher's grace period (30 s) + polls
 
 
