@@ -298,10 +298,12 @@ def write_image(
     return write_bytes_atomic(path, encoded, overwrite=overwrite)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False, durable: bool = False) -> Path:
     """Write ``data`` to a hidden temporary file beside ``path``, then ``os.replace`` it into place (mode 0644).
 
     Readers never see a half-written file. Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is false.
+    ``durable``: the data and the rename reach the disk (``fsync`` of the file and its folder) before this returns,
+    so a crash of the machine right after cannot leave an empty file (checkpoints).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -313,8 +315,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(temporary, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(temporary, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sr.config import CONFIG_DIR, register_resolvers
 from sr.io import write_bytes_atomic
 from sr.tracking import wandb_run_identity
-from sr.training.callbacks import RunCheckpoint
+from sr.training.callbacks import RunCheckpoint, use_durable_checkpoints
+from sr.utils.checkpoint import CheckpointError, check_checkpoint_file
 from sr.utils.launch import export_for_child_ranks, ranks_started_here
 from sr.utils.provenance import command_line, git_revision
 
@@ -53,14 +54,36 @@ def record_run(cfg: DictConfig, run_dir: Path, overrides: list[str], job_num: in
 
 def resume_checkpoint(callbacks: list, ckpt_path: str | None) -> str | None:
     """The checkpoint this run starts from: the run's own ``last.ckpt`` if it exists (it is the newest state of this
-    run, and wins over ``ckpt_path``, which only says where the run first started), else ``ckpt_path``."""
+    run, and wins over ``ckpt_path``, which only says where the run first started), else ``ckpt_path``.
+
+    A damaged ``last.ckpt`` (empty, cut short: written by a version that saved non-atomically, or copied badly) is
+    named in a warning and the newest readable periodic checkpoint (``step*.ckpt``) of the run is used instead; with
+    none, the error names the file."""
     for callback in callbacks:
         if isinstance(callback, RunCheckpoint) and callback.last_checkpoint_path.is_file():
-            own = str(callback.last_checkpoint_path)
+            own = callback.last_checkpoint_path
+            try:
+                check_checkpoint_file(own)
+            except CheckpointError as damage:
+                own = newest_readable_checkpoint(own.parent, damage)
             log.info("resuming from this run's own checkpoint %s", own)
             print(f"[train] resuming from this run's own checkpoint {own}", flush=True)
-            return own
+            return str(own)
     return ckpt_path
+
+
+def newest_readable_checkpoint(folder: Path, damage: CheckpointError) -> Path:
+    """The periodic checkpoint (``step<N>.ckpt``) of ``folder`` with the highest step that reads as a checkpoint,
+    after a warning naming ``damage``; ``CheckpointError`` when there is none."""
+    for candidate in sorted(folder.glob("step*.ckpt"), reverse=True):  # zero-padded steps: by name = by step
+        try:
+            check_checkpoint_file(candidate)
+        except CheckpointError:
+            continue
+        log.warning("%s; resuming from the newest readable periodic checkpoint %s instead", damage, candidate)
+        print(f"[train] warning: {damage}; resuming from {candidate} instead", flush=True)
+        return candidate
+    raise CheckpointError(f"{damage}; no readable step*.ckpt beside it to resume from (move it away to start over)")
 
 
 def hydra_job() -> tuple[list[str], int | None]:
@@ -112,6 +135,7 @@ def train(cfg: DictConfig) -> dict:
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    use_durable_checkpoints(trainer)
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters)
 

@@ -1,5 +1,6 @@
 """Callbacks shared by every training stage, and image logging that works with any configured logger."""
 
+import io
 import logging
 import math
 import os
@@ -8,10 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
-from sr.io import write_image
+from sr.io import remove_stale_temporaries, write_bytes_atomic, write_image
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,27 @@ class SubmititRequeue:
         signal.signal(self.signum, handler)
         handler(self.signum, None)  # rank 0: requeue + sys.exit
         raise SystemExit(-1)  # the other ranks end too; the requeue restarts every task
+
+
+class DurableCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` whose saves are atomic in the checkpoint's own folder: a temporary file beside
+    it, ``fsync``, ``os.replace`` (:func:`sr.io.write_bytes_atomic`). A job killed during the write leaves the previous
+    checkpoint whole. (Lightning's own save writes through an fsspec transaction, whose temporary file is in the
+    system temp dir: on another file system the final move is a copy, and a kill during it left an empty or cut
+    ``last.ckpt`` and a complete copy in ``/tmp``.) Each save first removes the temporary files of killed saves.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        remove_stale_temporaries(Path(path).parent)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes_atomic(path, buffer.getbuffer(), overwrite=True, durable=True)
+
+
+def use_durable_checkpoints(trainer: L.Trainer) -> None:
+    """Save through :class:`DurableCheckpointIO` unless the trainer was given a checkpoint plugin of its own."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = DurableCheckpointIO()
 
 
 class RunCheckpoint(ModelCheckpoint):
