@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sr.errors import ConfigError
-from sr.training import compose_train_config, resume_checkpoint
+from sr.training import compose_train_config, resume_checkpoint, train
 from sr.training.callbacks import DurableCheckpointIO, RunCheckpoint
 from sr.utils.checkpoint import CheckpointError
 from sr.validation import validate_train
@@ -106,3 +106,43 @@ def test_a_job_started_from_another_working_directory_finds_its_data(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["logs"]  # nothing written into the cwd
     print(f"train.py fast_dev_run from another working directory: {time.monotonic() - started:.0f} s")
+
+
+def test_wandb_across_a_requeue_first_attempt_complete_and_the_resumed_run_continues_its_steps(tmp_path,
+                                                                                              monkeypatch, capfd):
+    """A requeue at step 2 of 3 with ``logger=wandb`` (offline): the first attempt's W&B run is finished (flushed)
+    before submitit's handler runs (which requeues and so ends every process of the job); the requeued job logs to
+    the same run id and its history continues at the global step, not at 0; no exit or connection traceback."""
+    import wandb
+
+    from test_train import SHORT_RUN
+    from wandb_offline import offline_run
+
+    monkeypatch.delenv("WANDB_DIR", raising=False)  # the run dir decides
+    calls = []
+
+    def submitit_handler(signum, frame):
+        calls.append(wandb.run)  # None: the run was finished before the job is requeued
+        raise SystemExit(-1)
+
+    submitit_handler.__module__ = "submitit.core.job_environment"
+    steps = SHORT_RUN + ["logger=wandb", "trainer.log_every_n_steps=1", "trainer.max_steps=3",
+                         "callbacks.model_checkpoint.every_n_train_steps=100"]
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SystemExit):
+            train(compose_train_config(steps + ["+callbacks.signal._target_=test_train.SignalAtStep",
+                                                "+callbacks.signal.step=1"], tmp_path))
+        train(compose_train_config(steps, tmp_path))  # the requeued job: same run dir
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [None]
+    first, resumed = (offline_run(folder) for folder in sorted((tmp_path / "wandb").glob("offline-run-*")))
+    assert first["id"] == resumed["id"]
+    first_steps = [row["_step"] for row in first["history"]]
+    resumed_steps = [row["_step"] for row in resumed["history"]]
+    assert first_steps == [row["trainer/global_step"] for row in first["history"]] and first_steps[-1] == 1
+    assert "train/loss" in first["history"][-1]  # the last row before the requeue reached the disk
+    assert resumed_steps[0] > first_steps[-1] and resumed_steps == sorted(resumed_steps)
+    output = capfd.readouterr()
+    assert "SystemExit" not in output.err + output.out and "ConnectionResetError" not in output.err + output.out

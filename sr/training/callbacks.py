@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 
 from sr.io import remove_stale_temporaries, write_bytes_atomic, write_image
+from sr.training.loggers import finish_wandb_runs
 
 log = logging.getLogger(__name__)
 
@@ -193,4 +194,7 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if requeue:
             print(f"[train] step {trainer.global_step}: saved {self.last_checkpoint_path}; requeueing", flush=True)
+            # this batch's metrics, which Lightning logs only after the callbacks' batch end, are not lost
+            trainer._logger_connector.update_train_step_metrics()
+            finish_wandb_runs(trainer)
             self.requeue_signal.requeue()

@@ -4,11 +4,18 @@ Lightning's ``CSVLogger`` deletes ``metrics.csv`` when a new process opens a run
 run resumed from its ``last.ckpt`` (requeue, interruption, the recipe's reruns) loses every metric logged before.
 :class:`ResumableCSVLogger` appends instead: the rows already written stay, and a resumed run adds its rows after
 them (steps replayed since the last checkpoint appear twice, the later rows being the resumed run's).
+
+W&B: :class:`ResumableWandbLogger` makes the history step (``_step``) the trainer's global step, so a resumed run
+(same id, ``resume="allow"``) continues it where the checkpoint left off, also offline, where W&B cannot ask its
+server for the last step and would start again at 0; :func:`finish_wandb_runs` ends the runs cleanly before a
+requeue.
 """
 
 import csv
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.fabric.utilities.logger import _add_prefix
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -32,3 +39,25 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class ResumableWandbLogger(WandbLogger):
+    """``WandbLogger`` that logs every row at W&B step = the trainer's global step (module docstring). Rows of one
+    step (training and validation metrics, images) merge into one history row."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        if step is None:
+            super().log_metrics(metrics, step)
+            return
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        self.experiment.log(dict(metrics) | {"trainer/global_step": step}, step=step)
+
+
+def finish_wandb_runs(trainer) -> None:
+    """Finish (flush and close) the W&B run of each W&B logger that started one: before a requeue, whose
+    ``scontrol requeue`` ends every process of the job, W&B's service process included, so that the attempt's run is
+    complete on disk and no connection error is logged."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish()
