@@ -90,17 +90,18 @@ def last_checkpoint(run_dir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------- requeue (background)
 @pytest.fixture(scope="module")
 def requeue_runs(tmp_path_factory):
-    """Started first, checked later (its first attempt mostly sleeps): a job with a 4-minute limit whose first
-    attempt takes 20 s per step, so SLURM's time-limit signal (150 s before the end; SLURM may send it up to a
-    minute earlier) arrives mid-training; beside it, the same 6 steps uninterrupted (the reference)."""
+    """Started first, checked later (its first attempt mostly sleeps): a job (logging to W&B, offline) with a
+    4-minute limit whose first attempt takes 20 s per step, so SLURM's time-limit signal (150 s before the end; SLURM
+    may send it up to a minute earlier) arrives mid-training; beside it, the same 6 steps uninterrupted (the
+    reference)."""
     root = tmp_path_factory.mktemp("requeue")
     steps = [f"trainer.max_steps={REQUEUE_STEPS}", "callbacks.model_checkpoint.every_n_train_steps=100"]
     limited = [*SLURM, "hydra.launcher.timeout_min=4", "hydra.launcher.signal_delay_s=150",
                "hydra.launcher.max_num_timeout=1", "+callbacks.slow._target_=cluster_callbacks.SlowUntilRequeued",
                "+callbacks.slow.seconds=20"]
     processes = {
-        "requeued": start(command("train.py", "-m", *TINY, *steps, *limited, f"hydra.sweep.dir={root / 'requeued'}"),
-                          root / "requeued.log"),
+        "requeued": start(command("train.py", "-m", *TINY, *steps, *limited, "logger=wandb",
+                                  f"hydra.sweep.dir={root / 'requeued'}"), root / "requeued.log"),
         "reference": start(command("train.py", "-m", *TINY, *steps, *SLURM, f"hydra.sweep.dir={root / 'reference'}"),
                            root / "reference.log"),
     }
@@ -341,7 +342,13 @@ def test_requeued_job_resumes_from_its_own_checkpoint_and_matches_an_uninterrupt
     saved = [int(step) for step in re.findall(r"\[train\] step (\d+): saved .*last\.ckpt; requeueing", logs)]
     assert len(saved) == 1 and 0 < saved[0] < REQUEUE_STEPS, logs[-3000:]
     assert logs.count("[train] resuming from this run's own checkpoint") == 1
+    assert "SystemExit" not in logs and "ConnectionResetError" not in logs  # a requeue is no error
     job = root / "requeued" / "0"
+    # W&B: the first attempt's run is complete up to the requeue, the requeued one continues its id and steps
+    first, resumed = (offline_run(folder) for folder in sorted((job / "wandb").glob("offline-run-*")))
+    assert first["id"] == resumed["id"]
+    assert [row["_step"] for row in first["history"]] == list(range(saved[0]))
+    assert [row["_step"] for row in resumed["history"]] == list(range(saved[0], REQUEUE_STEPS))
     assert last_checkpoint(job)["global_step"] == REQUEUE_STEPS
     assert sorted(path.name for path in (job / "checkpoints").iterdir()) == ["last.ckpt"]  # no last-v1.ckpt
     difference = max_difference(weights(job), weights(root / "reference" / "0"))
