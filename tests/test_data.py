@@ -198,12 +198,13 @@ def test_state_dict_round_trip_reproduces_next_batch(tmp_path):
 
 @pytest.mark.parametrize("name", ["samples_tiny", "samples_heldout", "df2k_ost", "div2k_val", "realsr", "drealsr"])
 def test_data_configs_instantiate(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    config = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
+    monkeypatch.chdir(tmp_path)  # folders come from paths.data_dir, not the working directory
+    paths = {"paths": {"data_dir": str(ROOT / "data")}}
+    config = OmegaConf.merge(paths, {"data": OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")}).data
     if name in ("samples_tiny", "samples_heldout"):
         if "degradation" in config:
             config = OmegaConf.merge({"degradation": OmegaConf.load(ROOT / "conf/degradation/bicubic.yaml")},
-                                     {"data": config, "seed": 5})
+                                     paths, {"data": config, "seed": 5})
             data = instantiate(config.data)
             data.setup("fit")
             assert isinstance(data, SRDataModule) and len(data.val_dataset) == 3
