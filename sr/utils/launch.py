@@ -92,9 +92,20 @@ def _file_stamp(marker: Path, is_rank_zero: bool, now: str, parent: str | None =
 
 
 def export_for_child_ranks(run_dir: str | Path, overrides: list[str]) -> None:
-    """Rank 0, before Lightning starts the other local ranks: they inherit this job's run dir and overrides."""
+    """Rank 0, before Lightning starts the other local ranks: they inherit this job's run dir and overrides.
+
+    Lightning builds their command line from Hydra's ``hydra.run.dir``; that is set to this run dir here, so that it
+    names the job's dir (in a sweep it would name another) and does not claim a new run dir (:func:`claim_stamp`).
+    """
     os.environ[RUN_DIR_ENV] = str(run_dir)
     os.environ[OVERRIDES_ENV] = json.dumps(list(overrides))
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    if HydraConfig.initialized():
+        hydra_config = HydraConfig.get()
+        with read_write(hydra_config):
+            hydra_config.run.dir = str(run_dir)
 
 
 @contextmanager
