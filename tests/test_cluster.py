@@ -229,7 +229,7 @@ def test_a_sweep_with_failing_or_cancelled_jobs_ends_promptly_with_one_line_per_
     assert f"{missing}: no such file or folder" in line and "Traceback" not in (tmp_path / "failing.log").read_text()
     assert last_checkpoint(tmp_path / "failing" / "0")["global_step"] == 1  # the other job worked
     (line,) = failure_lines(tmp_path / "cancelled.log")
-    assert line.startswith(f"train: job #0 (") and "seed=5" in line
+    assert line.startswith("train: job #0 (") and "seed=5" in line
     assert f"SLURM job {job_id} ended CANCELLED without a result" in line
     print(f"cancelled job: {line}\nthe sweep ended {waited:.0f} s after scancel")
     assert waited < 120  # KillWait (10 s) + the launcher's grace period (30 s) + polls
@@ -240,14 +240,14 @@ def test_bad_settings_stop_a_sweep_before_submission_with_one_line(tmp_path):
     without a trained prior: exit 1, one line naming the key, nothing submitted."""
     logs = tmp_path / "logs"
     cases = {
-        "lr": ([*TINY, *SLURM, "module.lr=1e-4,abc"], "train: error: nothing submitted: job #1 (module.lr=abc): "
-                                                     "module.lr='abc': must be a number"),
+        "lr": ([*TINY, *SLURM, "module.lr=1e-4,abc"],
+               "train: error: nothing submitted: job #1 (module.lr=abc): module.lr='abc': must be a number"),
         "timeout": ([*TINY, *SLURM, "hydra.launcher.timeout_min=-5"],
                     "hydra/launcher=slurm: hydra.launcher.timeout_min=-5: must be a positive whole number of minutes"),
         "prior": (["experiment=stablesr_tiny", "trainer=cpu", "hydra/launcher=slurm", "slurm.cpus_per_task=1",
                    "slurm.mem_gb_per_task=3", "module.lr=1e-4,2e-4"],
-                  f"no prior at {logs}/release/prior/model; make it with `python train.py experiment=prior_tiny "
-                  f"hydra.run.dir={logs}/release/prior` (or `make release-train`)"),
+                  (f"no prior at {logs}/release/prior/model; make it with `python train.py experiment=prior_tiny "
+                   f"hydra.run.dir={logs}/release/prior` (or `make release-train`)")),
     }
     for name, (overrides, message) in cases.items():
         sweep_dir = tmp_path / name

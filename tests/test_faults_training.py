@@ -114,7 +114,6 @@ def test_wandb_across_a_requeue_first_attempt_complete_and_the_resumed_run_conti
     before submitit's handler runs (which requeues and so ends every process of the job); the requeued job logs to
     the same run id and its history continues at the global step, not at 0; no exit or connection traceback."""
     import wandb
-
     from test_train import SHORT_RUN
     from wandb_offline import offline_run
 
