@@ -55,9 +55,13 @@ class ResumableWandbLogger(WandbLogger):
 
 
 def finish_wandb_runs(trainer) -> None:
-    """Finish (flush and close) the W&B run of each W&B logger that started one: before a requeue, whose
-    ``scontrol requeue`` ends every process of the job, W&B's service process included, so that the attempt's run is
-    complete on disk and no connection error is logged."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger._experiment.finish()
+    """Finish (flush and close) the W&B run of each W&B logger that started one, then stop W&B's service process:
+    before a requeue, whose ``scontrol requeue`` ends every process of the job, so that the attempt's run is complete
+    on disk and W&B's exit hook finds no service to lose its connection to (``ConnectionResetError``)."""
+    loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger) and logger._experiment]
+    for logger in loggers:
+        logger._experiment.finish()
+    if loggers:
+        import wandb
+
+        wandb.teardown()
