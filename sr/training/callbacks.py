@@ -139,7 +139,7 @@ class DurableCheckpointIO(TorchCheckpointIO):
     it, ``fsync``, ``os.replace`` (:func:`sr.io.write_bytes_atomic`). A job killed during the write leaves the previous
     checkpoint whole. (Lightning's own save writes through an fsspec transaction, whose temporary file is in the
     system temp dir: on another file system the final move is a copy, and a kill during it left an empty or cut
-    ``last.ckpt`` and a complete copy in ``/tmp``.) Each save first removes the temporary files of killed saves.
+    ``last.ckpt`` and a complete copy in the temp dir.) Each save first removes the temporary files of killed saves.
     """
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
