@@ -69,7 +69,7 @@ from sr.report.runs import (
     write_run_scores,
 )
 from sr.report.wandb_log import log_to_wandb
-from sr.pipelines import StableSRPipeline, resolved_settings, sampling_arguments, use_scheduler
+from sr.pipelines import SamplingSettings, StableSRPipeline, resolved_settings, use_scheduler
 from sr.utils.provenance import command_line
 from sr.validation import validate_eval
 
@@ -123,26 +123,14 @@ def weights_components(model_cfg: DictConfig) -> dict:
 
 
 def run_settings(cfg: DictConfig) -> dict:
-    """The table columns of a run: sampling settings as the pipeline resolves them, plus data/weights provenance."""
-    resolved = resolved_settings(cfg)
+    """The table columns of a run: every sampling setting as the pipeline resolves it (``SamplingSettings`` names),
+    plus the model, scheduler, seed and data/weights provenance."""
     weights = model_config(cfg)
     return {
         "method": METHOD,
-        "w": float(cfg.w),
-        "tile_overlap": resolved.tile_overlap,
-        "steps": int(cfg.steps),
+        **resolved_settings(cfg).components(),
         "model": cfg.model.name,
-        "tile_size": resolved.tile_size,
         "scheduler": get_class(cfg.scheduler._target_).__name__,
-        "start": cfg.start,
-        "respacing": resolved.respacing,
-        "tile_weighting": resolved.tile_weighting,
-        "vae_tile_size": resolved.vae_tile_size,
-        "vae_tile_overlap": resolved.vae_tile_overlap,
-        "vae_tile_mode": resolved.vae_tile_mode,
-        "color_fix": cfg.color_fix,
-        "scale": cfg.scale,
-        "input_size": cfg.input_size,
         "seed": int(cfg.seed),
         "crop_border": int(cfg.crop_border),
         "lr_dir": str(Path(cfg.data.lr_dir).resolve()),
@@ -157,8 +145,8 @@ def run_settings(cfg: DictConfig) -> dict:
 # sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
 BASELINE_SETTINGS = {
     "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir"),
-    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile_size", "vae_tile_overlap",
-                  "vae_tile_mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
+    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile.size", "vae_tile.overlap",
+                  "vae_tile.mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
 }
 
 
@@ -233,7 +221,7 @@ def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, r
         return 0
     pipe = use_scheduler(pipe if pipe is not None else load_model(cfg, weights), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
-    settings = sampling_arguments(cfg)
+    settings = pipe.sampling_settings(cfg).arguments()
     timings = read_timings(run_dir)
     for index in tqdm(pending, desc=f"sampling {run_dir.name}", disable=not cfg.progress):
         item = data[index]
@@ -267,13 +255,14 @@ def score_images(suite: MetricSuite, data: PairedImageDataset, images_dir: Path,
     return per_image, suite.summary(per_image, set_level)
 
 
-def baseline_image(name: str, lq: torch.Tensor, cfg: DictConfig, pipe: StableSRPipeline | None) -> torch.Tensor:
-    """Baseline ``name``'s output ``[C, H, W]`` in [0, 1] for the LR ``lq``, made by the pipeline's own methods."""
+def baseline_image(name: str, lq: torch.Tensor, settings: SamplingSettings,
+                   pipe: StableSRPipeline | None) -> torch.Tensor:
+    """Baseline ``name``'s output ``[C, H, W]`` in [0, 1] for the LR ``lq`` with the run's resolved ``settings``,
+    made by the pipeline's own methods."""
     if name == "bicubic":
-        return StableSRPipeline.bicubic(lq, scale=cfg.scale, output_type="pt").images[0]
-    return pipe.reconstruct(lq, w=cfg.w, color_fix=cfg.color_fix, scale=cfg.scale, input_size=cfg.input_size,
-                            vae_tile_size=cfg.vae_tile.size, vae_tile_overlap=cfg.vae_tile.overlap,
-                            vae_tile_mode=cfg.vae_tile.mode, output_type="pt").images[0]
+        return StableSRPipeline.bicubic(lq, scale=settings.scale, output_type="pt").images[0]
+    return pipe.reconstruct(lq, w=settings.w, color_fix=settings.color_fix, scale=settings.scale,
+                            input_size=settings.input_size, vae_tile=settings.vae_tile, output_type="pt").images[0]
 
 
 def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImageDataset, run_dir: Path,
@@ -293,9 +282,10 @@ def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImag
         pipe = load_model(cfg, weights)
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
+    settings = resolved_settings(cfg)
     for index in tqdm(pending, desc=f"{name} {run_dir.name}", disable=not cfg.progress):
         item = data[index]
-        write_image(folder / f"{item['name']}.png", baseline_image(name, item["lq"], cfg, pipe))
+        write_image(folder / f"{item['name']}.png", baseline_image(name, item["lq"], settings, pipe))
     return folder
 
 
@@ -370,7 +360,7 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
         validate_eval(cfg)
         data = load_test_set(cfg)
         settings = run_settings(cfg)
-        generation = generation_components(cfg, model_config(cfg), settings["tile_size"], settings["tile_overlap"])
+        generation = generation_components(cfg, model_config(cfg), resolved_settings(cfg))
         if refusal := reconcile_cache(run_dir, generation, previous_status, cfg.overwrite, cfg.rescore):
             print(f"eval: not run: {refusal}", file=sys.stderr)
             return f"not run: {refusal}"

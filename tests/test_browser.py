@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 APP_START_SECONDS = 240
 JOB_SECONDS = 240
 # the settings of the app test, as upscale.py keys: a 48 x 48 input to 192 x 192 in 2 x 2 latent tiles, 2 steps
-SETTINGS = {"scale": 4, "w": 0.7, "steps": 2, "seed": 7, "color_fix": "adain", "tile.size": 16, "tile.overlap": 8}
+SETTINGS = {"scale": 4, "w": 0.7, "num_inference_steps": 2, "seed": 7, "color_fix": "adain", "tile.size": 16, "tile.overlap": 8}
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def _open_report(browser, report):
 def test_report_page_loads_offline_without_console_errors(browser, report):
     driver = _open_report(browser, report)
     images = driver.execute_script("return Array.from(document.images).map(i => [i.src, i.naturalWidth]);")
-    assert len(images) == 6 + 2 * 2   # 6 plots (psnr_y, lpips_alex, fid against w and tile_overlap), 2 per view
+    assert len(images) == 6 + 2 * 2   # 6 plots (psnr_y, lpips_alex, fid against w and tile.overlap), 2 per view
     assert all(width > 0 for _, width in images), images   # every image loaded from the report folder
     console = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
     assert console == []

@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sr.errors import ConfigError
-from sr.pipelines import sampling_arguments, use_scheduler
+from sr.pipelines import use_scheduler
 from sr.sampling import output_size, reflect_pad_to, round_up
 from sr.upscale_folder import output_path, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-FAST = ["steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
+FAST = ["num_inference_steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
 
 
 def upscale_config(*overrides: str):
@@ -41,7 +41,7 @@ def upscale(pipe, lr: torch.Tensor, seed: int, *overrides: str) -> torch.Tensor:
     """``pipe`` called as upscale.py calls it, with ``upscale_config(*overrides)``'s scheduler and settings."""
     cfg = upscale_config(*overrides)
     use_scheduler(pipe, instantiate(cfg.scheduler))
-    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt", **sampling_arguments(cfg)).images
+    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt", **pipe.sampling_settings(cfg).arguments()).images
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -84,7 +84,7 @@ def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
     tiny_model.scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
     try:
         v = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt",
-                       **sampling_arguments(upscale_config())).images
+                       **pipe.sampling_settings(upscale_config()).arguments()).images
     finally:
         tiny_model.scheduler = original
     assert v.shape == eps.shape == (1, 3, 32, 48)

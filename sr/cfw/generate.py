@@ -126,7 +126,7 @@ def main(cfg: DictConfig) -> None:
     with one_line_errors("sr.cfw.generate", cfg.get("debug", False)):
         if cfg.seed is None:
             raise ConfigError("seed must be set (every sample is seeded from it)")
-        if problem := device_problem(cfg.device):
+        if problem := device_problem(cfg.device, allow_auto=True):  # auto: build_generator resolves it
             raise ConfigError(problem)
         generator = build_generator(cfg)
         out = Path(to_absolute_path(cfg.out))
