@@ -26,9 +26,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
+from sr.config import compose  # noqa: E402
 from sr.ops.tiling import TileGrid  # noqa: E402
 from sr.pipelines import use_scheduler  # noqa: E402
 from sr.sampling import TileFusion, denoise  # noqa: E402
@@ -36,8 +36,7 @@ from sr.sampling import TileFusion, denoise  # noqa: E402
 
 def load(overrides: list[str]):
     """(run config, pipeline sampling with the config's scheduler) of ``conf/upscale.yaml`` + ``overrides``."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="upscale", overrides=["input=unset", "output=unset", "progress=false", *overrides])
+    cfg = compose("upscale", ["input=unset", "output=unset", "progress=false", *overrides])
     pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
     return cfg, pipe

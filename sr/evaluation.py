@@ -122,13 +122,14 @@ def weights_components(model_cfg: DictConfig) -> dict:
     return {f"model.{key}": weights_identity(model_cfg.get(key)) for key in WEIGHT_KEYS}
 
 
-def run_settings(cfg: DictConfig) -> dict:
-    """The table columns of a run: every sampling setting as the pipeline resolves it (``SamplingSettings`` names),
-    plus the model, scheduler, seed and data/weights provenance."""
+def run_settings(cfg: DictConfig, resolved: SamplingSettings | None = None) -> dict:
+    """The table columns of a run: every sampling setting as the pipeline resolves it (``resolved``, by default
+    ``resolved_settings(cfg)``; ``SamplingSettings`` names), plus the model, scheduler, seed and data/weights
+    provenance."""
     weights = model_config(cfg)
     return {
         "method": METHOD,
-        **resolved_settings(cfg).components(),
+        **(resolved or resolved_settings(cfg)).components(),
         "model": cfg.model.name,
         "scheduler": get_class(cfg.scheduler._target_).__name__,
         "seed": int(cfg.seed),
@@ -211,23 +212,24 @@ def read_timings(run_dir: Path) -> dict[str, float]:
 
 
 def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, run_dir: Path,
-                  pipe: StableSRPipeline | None, weights: dict | None = None) -> int:
+                  pipe: StableSRPipeline | None, settings: SamplingSettings, weights: dict | None = None) -> int:
     """Upscale every LR image whose ``images/<name>.png`` is missing (all of them with ``overwrite``); returns how
     many were sampled. Each image gets ``torch.Generator().manual_seed(seed)``, so results do not depend on order.
-    ``weights``: the weight identities the run records (:func:`load_model`)."""
+    ``settings``: the run's resolved sampling settings; ``weights``: the weight identities the run records
+    (:func:`load_model`)."""
     pending = [index for index, name in enumerate(data.names)
                if cfg.overwrite or not (images_dir / f"{name}.png").is_file()]
     if not pending:
         return 0
     pipe = use_scheduler(pipe if pipe is not None else load_model(cfg, weights), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
-    settings = pipe.sampling_settings(cfg).arguments()
+    arguments = settings.arguments()
     timings = read_timings(run_dir)
     for index in tqdm(pending, desc=f"sampling {run_dir.name}", disable=not cfg.progress):
         item = data[index]
         generator = torch.Generator().manual_seed(int(cfg.seed))
         start = time.perf_counter()
-        sr = pipe(item["lq"], generator=generator, output_type="pt", **settings).images[0]
+        sr = pipe(item["lq"], generator=generator, output_type="pt", **arguments).images[0]
         timings[item["name"]] = time.perf_counter() - start
         write_image(images_dir / f"{item['name']}.png", sr, overwrite=cfg.overwrite)
         write_bytes_atomic(run_dir / TIMINGS_FILE, json.dumps(timings, indent=2).encode(), overwrite=True)
@@ -266,10 +268,10 @@ def baseline_image(name: str, lq: torch.Tensor, settings: SamplingSettings,
 
 
 def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImageDataset, run_dir: Path,
-                  pipe: StableSRPipeline | None, weights: dict | None = None) -> Path:
+                  pipe: StableSRPipeline | None, settings: SamplingSettings, weights: dict | None = None) -> Path:
     """Write baseline ``name``'s images to ``<run_dir>/baselines/<name>`` and return that folder. Images recorded
     there for ``components`` are kept (a rerun reuses them, an interrupted one completes them); with another record,
-    none or ``overwrite`` the folder's images are discarded first. ``weights``: as for :func:`sample_images`."""
+    none or ``overwrite`` the folder's images are discarded first. ``settings``, ``weights``: as for :func:`sample_images`."""
     folder = run_dir / BASELINES_DIR / name
     remove_stale_temporaries(folder)
     recorded = read_fingerprint(folder)
@@ -282,7 +284,6 @@ def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImag
         pipe = load_model(cfg, weights)
     if pipe is not None:
         pipe.set_progress_bar_config(disable=True)
-    settings = resolved_settings(cfg)
     for index in tqdm(pending, desc=f"{name} {run_dir.name}", disable=not cfg.progress):
         item = data[index]
         write_image(folder / f"{item['name']}.png", baseline_image(name, item["lq"], settings, pipe))
@@ -359,8 +360,9 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
     try:
         validate_eval(cfg)
         data = load_test_set(cfg)
-        settings = run_settings(cfg)
-        generation = generation_components(cfg, model_config(cfg), resolved_settings(cfg))
+        resolved = resolved_settings(cfg)   # the one resolution of the run's sampling settings
+        settings = run_settings(cfg, resolved)
+        generation = generation_components(cfg, model_config(cfg), resolved)
         if refusal := reconcile_cache(run_dir, generation, previous_status, cfg.overwrite, cfg.rescore):
             print(f"eval: not run: {refusal}", file=sys.stderr)
             return f"not run: {refusal}"
@@ -383,11 +385,11 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
         write_fingerprint(run_dir, generation)
         weights = {f"model.{key}": generation[f"model.{key}"] for key in WEIGHT_KEYS}  # what the run records
         if not cfg.rescore:
-            sample_images(cfg, data, images_dir, run_dir, pipe, weights)
+            sample_images(cfg, data, images_dir, run_dir, pipe, resolved, weights)
         per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
         baseline_records = {}
         for name, components in baselines.items():
-            folder = make_baseline(cfg, name, components, data, run_dir, pipe, weights)
+            folder = make_baseline(cfg, name, components, data, run_dir, pipe, resolved, weights)
             baseline_per_image, baseline_aggregate = score_images(suite, data, folder, cfg.progress)
             baseline_records[name] = {"settings": {"method": name, **{key: settings[key] for key in
                                                                         BASELINE_SETTINGS[name]}},

@@ -22,7 +22,7 @@ import sr.evaluation
 from sr.config import compose
 from sr.data.datasets import PairedImageDataset
 from sr.evaluation import make_baseline
-from sr.pipelines import StableSRPipeline
+from sr.pipelines import SamplingSettings, StableSRPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "data" / "samples" / "heldout_pairs"
@@ -335,20 +335,20 @@ def test_changed_baseline_list_rescores_without_sampling_and_reuses_the_kept_bas
 def test_baseline_images_are_kept_for_their_settings_completed_when_missing_and_remade_for_others(test_set,
                                                                                                   tmp_path):
     data = PairedImageDataset(str(test_set / "lr"), str(test_set / "hr"))
-    cfg = OmegaConf.create({"scale": 4, "overwrite": False, "progress": False})
+    cfg = OmegaConf.create({"overwrite": False, "progress": False})
     components = {"baseline": "bicubic", "scale": 4.0, "test_set.lr": "sha256:one"}
-    folder = make_baseline(cfg, "bicubic", components, data, tmp_path, pipe=None)
+    folder = make_baseline(cfg, "bicubic", components, data, tmp_path, None, SamplingSettings(scale=4))
     assert folder == tmp_path / "baselines" / "bicubic"
     camera, coffee = folder / "camera.png", folder / "coffee.png"
     stamp, made = camera.stat().st_mtime_ns, coffee.read_bytes()
     coffee.unlink()   # interrupted: the missing image is made, the present one kept
-    make_baseline(cfg, "bicubic", components, data, tmp_path, pipe=None)
+    make_baseline(cfg, "bicubic", components, data, tmp_path, None, SamplingSettings(scale=4))
     assert camera.stat().st_mtime_ns == stamp and coffee.read_bytes() == made
     with Image.open(camera) as image:
         assert image.size == (64, 64)
 
-    cfg.scale = 2   # other settings: every image is remade
-    make_baseline(cfg, "bicubic", components | {"scale": 2.0}, data, tmp_path, pipe=None)
+    # other settings: every image is remade
+    make_baseline(cfg, "bicubic", components | {"scale": 2.0}, data, tmp_path, None, SamplingSettings(scale=2))
     assert camera.stat().st_mtime_ns != stamp
     with Image.open(camera) as image:
         assert image.size == (32, 32)

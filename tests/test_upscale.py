@@ -84,7 +84,7 @@ def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
     tiny_model.scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
     try:
         v = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt",
-                       **pipe.sampling_settings(upscale_config()).arguments()).images
+                       **tiny_model.sampling_settings(upscale_config()).arguments()).images
     finally:
         tiny_model.scheduler = original
     assert v.shape == eps.shape == (1, 3, 32, 48)
