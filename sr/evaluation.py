@@ -271,7 +271,8 @@ def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImag
                   pipe: StableSRPipeline | None, settings: SamplingSettings, weights: dict | None = None) -> Path:
     """Write baseline ``name``'s images to ``<run_dir>/baselines/<name>`` and return that folder. Images recorded
     there for ``components`` are kept (a rerun reuses them, an interrupted one completes them); with another record,
-    none or ``overwrite`` the folder's images are discarded first. ``settings``, ``weights``: as for :func:`sample_images`."""
+    none or ``overwrite`` the folder's images are discarded first. ``settings``, ``weights``: as for
+    :func:`sample_images`."""
     folder = run_dir / BASELINES_DIR / name
     remove_stale_temporaries(folder)
     recorded = read_fingerprint(folder)
