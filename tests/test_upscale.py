@@ -41,7 +41,8 @@ def upscale(pipe, lr: torch.Tensor, seed: int, *overrides: str) -> torch.Tensor:
     """``pipe`` called as upscale.py calls it, with ``upscale_config(*overrides)``'s scheduler and settings."""
     cfg = upscale_config(*overrides)
     use_scheduler(pipe, instantiate(cfg.scheduler))
-    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt", **pipe.sampling_settings(cfg).arguments()).images
+    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                **pipe.sampling_settings(cfg).arguments()).images
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -75,6 +76,24 @@ def test_output_is_exactly_scale_times_input(tiny_model, height, width, override
     out = upscale(tiny_model, lr, 0, *overrides)
     assert out.shape == (1, 3, *output_size(height, width, upscale_config(*overrides).scale))
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+
+
+def test_a_setting_added_to_the_schema_reaches_command_line_call_and_fingerprint(tiny_model):
+    """``sample_posterior`` was added in sr/sampling/settings.py and sr/pipelines/stablesr.py only: the command line
+    key reaches the encoder (it equals the call's keyword, and differs from the default), the fingerprint records it,
+    and a bad value is one line naming it."""
+    from sr.fingerprint import sampling_components
+
+    lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    cfg = upscale_config("sample_posterior=false")
+    mode = upscale(tiny_model, lr, 0, "sample_posterior=false")
+    api = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt", num_inference_steps=1,
+                     tile={"size": 16}, sample_posterior=False).images
+    assert torch.equal(mode, api) and not torch.equal(mode, upscale(tiny_model, lr, 0))
+    components = sampling_components(cfg, cfg.model, tiny_model.sampling_settings(cfg))
+    assert components["sample_posterior"] is False
+    with pytest.raises(ConfigError, match="^sample_posterior='no': must be true or false$"):
+        tiny_model.sampling_settings(upscale_config("sample_posterior=no"))
 
 
 def test_eps_and_v_prediction_both_run_and_differ(tiny_model):

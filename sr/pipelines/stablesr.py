@@ -206,7 +206,7 @@ class StableSRPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        sample_posterior: bool = True,
+        sample_posterior: bool | None = None,
         output_type: str = "pil",
         return_latents: bool = False,
         return_dict: bool = True,
@@ -245,6 +245,7 @@ class StableSRPipeline(DiffusionPipeline):
             latents: ``x_T`` in diffusion space, of the padded latent's size (as returned with
                 ``return_latents=True``); replaces the ``start`` draw.
             sample_posterior: False encodes deterministically (the posterior mode ``scaling_factor * mean``).
+                A setting (``SamplingSettings``): ``upscale.py sample_posterior=false``.
             output_type: ``pil``, ``np``, ``pt`` (``[B, C, H, W]`` in [0, 1] on the input's device) or ``latent``
                 (the denoised diffusion-space latent, cropped to the image's latent size; not decoded).
             return_latents: also return the ``x_T`` used (``StableSRPipelineOutput.latents``).
@@ -256,7 +257,7 @@ class StableSRPipeline(DiffusionPipeline):
         """
         settings = self.sampling_settings(
             num_inference_steps=num_inference_steps, w=w, color_fix=color_fix, scale=scale, input_size=input_size,
-            start=start, respacing=respacing, tile=tile, vae_tile=vae_tile,
+            start=start, respacing=respacing, tile=tile, vae_tile=vae_tile, sample_posterior=sample_posterior,
         )
         check_respacing(self.scheduler, settings.respacing)
         if output_type not in OUTPUT_TYPES:
@@ -287,11 +288,11 @@ class StableSRPipeline(DiffusionPipeline):
                                  f"{images.shape[0]} x num_images_per_prompt {num_images_per_prompt}); pass one "
                                  "generator, or one per output image")
             runs = [self._upscale(lr[k : k + 1], settings, generator[k], _item(prompt_embeds, k),
-                                  _item(latents, k), sample_posterior, output_type, step_end)
+                                  _item(latents, k), settings.sample_posterior, output_type, step_end)
                     for k in range(lr.shape[0])]
             result, initial = torch.cat([run[0] for run in runs]), torch.cat([run[1] for run in runs])
         else:
-            result, initial = self._upscale(lr, settings, generator, prompt_embeds, latents, sample_posterior,
+            result, initial = self._upscale(lr, settings, generator, prompt_embeds, latents, settings.sample_posterior,
                                             output_type, step_end)
         images_out = result if output_type == "latent" else _convert_output(result, output_type)
         initial = initial if return_latents else None

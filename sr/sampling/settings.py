@@ -76,7 +76,8 @@ class SamplingSettings:
     ``input_size``: sample at >= ``input_size`` px on the short side, then resize back (None or 0: off); ``start``:
     ``lr`` (the LR latent noised to t=999) or ``noise``; ``respacing``: ``scheduler`` (its ``timestep_spacing``) or
     ``official`` (the released code's timesteps, sr.sampling.respacing). The ``stablesr_official*`` presets choose
-    ``official`` respacing and tile weighting.
+    ``official`` respacing and tile weighting. ``sample_posterior``: encode the LR with a sample of the VAE posterior
+    (the released code) or, false, with its mode (a deterministic encoding).
     """
 
     num_inference_steps: int = 200
@@ -88,6 +89,7 @@ class SamplingSettings:
     respacing: str = "scheduler"
     tile: TileSettings = field(default_factory=TileSettings)
     vae_tile: VaeTileSettings = field(default_factory=VaeTileSettings)
+    sample_posterior: bool = True
 
     def __post_init__(self):
         """Refuse unusable values with one ``ConfigError`` (a ``ValueError``) naming each key; store numbers as their
@@ -287,6 +289,7 @@ _CHECKS = {
     "vae_tile.size": lambda v: _integer(v, 1, multiple=PIXEL_TILE_MULTIPLE, unit=" px"),
     "vae_tile.overlap": lambda v: _integer(v, 0, multiple=VAE_FACTOR, unit=" px"),
     "vae_tile.mode": lambda v: _choice(v, TILED_VAE_MODES),
+    "sample_posterior": lambda v: None if isinstance(v, bool) else "must be true or false",
 }
 
 
