@@ -68,7 +68,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("released", lambda name: str(RELEASED_DIR / name))
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_default_mode)
-    from sr.sampling.settings import register_configs  # torch-heavy: only once configs are composed
+    # imported here: it loads torch, and only commands that compose configs need it
+    from sr.sampling.settings import register_configs
 
     register_configs()
 

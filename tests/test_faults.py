@@ -24,10 +24,10 @@ from sr.errors import ConfigError, describe, root_cause
 from sr.fingerprint import FINGERPRINT_FILE
 from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic
 from sr.memory import ESTIMATE_MARGIN, estimate_peak, format_bytes
+from sr.pipelines import resolved_settings
 from sr.training import compose_train_config
 from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
-from sr.pipelines import resolved_settings
 from sr.validation import validate_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,6 +367,7 @@ def test_environment_problems_are_one_line(tmp_path, monkeypatch, capsys, one_li
         (f"output={a_file}", f"output={a_file}: is a file, not a folder"),
         (f"output={read_only / 'out'}", f"output={read_only / 'out'}: {read_only} is not writable (read-only)"),
         ("device=cuda", "device='cuda': no CUDA GPU is available on this machine"),
+        ("device=auto", "device='auto': not a device here; expected cpu, cuda or cuda:N"),  # only eval.py resolves it
     ]
     for override, message in cases:
         assert run_entry_point(monkeypatch, "upscale", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",

@@ -61,7 +61,12 @@ from sr.ops.color import color_fix as apply_color_fix
 from sr.sampling.aggregation import denoise
 from sr.sampling.padding import output_size, reflect_pad_to, round_up, working_scale
 from sr.sampling.respacing import check_respacing, set_sampling_timesteps
-from sr.sampling.settings import SamplingSettings, TileSettings, VaeTileSettings, legacy_names_mapped
+from sr.sampling.settings import (
+    SamplingSettings,
+    TileSettings,
+    VaeTileSettings,
+    legacy_names_mapped,
+)
 
 PIXEL_PAD_MULTIPLE = 64
 VAE_FACTOR = 8
