@@ -293,8 +293,8 @@ def test_upload_returns_the_png_upscale_py_writes(browser, app, tmp_path):
     expected = (tmp_path / "out" / "noise.png").read_bytes()
 
     driver = _open_app(browser, app)
-    for element_id, key in (("scale", "scale"), ("w", "w"), ("steps", "steps"), ("seed", "seed"),
-                            ("tile-size", "tile.size"), ("tile-overlap", "tile.overlap")):
+    for element_id, key in (("scale", "scale"), ("w", "w"), ("num-inference-steps", "num_inference_steps"),
+                            ("seed", "seed"), ("tile-size", "tile.size"), ("tile-overlap", "tile.overlap")):
         _set_number(driver, element_id, SETTINGS[key])
     _submit(driver, image)
     assert _download(driver)[0] == expected
@@ -316,7 +316,7 @@ def test_a_bad_file_shows_an_error_and_the_next_upload_works(browser, app, tmp_p
 
     driver.get(app)   # a fresh page on the same server
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), 60, "the upload field")
-    _set_number(driver, "steps", 8)
+    _set_number(driver, "num-inference-steps", 8)
     _submit(driver, _noise_image(tmp_path / "good.png", seed=4, size=64))
     result, progress = _download(driver)
     assert Image.open(io.BytesIO(result)).size == (256, 256)
@@ -330,7 +330,7 @@ def test_two_uploads_at_once_are_both_answered(browser, app, tmp_path):
     drivers = [_open_app(browser, app) for _ in range(2)]
     images = [_noise_image(tmp_path / f"photo{index}.png", seed=10 + index, size=24 + 8 * index) for index in range(2)]
     for driver, image in zip(drivers, images):
-        _set_number(driver, "steps", 4)
+        _set_number(driver, "num-inference-steps", 4)
         _upload(driver, image)
     for driver in drivers:   # both jobs asked for before either is done
         driver.find_element(By.ID, "run").click()
