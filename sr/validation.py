@@ -20,6 +20,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
 from sr.fingerprint import BASELINE_COMPONENTS
+from sr.sampling.settings import resolved_settings
 
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _UNSET = object()
@@ -106,9 +107,7 @@ class _Problems:
 
 def _sampling_problems(problems: _Problems, cfg) -> None:
     """The run config's sampling keys, resolved over its model preset's as the pipeline will
-    (``sr.pipelines.resolved_settings``; ``sr.sampling.settings`` decides what is valid)."""
-    from sr.pipelines.build import resolved_settings
-
+    (``sr.sampling.settings``, which decides what is valid)."""
     try:
         resolved_settings(cfg)
     except ConfigError as error:

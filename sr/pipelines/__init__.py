@@ -3,9 +3,14 @@
 Nothing below ``sr.pipelines`` (``sr.models``, ``sr.sampling``, ``sr.ops``, ...) imports it; it imports them.
 """
 
-from sr.pipelines.build import build_pipeline, resolved_settings, use_scheduler
+from sr.pipelines.build import build_pipeline, use_scheduler
 from sr.pipelines.stablesr import StableSRPipeline, StableSRPipelineOutput
-from sr.sampling.settings import SamplingSettings, TileSettings, VaeTileSettings
+from sr.sampling.settings import (
+    SamplingSettings,
+    TileSettings,
+    VaeTileSettings,
+    resolved_settings,
+)
 
 __all__ = [
     "SamplingSettings",

@@ -32,7 +32,7 @@ from sr.models.prompt import PromptEmbedding, embed_prompts
 from sr.models.sft import SFTAdapter
 from sr.pipelines.stablesr import StableSRPipeline
 from sr.sampling.aggregation import fresh_scheduler
-from sr.sampling.settings import SamplingSettings, legacy_names_mapped
+from sr.sampling.settings import legacy_names_mapped
 
 PIPELINE_INDEX = "model_index.json"
 # the subfolders a plain Stable Diffusion folder (no model_index.json) is read from
@@ -75,13 +75,6 @@ def build_pipeline(
         pipe.load_trainable(cfw_weights, parts=("cfw",))
     pipe.register_to_config(latent_tile=latent_tile, sampling=legacy_names_mapped(sampling))
     return pipe
-
-
-def resolved_settings(cfg) -> SamplingSettings:
-    """The settings a run config samples with, resolved as its pipeline would (without building the model): the
-    preset's ``sampling`` block under the run config's setting keys (``StableSRPipeline.sampling_settings``)."""
-    return SamplingSettings.resolve(cfg.model.latent_tile, legacy_names_mapped(cfg.model.get("sampling")),
-                                    SamplingSettings.of_run_config(cfg))
 
 
 def use_scheduler(pipe: StableSRPipeline, scheduler) -> StableSRPipeline:

@@ -151,6 +151,14 @@ class SamplingSettings:
         return _flat(self)
 
 
+def resolved_settings(cfg) -> SamplingSettings:
+    """The settings a run config samples with, resolved as its pipeline would (without building the model): the
+    model preset's ``sampling`` block under the run config's setting keys (``StableSRPipeline.sampling_settings``).
+    Also ``sr.pipelines.resolved_settings``."""
+    return SamplingSettings.resolve(cfg.model.latent_tile, legacy_names_mapped(cfg.model.get("sampling")),
+                                    SamplingSettings.of_run_config(cfg))
+
+
 def register_configs() -> None:
     """The schema as Hydra configs (module docstring): ``sampling_settings`` (a preset's ``sampling`` block:
     ``defaults: [/sampling_settings@sampling]``) and the ``sampling`` group's ``default`` (package ``_global_``: every
