@@ -76,7 +76,7 @@ def build(model: str, dtype: str, device: str, steps: int, variant: str, backend
         pipe = instantiate(cfg.model)
     pipe.set_progress_bar_config(disable=True)
     accelerate(pipe, compile=compile_unet, channels_last=channels_last, backend=backend)
-    return lambda lr: pipe(lr.to(device), num_inference_steps=steps, tile_batch_size=tile_batch,
+    return lambda lr: pipe(lr.to(device), num_inference_steps=steps, tile={"batch_size": tile_batch},
                            generator=torch.Generator(device).manual_seed(0), output_type="pt").images
 
 

@@ -48,18 +48,18 @@ def worker(args: argparse.Namespace) -> None:
 
     from sr.config import compose
     from sr.io import read_image, write_image
-    from sr.pipelines import sampling_arguments, use_scheduler
+    from sr.pipelines import use_scheduler
 
     torch.use_deterministic_algorithms(args.deterministic == "on")
     # tile.size = the latent side (size * 4 / 8): one latent tile, the smallest run of the sampler
-    cfg = compose("upscale", ["input=unset", "output=unset", "model=tiny", f"steps={args.steps}",
+    cfg = compose("upscale", ["input=unset", "output=unset", "model=tiny", f"num_inference_steps={args.steps}",
                               f"tile.size={args.size // 2}", "progress=false"])
     pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
     lr = read_image(args.image).image[None, :, :args.size, :args.size]
     started = time.perf_counter()
     image = pipe(lr, generator=torch.Generator().manual_seed(cfg.seed), output_type="pt",
-                 **sampling_arguments(cfg)).images[0]
+                 **pipe.sampling_settings(cfg).arguments()).images[0]
     seconds = time.perf_counter() - started
     write_image(args.worker, image, overwrite=True)
     np.save(args.worker.with_suffix(".npy"), image.numpy())

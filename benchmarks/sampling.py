@@ -26,18 +26,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
+from sr.config import compose  # noqa: E402
 from sr.ops.tiling import TileGrid  # noqa: E402
-from sr.pipelines import sampling_arguments, use_scheduler  # noqa: E402
+from sr.pipelines import use_scheduler  # noqa: E402
 from sr.sampling import TileFusion, denoise  # noqa: E402
 
 
 def load(overrides: list[str]):
     """(run config, pipeline sampling with the config's scheduler) of ``conf/upscale.yaml`` + ``overrides``."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="upscale", overrides=["input=unset", "output=unset", "progress=false", *overrides])
+    cfg = compose("upscale", ["input=unset", "output=unset", "progress=false", *overrides])
     pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
     return cfg, pipe
@@ -101,8 +100,9 @@ def proc_status_bytes(field: str) -> int:
 
 
 def memory_child(output_side: int, steps: int, vae_tile: int) -> None:
-    cfg, pipe = load([f"steps={steps}", "tile.batch_size=4", f"vae_tile.size={vae_tile}", "vae_tile.overlap=64"])
-    settings = {**sampling_arguments(cfg), "output_type": "pt"}
+    cfg, pipe = load([f"num_inference_steps={steps}", "tile.batch_size=4", f"vae_tile.size={vae_tile}",
+                      "vae_tile.overlap=64"])
+    settings = {**pipe.sampling_settings(cfg).arguments(), "output_type": "pt"}
 
     def upscaler(image, generator):
         return pipe(image, generator=generator, **settings).images

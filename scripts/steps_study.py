@@ -38,7 +38,7 @@ def summary(runs_dir: Path, tolerance_db: float) -> str:
         if not run_record.ok:
             continue
         settings, aggregate = run_record.settings, run_record.record["aggregate"]
-        rows.append((settings["scheduler"], int(settings["steps"]), aggregate["psnr_y"]["mean"],
+        rows.append((settings["scheduler"], int(settings["num_inference_steps"]), aggregate["psnr_y"]["mean"],
                      aggregate["ssim_y"]["mean"], run_record.record["seconds_per_image"]))
     reference = next(row for row in rows if row[:2] == REFERENCE)
     close = sorted((row for row in rows if row[2] >= reference[2] - tolerance_db), key=lambda row: (row[1], row[4]))
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", default=["model=stablesr_tiny"], help="more eval.py overrides")
     args = parser.parse_args(argv)
     run([sys.executable, "eval.py", "-m", *args.overrides, "data=samples_heldout", "experiment_name=steps_tiny", "w=0",
-         f"scheduler={','.join(SCHEDULERS)}", f"steps={','.join(map(str, STEPS))}", "seed=42",
+         f"scheduler={','.join(SCHEDULERS)}", f"num_inference_steps={','.join(map(str, STEPS))}", "seed=42",
          "metrics=[psnr_y,ssim_y,niqe]", "baselines=[bicubic]", "progress=false", "report=false",
          f"hydra.sweep.dir={args.runs}"])
     run([sys.executable, "-m", "sr.report", str(args.runs), "--name", "steps_tiny", "--out", str(args.out),

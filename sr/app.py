@@ -39,11 +39,11 @@ from sr.config import compose
 from sr.errors import ConfigError, describe
 from sr.io import ImageReadError
 from sr.pipelines import StableSRPipeline
+from sr.sampling.settings import COLOR_FIXES
 from sr.upscale_folder import bind_upscale, memory_problem, output_path, upscale_file
 from sr.validation import parse_memory, validate_upscale
 
 DEFAULT_MODEL = "stablesr_tiny"
-COLOR_FIXES = ("adain", "wavelet", "none")
 
 
 def model_overrides(model: str) -> list[str]:
@@ -65,14 +65,14 @@ class Request:
 
     scale: float
     w: float
-    steps: int
+    num_inference_steps: int
     seed: int
     color_fix: str
     tile_size: int
     tile_overlap: int
 
     def overrides(self) -> list[str]:
-        return [f"scale={_number(self.scale)}", f"w={_number(self.w)}", f"steps={int(self.steps)}",
+        return [f"scale={_number(self.scale)}", f"w={_number(self.w)}", f"num_inference_steps={int(self.num_inference_steps)}",
                 f"seed={int(self.seed)}", f"color_fix={self.color_fix}", f"tile.size={int(self.tile_size)}",
                 f"tile.overlap={int(self.tile_overlap)}"]
 
@@ -121,12 +121,14 @@ class Upscaler:
 def build_demo(upscaler: Upscaler) -> gr.Blocks:
     """The page: inputs, the run button, the before/after slider, the download and the status line."""
     defaults = upscaler.defaults
+    settings = upscaler.pipe.sampling_settings(defaults)   # the page starts from what upscale.py would sample with
 
     # ``progress``: Gradio shows the tqdm bars of the call (the sampling steps) while it runs
-    def run(upload, scale, w, steps, seed, color_fix, tile_size, tile_overlap, progress=gr.Progress(track_tqdm=True)):
+    def run(upload, scale, w, num_inference_steps, seed, color_fix, tile_size, tile_overlap,
+            progress=gr.Progress(track_tqdm=True)):
         if upload is None:
             raise gr.Error("upload an image first")
-        request = Request(scale, w, steps, seed, color_fix, tile_size, tile_overlap)
+        request = Request(scale, w, num_inference_steps, seed, color_fix, tile_size, tile_overlap)
         try:
             before, after = upscaler.upscale(Path(upload), request)
         except (ValueError, ConfigError) as error:
@@ -144,22 +146,23 @@ def build_demo(upscaler: Upscaler) -> gr.Blocks:
                 upload = gr.File(label="image", type="filepath", elem_id="upload")
                 button = gr.Button("Upscale", variant="primary", elem_id="run")
                 with gr.Row():
-                    scale = gr.Number(value=defaults.scale, label="scale", minimum=1, elem_id="scale")
+                    scale = gr.Number(value=settings.scale, label="scale", minimum=1, elem_id="scale")
                     seed = gr.Number(value=defaults.seed, precision=0, label="seed", elem_id="seed")
-                w = gr.Slider(0, 1, value=defaults.w, step=0.05, label="w (CFW: 0 quality, 1 fidelity)", elem_id="w")
-                steps = gr.Slider(1, 1000, value=defaults.steps, step=1, label="steps", elem_id="steps")
-                color_fix = gr.Radio(list(COLOR_FIXES), value=defaults.color_fix, label="colour fix")
+                w = gr.Slider(0, 1, value=settings.w, step=0.05, label="w (CFW: 0 quality, 1 fidelity)", elem_id="w")
+                num_inference_steps = gr.Slider(1, 1000, value=settings.num_inference_steps, step=1,
+                                                label="num_inference_steps", elem_id="num-inference-steps")
+                color_fix = gr.Radio(list(COLOR_FIXES), value=settings.color_fix, label="colour fix")
                 with gr.Row():
-                    tile_size = gr.Number(value=defaults.tile.size, precision=0, label="latent tile size",
+                    tile_size = gr.Number(value=settings.tile.size, precision=0, label="latent tile size",
                                           elem_id="tile-size")
-                    tile_overlap = gr.Number(value=upscaler.pipe.sampling_settings().tile_overlap, precision=0,
+                    tile_overlap = gr.Number(value=settings.tile.overlap, precision=0,
                                              label="latent tile overlap", elem_id="tile-overlap")
             with gr.Column(scale=2):
                 slider = gr.ImageSlider(label="before (nearest) / after", type="filepath", format="png",
                                         elem_id="compare")
                 download = gr.File(label="download", elem_id="download")
                 status = gr.Markdown(elem_id="status")
-        button.click(run, [upload, scale, w, steps, seed, color_fix, tile_size, tile_overlap],
+        button.click(run, [upload, scale, w, num_inference_steps, seed, color_fix, tile_size, tile_overlap],
                      [slider, download, status])
     return demo
 

@@ -52,7 +52,8 @@ def register_resolvers() -> None:
     (found once, see :func:`find_project_root`), ``${wandb_mode:}``, ``${run_stamp:<log dir>,<parent>}`` (the claimed
     time stamp of a run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
     ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``) and ``${released:<name>}``, the folder of a model shipped
-    in the package (:data:`RELEASED_DIR`).
+    in the package (:data:`RELEASED_DIR`); and the sampling settings' schema as Hydra configs
+    (``sr.sampling.settings.register_configs``: the ``sampling`` group, the presets' ``sampling`` blocks).
 
     ``run_stamp`` is cached like Hydra's ``now``: one value per process, copied into every job of a sweep.
     """
@@ -67,6 +68,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("released", lambda name: str(RELEASED_DIR / name))
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_default_mode)
+    # imported here: it loads torch, and only commands that compose configs need it
+    from sr.sampling.settings import register_configs
+
+    register_configs()
 
 
 def compose(config_name: str, overrides: list[str] | None = None, return_hydra_config: bool = False):

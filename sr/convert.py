@@ -61,13 +61,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from sr.config import CONFIG_DIR
+from sr.config import compose
 from sr.errors import one_line_errors
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
 from sr.models.prompt import PromptEmbedding
 from sr.pipelines import StableSRPipeline
-from sr.pipelines.build import PIPELINE_INDEX, new_sft_adapter, preset_sampling
+from sr.pipelines.build import PIPELINE_INDEX, new_sft_adapter
 from sr.utils.checkpoint import check_checkpoint_file, load_checkpoint_state_dict
 
 UNET_PREFIX = "model.diffusion_model."
@@ -98,7 +98,6 @@ TEXT_ENCODER_FOLDER = "text_encoder"
 # OpenCLIP's tokenizer turns '' into [start-of-text, end-of-text] and pads with 0 (not with EOT, unlike the CLIP
 # tokenizer of SD-1), so the empty prompt needs no vocabulary file.
 OPEN_CLIP_SOT, OPEN_CLIP_EOT, OPEN_CLIP_PAD = 49406, 49407, 0
-CONF_MODEL_DIR = CONFIG_DIR / "model"
 
 OPEN_CLIP_VIT_H_HEADS = 16
 # variant -> the model preset the converted folder is used with (it also gives the architecture to build)
@@ -144,13 +143,10 @@ class Architecture:
 
 
 def _load_preset(name: str) -> dict:
-    """A model preset merged over the presets in its ``defaults`` list (the only Hydra feature they use)."""
-    raw = OmegaConf.load(CONF_MODEL_DIR / f"{name}.yaml")
-    merged = OmegaConf.create()
-    for entry in raw.get("defaults", []):
-        merged = OmegaConf.merge(merged, _load_preset(entry) if entry != "_self_" else OmegaConf.create())
-    own = OmegaConf.masked_copy(raw, [k for k in raw if k != "defaults"])
-    return OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=True)
+    """The model preset ``conf/model/<name>.yaml`` as Hydra composes it for ``upscale.py model=<name>`` (its
+    ``defaults`` chain and the ``sampling`` schema of ``sr.sampling.settings``)."""
+    composed = compose("upscale", [f"model={name}", "input=-", "output=-"])
+    return OmegaConf.to_container(composed.model, resolve=True)
 
 
 @dataclass
@@ -438,7 +434,7 @@ def build_model(
         _assign_exactly(module, state, name, source)
     return StableSRPipeline(
         unet, vae, encoder, sft, cfw, DDPMScheduler(**architecture.scheduler), PromptEmbedding.of(prompt_embeds),
-        latent_tile=architecture.latent_tile, sampling=preset_sampling(architecture.sampling),
+        latent_tile=architecture.latent_tile, sampling=architecture.sampling,
         cfw_trained=cfw is not None,
     )
 

@@ -69,7 +69,7 @@ from sr.report.runs import (
     write_run_scores,
 )
 from sr.report.wandb_log import log_to_wandb
-from sr.pipelines import StableSRPipeline, resolved_settings, sampling_arguments, use_scheduler
+from sr.pipelines import SamplingSettings, StableSRPipeline, resolved_settings, use_scheduler
 from sr.utils.provenance import command_line
 from sr.validation import validate_eval
 
@@ -122,27 +122,16 @@ def weights_components(model_cfg: DictConfig) -> dict:
     return {f"model.{key}": weights_identity(model_cfg.get(key)) for key in WEIGHT_KEYS}
 
 
-def run_settings(cfg: DictConfig) -> dict:
-    """The table columns of a run: sampling settings as the pipeline resolves them, plus data/weights provenance."""
-    resolved = resolved_settings(cfg)
+def run_settings(cfg: DictConfig, resolved: SamplingSettings | None = None) -> dict:
+    """The table columns of a run: every sampling setting as the pipeline resolves it (``resolved``, by default
+    ``resolved_settings(cfg)``; ``SamplingSettings`` names), plus the model, scheduler, seed and data/weights
+    provenance."""
     weights = model_config(cfg)
     return {
         "method": METHOD,
-        "w": float(cfg.w),
-        "tile_overlap": resolved.tile_overlap,
-        "steps": int(cfg.steps),
+        **(resolved or resolved_settings(cfg)).components(),
         "model": cfg.model.name,
-        "tile_size": resolved.tile_size,
         "scheduler": get_class(cfg.scheduler._target_).__name__,
-        "start": cfg.start,
-        "respacing": resolved.respacing,
-        "tile_weighting": resolved.tile_weighting,
-        "vae_tile_size": resolved.vae_tile_size,
-        "vae_tile_overlap": resolved.vae_tile_overlap,
-        "vae_tile_mode": resolved.vae_tile_mode,
-        "color_fix": cfg.color_fix,
-        "scale": cfg.scale,
-        "input_size": cfg.input_size,
         "seed": int(cfg.seed),
         "crop_border": int(cfg.crop_border),
         "lr_dir": str(Path(cfg.data.lr_dir).resolve()),
@@ -157,8 +146,8 @@ def run_settings(cfg: DictConfig) -> dict:
 # sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
 BASELINE_SETTINGS = {
     "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir"),
-    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile_size", "vae_tile_overlap",
-                  "vae_tile_mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
+    "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile.size", "vae_tile.overlap",
+                  "vae_tile.mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
 }
 
 
@@ -223,23 +212,24 @@ def read_timings(run_dir: Path) -> dict[str, float]:
 
 
 def sample_images(cfg: DictConfig, data: PairedImageDataset, images_dir: Path, run_dir: Path,
-                  pipe: StableSRPipeline | None, weights: dict | None = None) -> int:
+                  pipe: StableSRPipeline | None, settings: SamplingSettings, weights: dict | None = None) -> int:
     """Upscale every LR image whose ``images/<name>.png`` is missing (all of them with ``overwrite``); returns how
     many were sampled. Each image gets ``torch.Generator().manual_seed(seed)``, so results do not depend on order.
-    ``weights``: the weight identities the run records (:func:`load_model`)."""
+    ``settings``: the run's resolved sampling settings; ``weights``: the weight identities the run records
+    (:func:`load_model`)."""
     pending = [index for index, name in enumerate(data.names)
                if cfg.overwrite or not (images_dir / f"{name}.png").is_file()]
     if not pending:
         return 0
     pipe = use_scheduler(pipe if pipe is not None else load_model(cfg, weights), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
-    settings = sampling_arguments(cfg)
+    arguments = settings.arguments()
     timings = read_timings(run_dir)
     for index in tqdm(pending, desc=f"sampling {run_dir.name}", disable=not cfg.progress):
         item = data[index]
         generator = torch.Generator().manual_seed(int(cfg.seed))
         start = time.perf_counter()
-        sr = pipe(item["lq"], generator=generator, output_type="pt", **settings).images[0]
+        sr = pipe(item["lq"], generator=generator, output_type="pt", **arguments).images[0]
         timings[item["name"]] = time.perf_counter() - start
         write_image(images_dir / f"{item['name']}.png", sr, overwrite=cfg.overwrite)
         write_bytes_atomic(run_dir / TIMINGS_FILE, json.dumps(timings, indent=2).encode(), overwrite=True)
@@ -267,20 +257,22 @@ def score_images(suite: MetricSuite, data: PairedImageDataset, images_dir: Path,
     return per_image, suite.summary(per_image, set_level)
 
 
-def baseline_image(name: str, lq: torch.Tensor, cfg: DictConfig, pipe: StableSRPipeline | None) -> torch.Tensor:
-    """Baseline ``name``'s output ``[C, H, W]`` in [0, 1] for the LR ``lq``, made by the pipeline's own methods."""
+def baseline_image(name: str, lq: torch.Tensor, settings: SamplingSettings,
+                   pipe: StableSRPipeline | None) -> torch.Tensor:
+    """Baseline ``name``'s output ``[C, H, W]`` in [0, 1] for the LR ``lq`` with the run's resolved ``settings``,
+    made by the pipeline's own methods."""
     if name == "bicubic":
-        return StableSRPipeline.bicubic(lq, scale=cfg.scale, output_type="pt").images[0]
-    return pipe.reconstruct(lq, w=cfg.w, color_fix=cfg.color_fix, scale=cfg.scale, input_size=cfg.input_size,
-                            vae_tile_size=cfg.vae_tile.size, vae_tile_overlap=cfg.vae_tile.overlap,
-                            vae_tile_mode=cfg.vae_tile.mode, output_type="pt").images[0]
+        return StableSRPipeline.bicubic(lq, scale=settings.scale, output_type="pt").images[0]
+    return pipe.reconstruct(lq, w=settings.w, color_fix=settings.color_fix, scale=settings.scale,
+                            input_size=settings.input_size, vae_tile=settings.vae_tile, output_type="pt").images[0]
 
 
 def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImageDataset, run_dir: Path,
-                  pipe: StableSRPipeline | None, weights: dict | None = None) -> Path:
+                  pipe: StableSRPipeline | None, settings: SamplingSettings, weights: dict | None = None) -> Path:
     """Write baseline ``name``'s images to ``<run_dir>/baselines/<name>`` and return that folder. Images recorded
     there for ``components`` are kept (a rerun reuses them, an interrupted one completes them); with another record,
-    none or ``overwrite`` the folder's images are discarded first. ``weights``: as for :func:`sample_images`."""
+    none or ``overwrite`` the folder's images are discarded first. ``settings``, ``weights``: as for
+    :func:`sample_images`."""
     folder = run_dir / BASELINES_DIR / name
     remove_stale_temporaries(folder)
     recorded = read_fingerprint(folder)
@@ -295,7 +287,7 @@ def make_baseline(cfg: DictConfig, name: str, components: dict, data: PairedImag
         pipe.set_progress_bar_config(disable=True)
     for index in tqdm(pending, desc=f"{name} {run_dir.name}", disable=not cfg.progress):
         item = data[index]
-        write_image(folder / f"{item['name']}.png", baseline_image(name, item["lq"], cfg, pipe))
+        write_image(folder / f"{item['name']}.png", baseline_image(name, item["lq"], settings, pipe))
     return folder
 
 
@@ -369,8 +361,9 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
     try:
         validate_eval(cfg)
         data = load_test_set(cfg)
-        settings = run_settings(cfg)
-        generation = generation_components(cfg, model_config(cfg), settings["tile_size"], settings["tile_overlap"])
+        resolved = resolved_settings(cfg)   # the one resolution of the run's sampling settings
+        settings = run_settings(cfg, resolved)
+        generation = generation_components(cfg, model_config(cfg), resolved)
         if refusal := reconcile_cache(run_dir, generation, previous_status, cfg.overwrite, cfg.rescore):
             print(f"eval: not run: {refusal}", file=sys.stderr)
             return f"not run: {refusal}"
@@ -393,11 +386,11 @@ def evaluate(cfg: DictConfig, pipe: StableSRPipeline | None = None, metric_suite
         write_fingerprint(run_dir, generation)
         weights = {f"model.{key}": generation[f"model.{key}"] for key in WEIGHT_KEYS}  # what the run records
         if not cfg.rescore:
-            sample_images(cfg, data, images_dir, run_dir, pipe, weights)
+            sample_images(cfg, data, images_dir, run_dir, pipe, resolved, weights)
         per_image, aggregate = score_images(suite, data, images_dir, cfg.progress)
         baseline_records = {}
         for name, components in baselines.items():
-            folder = make_baseline(cfg, name, components, data, run_dir, pipe, weights)
+            folder = make_baseline(cfg, name, components, data, run_dir, pipe, resolved, weights)
             baseline_per_image, baseline_aggregate = score_images(suite, data, folder, cfg.progress)
             baseline_records[name] = {"settings": {"method": name, **{key: settings[key] for key in
                                                                         BASELINE_SETTINGS[name]}},

@@ -4,10 +4,9 @@ A fingerprint is the first 16 hex digits of the SHA-256 of a flat, JSON-serialis
 
     generation (images):  model.name, model.architecture (hash of the preset's config, its random-init seed
                           included), model.<weights> (SHA-256 of each weights file / folder, or the hub id),
-                          scheduler (its config), scale, steps, start, respacing, w, color_fix, input_size,
-                          tile.size, tile.overlap (resolved), tile.weighting, tile.batch_size, vae_tile.size,
-                          vae_tile.overlap, vae_tile.mode, seed, device
-                          type, test_set.lr (SHA-256 over the LR files' names and bytes)
+                          scheduler (its config), every sampling setting as the pipeline resolves it, under its
+                          ``SamplingSettings.components`` name (num_inference_steps, w, ..., tile.size,
+                          vae_tile.mode), seed, device type, test_set.lr (SHA-256 over the LR files' names and bytes)
     scores:               generation + test_set.hr + metrics, crop_border, fid_patch_size, conventions
                           + the scores fingerprint of each baseline (``baselines``)
     baseline images:      the part of generation that decides them (``BASELINE_COMPONENTS``): bicubic = scale and
@@ -33,8 +32,6 @@ from sr.io import list_images, write_bytes_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 WEIGHT_KEYS = ("pretrained", "stage1_weights", "cfw_weights")
-SAMPLING_KEYS = ("scale", "steps", "start", "respacing", "w", "color_fix", "input_size", "tile.weighting",
-                 "tile.batch_size", "vae_tile.size", "vae_tile.overlap", "vae_tile.mode", "seed")
 SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size")
 # Eval's no-diffusion baselines (StableSRPipeline.bicubic / .reconstruct), in report order, and the generation
 # components that decide each one's images.
@@ -97,28 +94,26 @@ def fingerprint(components: dict) -> str:
     return hashlib.sha256(_canonical(components).encode()).hexdigest()[:16]
 
 
-def sampling_components(cfg: DictConfig, model_cfg: DictConfig, tile_size: int, tile_overlap: int) -> dict:
+def sampling_components(cfg: DictConfig, model_cfg: DictConfig, settings) -> dict:
     """What decides an upscaled image besides its input (module docstring): model identity, scheduler, sampling
-    settings, seed, device type. ``model_cfg``: the model config with the ``ckpt`` aliases applied;
-    ``tile_size`` / ``tile_overlap``: as the sampler resolves them."""
+    settings, seed, device type. ``model_cfg``: the model config with the ``ckpt`` aliases applied; ``settings``:
+    the resolved ``SamplingSettings`` the run samples with."""
     model = OmegaConf.to_container(model_cfg, resolve=True)
     architecture = {key: value for key, value in model.items() if key not in WEIGHT_KEYS}
-    components = {
+    return {
         "model.name": model.get("name"),
         "model.architecture": hashlib.sha256(_canonical(architecture).encode()).hexdigest()[:16],
         **{f"model.{key}": weights_identity(model.get(key)) for key in WEIGHT_KEYS},
         "scheduler": _canonical(OmegaConf.to_container(cfg.scheduler, resolve=True)),
-        **{key: OmegaConf.select(cfg, key) for key in SAMPLING_KEYS},
-        "tile.size": tile_size,
-        "tile.overlap": tile_overlap,
+        **settings.components(),
+        "seed": cfg.seed,
         "device": str(cfg.device).split(":")[0],
     }
-    return {key: float(value) if key in ("w", "scale") else value for key, value in components.items()}
 
 
-def generation_components(cfg: DictConfig, model_cfg: DictConfig, tile_size: int, tile_overlap: int) -> dict:
+def generation_components(cfg: DictConfig, model_cfg: DictConfig, settings) -> dict:
     """What decides the sampled images of an eval run: :func:`sampling_components` and the LR test set."""
-    return {**sampling_components(cfg, model_cfg, tile_size, tile_overlap),
+    return {**sampling_components(cfg, model_cfg, settings),
             "test_set.lr": image_set_identity(cfg.data.lr_dir)}
 
 

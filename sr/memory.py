@@ -94,10 +94,10 @@ def estimate_peak(
 def estimate_upscale_peak(pipe, settings, height: int, width: int) -> MemoryEstimate:
     """:func:`estimate_peak` for a ``StableSRPipeline`` call with resolved ``SamplingSettings``."""
     return estimate_peak(
-        height, width, scale=settings.scale, input_size=settings.input_size, vae_tile=settings.vae_tile_size,
-        vae_tile_mode=settings.vae_tile_mode, vae_channels=list(pipe.vae.config.block_out_channels),
+        height, width, scale=settings.scale, input_size=settings.input_size, vae_tile=settings.vae_tile.size,
+        vae_tile_mode=settings.vae_tile.mode, vae_channels=list(pipe.vae.config.block_out_channels),
         unet_channels=pipe.unet.config.block_out_channels[0],
-        tile_size=settings.tile_size, tile_batch_size=settings.tile_batch_size, dtype=pipe.vae.dtype,
+        tile_size=settings.tile.size, tile_batch_size=settings.tile.batch_size, dtype=pipe.vae.dtype,
         on_host=next(pipe.vae.parameters()).device.type == "cpu",
     )
 
@@ -109,12 +109,13 @@ def memory_levers(pipe, settings, height: int, width: int) -> list[tuple[str, Me
     (the VAE term where tiles are in use), ``tile.batch_size=1`` (the UNet term) and half the ``scale`` (every
     per-pixel term)."""
     current = estimate_upscale_peak(pipe, settings, height, width).total
-    candidates = {"vae_tile.mode=estimate": replace(settings, vae_tile_mode="estimate"),
-                  "tile.batch_size=1": replace(settings, tile_batch_size=1),
+    candidates = {"vae_tile.mode=estimate": replace(settings, vae_tile=replace(settings.vae_tile, mode="estimate")),
+                  "tile.batch_size=1": replace(settings, tile=replace(settings.tile, batch_size=1)),
                   f"scale={settings.scale / 2:g}": replace(settings, scale=settings.scale / 2)}
-    half_tile = settings.vae_tile_size // 2
+    half_tile = settings.vae_tile.size // 2
     if half_tile >= PIXEL_PAD_MULTIPLE and half_tile % PIXEL_PAD_MULTIPLE == 0:
-        candidates[f"vae_tile.size={half_tile}"] = replace(settings, vae_tile_size=half_tile)
+        candidates[f"vae_tile.size={half_tile}"] = replace(settings, vae_tile=replace(settings.vae_tile,
+                                                                                         size=half_tile))
     levers = [(override, estimate_upscale_peak(pipe, changed, height, width)) for override, changed in
               candidates.items()]
     return sorted(((override, estimate) for override, estimate in levers if estimate.total < current),

@@ -48,7 +48,7 @@ from sr.fingerprint import differences, sampling_components
 from sr.io import ImageReadError, holding_claim, image_size, read_image, release_claim, remove_stale_temporaries, \
     scan_images, try_claim, write_bytes_atomic, write_image
 from sr.memory import available_memory, estimate_upscale_peak, format_bytes, memory_levers
-from sr.pipelines import SamplingSettings, StableSRPipeline, sampling_arguments, use_scheduler
+from sr.pipelines import SamplingSettings, StableSRPipeline, use_scheduler
 from sr.utils.provenance import git_revision
 from sr.validation import parse_memory, validate_upscale
 
@@ -230,8 +230,8 @@ def bind_upscale(cfg: DictConfig, pipe: StableSRPipeline) -> tuple[StableSRPipel
     and ``upscale(image, generator=...)``, the pipeline call with them bound (:func:`upscale_file`)."""
     pipe = use_scheduler(pipe.to(cfg.device), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=not cfg.progress, leave=False)
-    settings = sampling_arguments(cfg)
-    return pipe, pipe.sampling_settings(**settings), partial(pipe, output_type="pt", **settings)
+    settings = pipe.sampling_settings(cfg)
+    return pipe, settings, partial(pipe, output_type="pt", **settings.arguments())
 
 
 def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
@@ -259,7 +259,7 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     for stale in remove_stale_temporaries(output_folder):
         print(f"upscale: removed {stale.name}, left by an interrupted run", file=sys.stderr)
     pipe, resolved, upscale = bind_upscale(cfg, instantiate(cfg.model) if pipe is None else pipe)
-    components = sampling_components(cfg, cfg.model, resolved.tile_size, resolved.tile_overlap)
+    components = sampling_components(cfg, cfg.model, resolved)
     run_id = uuid.uuid4().hex
 
     written: list[str] = []

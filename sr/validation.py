@@ -3,11 +3,10 @@
 Each ``validate_*`` function raises :class:`sr.errors.ConfigError` whose one-line message lists every problem found
 (``key=value: what is expected``), so a typo costs seconds, not a whole sampling run. The entry points call:
 
-- :func:`validate_sampling` — the sampling keys shared by ``upscale.py``, ``eval.py`` and the pipeline
-  (``scale``, ``steps``, ``w``, ``start``, ``color_fix``, ``input_size``, ``tile.*``, ``vae_tile.*``). It is the one
-  place that decides their valid ranges;
-- :func:`validate_upscale`, :func:`validate_eval`, :func:`validate_train` — the rest of each command's keys: device
-  availability, writable output folders, existing inputs, readable checkpoints.
+- :func:`validate_upscale`, :func:`validate_eval` — the sampling keys (checked by ``sr.sampling.settings``, the one
+  place that decides their valid values, over the model preset's as the pipeline resolves them) and the rest of each
+  command's keys: device availability, writable output folders, existing inputs;
+- :func:`validate_train` — the keys of a training run a user sets by hand, readable checkpoints.
 """
 
 import os
@@ -21,15 +20,8 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
 from sr.fingerprint import BASELINE_COMPONENTS
-from sr.models.tiled_vae import TILED_VAE_MODES
-from sr.ops.tiling import TILE_WEIGHTINGS
-from sr.sampling.respacing import RESPACINGS
+from sr.sampling.settings import resolved_settings
 
-LATENT_TILE_MULTIPLE = 8     # the SD UNet downsamples latents 8x: a tile side must be a multiple of 8
-VAE_FACTOR = 8               # pixels per latent pixel
-PIXEL_TILE_MULTIPLE = 64     # VAE tiles: whole latents that are themselves multiples of 8
-COLOR_FIXES = ("adain", "wavelet", "none")
-SAMPLING_STARTS = ("lr", "noise")
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _UNSET = object()
 
@@ -113,59 +105,20 @@ class _Problems:
             raise ConfigError("; ".join(self.lines))
 
 
-def _sampling_problems(problems: _Problems, latent_tile: int | None) -> None:
-    problems.number("scale", low=0, low_open=True)
-    problems.number("steps", low=1, integer=True)
-    problems.number("w", low=0, high=1)
-    problems.choice("start", SAMPLING_STARTS)
-    problems.choice("respacing", RESPACINGS, default="scheduler")
-    problems.choice("tile.weighting", TILE_WEIGHTINGS, default="centred")
-    problems.choice("color_fix", COLOR_FIXES)
-    problems.number("input_size", low=0, integer=True, optional=True, default=None)
-
-    tile = problems.number("tile.size", integer=True, optional=True, default=None)
-    if tile is None:
-        tile = latent_tile
-    if _is_int(tile) and (tile < LATENT_TILE_MULTIPLE or tile % LATENT_TILE_MULTIPLE):
-        problems.add("tile.size", tile, f"must be a positive multiple of {LATENT_TILE_MULTIPLE} (latent pixels)")
-        tile = _UNSET
-    overlap = problems.number("tile.overlap", low=0, integer=True, optional=True, default=None)
-    if _is_int(tile) and _is_int(overlap) and overlap >= tile:
-        problems.add("tile.overlap", overlap, f"must be smaller than the tile size ({tile})")
-    problems.number("tile.batch_size", low=1, integer=True, default=1)
-
-    vae_tile = problems.number("vae_tile.size", integer=True, default=None, optional=True)
-    if _is_int(vae_tile) and (vae_tile < PIXEL_TILE_MULTIPLE or vae_tile % PIXEL_TILE_MULTIPLE):
-        problems.add("vae_tile.size", vae_tile, f"must be a positive multiple of {PIXEL_TILE_MULTIPLE} px")
-        vae_tile = _UNSET
-    vae_overlap = problems.number("vae_tile.overlap", low=0, integer=True, default=None, optional=True)
-    if _is_int(vae_overlap) and vae_overlap % VAE_FACTOR:
-        problems.add("vae_tile.overlap", vae_overlap, f"must be a multiple of {VAE_FACTOR} px")
-    elif _is_int(vae_tile) and _is_int(vae_overlap) and vae_overlap >= vae_tile:
-        problems.add("vae_tile.overlap", vae_overlap, f"must be smaller than vae_tile.size ({vae_tile})")
-    problems.choice("vae_tile.mode", TILED_VAE_MODES)
+def _sampling_problems(problems: _Problems, cfg) -> None:
+    """The run config's sampling keys, resolved over its model preset's as the pipeline will
+    (``sr.sampling.settings``, which decides what is valid)."""
+    try:
+        resolved_settings(cfg)
+    except ConfigError as error:
+        problems.lines.append(str(error))
 
 
-def validate_sampling(settings, latent_tile: int | None = None) -> None:
-    """Check the sampling keys of ``settings`` (a config or a plain dict with the keys of
-    ``conf/sampling/default.yaml``); ``latent_tile`` is the model's tile used when ``tile.size`` is null.
-
-    Valid: ``scale > 0``; integer ``steps >= 1``; ``0 <= w <= 1``; ``start`` in lr/noise; ``respacing`` in
-    official/scheduler; ``tile.weighting`` in centred/official; ``color_fix`` in
-    adain/wavelet/none; ``input_size`` null, 0 (both: off) or a positive integer; ``tile.size`` a multiple of 8 latent pixels;
-    ``0 <= tile.overlap < tile.size``; ``tile.batch_size >= 1``; ``vae_tile.size`` a multiple of 64 px;
-    ``vae_tile.overlap`` a multiple of 8 px below ``vae_tile.size``; ``vae_tile.mode`` in exact/estimate. Raises
-    ``ConfigError`` listing every problem.
-    """
-    problems = _Problems(settings)
-    _sampling_problems(problems, latent_tile)
-    problems.raise_if_any()
-
-
-def device_problem(device) -> str | None:
-    """Why ``device`` cannot be used here (unknown name, no CUDA GPU, GPU index out of range), or None."""
+def device_problem(device, allow_auto: bool = False) -> str | None:
+    """Why ``device`` cannot be used here (unknown name, no CUDA GPU, GPU index out of range, ``auto`` where the
+    command does not resolve it: only ``eval.py`` does, ``sr.launcher.job_device``), or None."""
     if device == "auto":
-        return None
+        return None if allow_auto else f"device={device!r}: not a device here; expected cpu, cuda or cuda:N"
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -220,7 +173,7 @@ def parse_memory(value) -> int | None:
 def validate_upscale(cfg) -> None:
     """The keys of ``conf/upscale.yaml``: sampling, input present, output folder writable, device, limits."""
     problems = _Problems(cfg)
-    _sampling_problems(problems, setting(cfg, "model.latent_tile", None))
+    _sampling_problems(problems, cfg)
     source = problems.get("input")
     if isinstance(source, str) and not Path(source).exists():
         problems.lines.append(f"input={source}: no such file or folder")
@@ -242,7 +195,7 @@ def validate_upscale(cfg) -> None:
 def validate_eval(cfg) -> None:
     """The keys of ``conf/eval.yaml``: sampling, seed, test-set folders, run dir writable, device, baselines."""
     problems = _Problems(cfg)
-    _sampling_problems(problems, setting(cfg, "model.latent_tile", None))
+    _sampling_problems(problems, cfg)
     problems.number("seed", integer=True)
     problems.number("crop_border", low=0, integer=True)
     baselines = problems.get("baselines", [])
@@ -255,7 +208,7 @@ def validate_eval(cfg) -> None:
         folder = problems.get(key, None)
         if isinstance(folder, str) and not Path(folder).is_dir():
             problems.lines.append(f"{key}={folder}: no such folder (the test set's {key[5:7].upper()} images)")
-    if problem := device_problem(problems.get("device")):
+    if problem := device_problem(problems.get("device"), allow_auto=True):
         problems.lines.append(problem)
     run_dir = problems.get("run_dir", None)
     if isinstance(run_dir, str) and (problem := writable_folder_problem("run_dir", run_dir)):

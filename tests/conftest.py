@@ -20,6 +20,13 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_configure(config):
+    """Tests compose model presets with Hydra directly: their ``sampling`` blocks need the settings' schema."""
+    from sr.sampling.settings import register_configs
+
+    register_configs()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

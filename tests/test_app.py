@@ -12,7 +12,7 @@ from sr.config import RELEASED_DIR, compose
 from sr.errors import ConfigError
 from sr.upscale_folder import run
 
-REQUEST = Request(scale=4, w=0.6, steps=2, seed=5, color_fix="wavelet", tile_size=16, tile_overlap=8)
+REQUEST = Request(scale=4, w=0.6, num_inference_steps=2, seed=5, color_fix="wavelet", tile_size=16, tile_overlap=8)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_a_request_writes_what_upscale_py_writes(upscaler, tmp_path):
     # the slider's "before": the input enlarged nearest-neighbour to the output size
     expected = np.repeat(np.repeat(np.asarray(Image.open(source)), 4, axis=0), 4, axis=1)
     assert np.array_equal(np.asarray(Image.open(before)), expected)
-    assert "steps=2" in REQUEST.overrides() and "scale=4" in REQUEST.overrides() and "w=0.6" in REQUEST.overrides()
+    assert "num_inference_steps=2" in REQUEST.overrides() and "scale=4" in REQUEST.overrides() and "w=0.6" in REQUEST.overrides()
 
 
 def test_failures_are_one_line_naming_the_upload(upscaler, tmp_path):

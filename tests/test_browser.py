@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 APP_START_SECONDS = 240
 JOB_SECONDS = 240
 # the settings of the app test, as upscale.py keys: a 48 x 48 input to 192 x 192 in 2 x 2 latent tiles, 2 steps
-SETTINGS = {"scale": 4, "w": 0.7, "steps": 2, "seed": 7, "color_fix": "adain", "tile.size": 16, "tile.overlap": 8}
+SETTINGS = {"scale": 4, "w": 0.7, "num_inference_steps": 2, "seed": 7, "color_fix": "adain", "tile.size": 16, "tile.overlap": 8}
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def _open_report(browser, report):
 def test_report_page_loads_offline_without_console_errors(browser, report):
     driver = _open_report(browser, report)
     images = driver.execute_script("return Array.from(document.images).map(i => [i.src, i.naturalWidth]);")
-    assert len(images) == 6 + 2 * 2   # 6 plots (psnr_y, lpips_alex, fid against w and tile_overlap), 2 per view
+    assert len(images) == 6 + 2 * 2   # 6 plots (psnr_y, lpips_alex, fid against w and tile.overlap), 2 per view
     assert all(width > 0 for _, width in images), images   # every image loaded from the report folder
     console = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
     assert console == []
@@ -293,8 +293,8 @@ def test_upload_returns_the_png_upscale_py_writes(browser, app, tmp_path):
     expected = (tmp_path / "out" / "noise.png").read_bytes()
 
     driver = _open_app(browser, app)
-    for element_id, key in (("scale", "scale"), ("w", "w"), ("steps", "steps"), ("seed", "seed"),
-                            ("tile-size", "tile.size"), ("tile-overlap", "tile.overlap")):
+    for element_id, key in (("scale", "scale"), ("w", "w"), ("num-inference-steps", "num_inference_steps"),
+                            ("seed", "seed"), ("tile-size", "tile.size"), ("tile-overlap", "tile.overlap")):
         _set_number(driver, element_id, SETTINGS[key])
     _submit(driver, image)
     assert _download(driver)[0] == expected
@@ -316,7 +316,7 @@ def test_a_bad_file_shows_an_error_and_the_next_upload_works(browser, app, tmp_p
 
     driver.get(app)   # a fresh page on the same server
     _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), 60, "the upload field")
-    _set_number(driver, "steps", 8)
+    _set_number(driver, "num-inference-steps", 8)
     _submit(driver, _noise_image(tmp_path / "good.png", seed=4, size=64))
     result, progress = _download(driver)
     assert Image.open(io.BytesIO(result)).size == (256, 256)
@@ -330,7 +330,7 @@ def test_two_uploads_at_once_are_both_answered(browser, app, tmp_path):
     drivers = [_open_app(browser, app) for _ in range(2)]
     images = [_noise_image(tmp_path / f"photo{index}.png", seed=10 + index, size=24 + 8 * index) for index in range(2)]
     for driver, image in zip(drivers, images):
-        _set_number(driver, "steps", 4)
+        _set_number(driver, "num-inference-steps", 4)
         _upload(driver, image)
     for driver in drivers:   # both jobs asked for before either is done
         driver.find_element(By.ID, "run").click()

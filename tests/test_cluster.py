@@ -148,7 +148,7 @@ def test_set(tmp_path_factory) -> Path:
 
 def test_eval_sweep_through_the_launcher_writes_its_report(requeue_runs, test_set, tmp_path):
     sweep_dir = tmp_path / "eval"
-    argv = command("eval.py", "-m", *SLURM, "model=tiny", "steps=2", "tile.size=16", "progress=false",
+    argv = command("eval.py", "-m", *SLURM, "model=tiny", "num_inference_steps=2", "tile.size=16", "progress=false",
                    "metrics=[psnr_y,ssim_y]", "device=cpu", "wandb=true", f"data.lr_dir={test_set / 'lr'}",
                    f"data.hr_dir={test_set / 'hr'}", "w=0,1", f"hydra.sweep.dir={sweep_dir}")
     assert run(argv, tmp_path / "eval.log") == 0, (tmp_path / "eval.log").read_text()[-3000:]
@@ -162,7 +162,7 @@ def test_eval_sweep_through_the_launcher_writes_its_report(requeue_runs, test_se
         assert scores["config"]["device"] == "cpu"
     (folder,) = (sweep_dir / "wandb").glob("offline-run-*")
     logged_config = offline_run(folder)["config"]
-    assert "w=0,1" in logged_config["overrides"] and logged_config["eval"]["steps"] == 2
+    assert "w=0,1" in logged_config["overrides"] and logged_config["eval"]["num_inference_steps"] == 2
     (table_file,) = (folder / "files" / "media" / "table").glob("sweep_table_*.table.json")
     logged = json.loads(table_file.read_text())
     psnr = logged["columns"].index("psnr_y")

@@ -22,7 +22,7 @@ import sr.evaluation
 from sr.config import compose
 from sr.data.datasets import PairedImageDataset
 from sr.evaluation import make_baseline
-from sr.pipelines import StableSRPipeline
+from sr.pipelines import SamplingSettings, StableSRPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = REPO / "data" / "samples" / "heldout_pairs"
@@ -31,7 +31,7 @@ LUMA = np.array([0.299, 0.587, 0.114])
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # LR 16 px -> SR 64 px, latent 8 px padded to one 16 px tile (the smallest the tiny time-aware encoder takes):
 # 2 DDPM steps take about a second per image on an idle 2-core CPU.
-FAST = ["model=tiny", "steps=2", "tile.size=16", "progress=false", "metrics=[psnr_y,ssim_y,fid]"]
+FAST = ["model=tiny", "num_inference_steps=2", "tile.size=16", "progress=false", "metrics=[psnr_y,ssim_y,fid]"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def run_rows(sweep_dir: Path) -> list[dict]:
 def test_sweep_writes_scores_images_table_and_plots(sweep, test_set):
     rows = run_rows(sweep)
     assert len(rows) == 4
-    assert {(row["w"], row["tile_overlap"]) for row in rows} == {("0.0", "0"), ("0.0", "8"), ("1.0", "0"),
+    assert {(row["w"], row["tile.overlap"]) for row in rows} == {("0.0", "0"), ("0.0", "8"), ("1.0", "0"),
                                                                  ("1.0", "8")}
     assert all(row["status"] == "ok" and row["images"] == "2" for row in rows)
     table = (sweep / "report" / "table.md").read_text()
@@ -112,7 +112,7 @@ def test_sweep_writes_scores_images_table_and_plots(sweep, test_set):
     for row in rows:
         run_dir = row["path"]
         record = json.loads((run_dir / "scores.json").read_text())
-        assert record["settings"]["steps"] == 2 and record["settings"]["tile_size"] == 16
+        assert record["settings"]["num_inference_steps"] == 2 and record["settings"]["tile.size"] == 16
         assert record["seconds_per_image"] > 0
         # no Inception weights in the test TORCH_HOME: FID is reported, not a crash
         assert record["aggregate"]["fid"].startswith("n/a (missing weights-inception")
@@ -133,7 +133,7 @@ def test_sweep_writes_scores_images_table_and_plots(sweep, test_set):
 def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep, test_set, tmp_path, monkeypatch):
     # job 0 (tile.overlap=0) is the sweep's finished w=0, overlap=0 run, copied: it is skipped, not re-sampled;
     # job 1 (tile.overlap=16, not below the 16 px tile) fails
-    source = next(row["path"] for row in run_rows(sweep) if row["w"] == "0.0" and row["tile_overlap"] == "0")
+    source = next(row["path"] for row in run_rows(sweep) if row["w"] == "0.0" and row["tile.overlap"] == "0")
     shutil.copytree(source, tmp_path / "0", ignore=shutil.ignore_patterns("report"))
     code = run_eval(monkeypatch, "-m", *FAST, *data_overrides(test_set), "w=0", "tile.overlap=0,16",
                     f"hydra.sweep.dir={tmp_path}")
@@ -175,7 +175,7 @@ def test_rescore_scores_existing_images_without_sampling(sweep, test_set, monkey
 
 def test_interrupted_run_resumes_without_resampling_present_images(sweep, test_set, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    source = next(row["path"] for row in run_rows(sweep) if row["w"] == "0.0" and row["tile_overlap"] == "0")
+    source = next(row["path"] for row in run_rows(sweep) if row["w"] == "0.0" and row["tile.overlap"] == "0")
     (run_dir / "images").mkdir(parents=True)
     kept = run_dir / "images" / "camera.png"
     kept.write_bytes((source / "images" / "camera.png").read_bytes())
@@ -245,7 +245,7 @@ def heldout_sweep(tmp_path_factory) -> Path:
     fix, tile overlap 0 or 8, one DDPM step."""
     sweep_dir = tmp_path_factory.mktemp("heldout")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        code = run_eval(monkeypatch, "-m", "model=tiny", "steps=1", "progress=false", "metrics=[psnr_y,ssim_y]",
+        code = run_eval(monkeypatch, "-m", "model=tiny", "num_inference_steps=1", "progress=false", "metrics=[psnr_y,ssim_y]",
                         f"data.lr_dir={HELDOUT / 'lr'}", f"data.hr_dir={HELDOUT / 'hr'}", "w=0", "color_fix=none",
                         "tile.overlap=0,8", f"hydra.sweep.dir={sweep_dir}")
     assert code == 0
@@ -305,7 +305,7 @@ def test_lr_latent_at_w0_is_the_plain_vae_decode_of_the_encoded_lr(heldout_sweep
 
 def test_changed_baseline_list_rescores_without_sampling_and_reuses_the_kept_baseline(sweep, test_set, tmp_path,
                                                                                      monkeypatch):
-    source = next(row["path"] for row in run_rows(sweep) if row["w"] == "0.0" and row["tile_overlap"] == "0")
+    source = next(row["path"] for row in run_rows(sweep) if row["w"] == "0.0" and row["tile.overlap"] == "0")
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns("report"))
     before = json.loads((run_dir / "scores.json").read_text())
@@ -335,20 +335,20 @@ def test_changed_baseline_list_rescores_without_sampling_and_reuses_the_kept_bas
 def test_baseline_images_are_kept_for_their_settings_completed_when_missing_and_remade_for_others(test_set,
                                                                                                   tmp_path):
     data = PairedImageDataset(str(test_set / "lr"), str(test_set / "hr"))
-    cfg = OmegaConf.create({"scale": 4, "overwrite": False, "progress": False})
+    cfg = OmegaConf.create({"overwrite": False, "progress": False})
     components = {"baseline": "bicubic", "scale": 4.0, "test_set.lr": "sha256:one"}
-    folder = make_baseline(cfg, "bicubic", components, data, tmp_path, pipe=None)
+    folder = make_baseline(cfg, "bicubic", components, data, tmp_path, None, SamplingSettings(scale=4))
     assert folder == tmp_path / "baselines" / "bicubic"
     camera, coffee = folder / "camera.png", folder / "coffee.png"
     stamp, made = camera.stat().st_mtime_ns, coffee.read_bytes()
     coffee.unlink()   # interrupted: the missing image is made, the present one kept
-    make_baseline(cfg, "bicubic", components, data, tmp_path, pipe=None)
+    make_baseline(cfg, "bicubic", components, data, tmp_path, None, SamplingSettings(scale=4))
     assert camera.stat().st_mtime_ns == stamp and coffee.read_bytes() == made
     with Image.open(camera) as image:
         assert image.size == (64, 64)
 
-    cfg.scale = 2   # other settings: every image is remade
-    make_baseline(cfg, "bicubic", components | {"scale": 2.0}, data, tmp_path, pipe=None)
+    # other settings: every image is remade
+    make_baseline(cfg, "bicubic", components | {"scale": 2.0}, data, tmp_path, None, SamplingSettings(scale=2))
     assert camera.stat().st_mtime_ns != stamp
     with Image.open(camera) as image:
         assert image.size == (32, 32)

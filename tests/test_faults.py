@@ -24,15 +24,16 @@ from sr.errors import ConfigError, describe, root_cause
 from sr.fingerprint import FINGERPRINT_FILE
 from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic
 from sr.memory import ESTIMATE_MARGIN, estimate_peak, format_bytes
+from sr.pipelines import resolved_settings
 from sr.training import compose_train_config
 from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
-from sr.validation import validate_sampling, validate_train
+from sr.validation import validate_train
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT_HR = REPO / "data" / "samples" / "heldout_pairs" / "hr"
-EVAL_FAST = ["model=tiny", "steps=1", "tile.size=16", "progress=false", "metrics=[psnr_y]"]
-UPSCALE_FAST = ["steps=1", "tile.size=16", "progress=false"]
+EVAL_FAST = ["model=tiny", "num_inference_steps=1", "tile.size=16", "progress=false", "metrics=[psnr_y]"]
+UPSCALE_FAST = ["num_inference_steps=1", "tile.size=16", "progress=false"]
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -153,10 +154,10 @@ def test_changed_weights_file_is_a_different_fingerprint(test_set, tmp_path, mon
     weights = tmp_path / "stage1.safetensors"
     weights.write_bytes(b"one")
     cfg = compose("eval", [*EVAL_FAST, *data_overrides(test_set), f"ckpt={weights}"])
-    first = fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), 16, 8))
+    first = fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), resolved_settings(cfg)))
     weights.write_bytes(b"two")
     os.utime(weights, ns=(time.time_ns() + 10**9,) * 2)
-    assert fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), 16, 8)) != first
+    assert fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), resolved_settings(cfg))) != first
 
 
 def test_changed_vae_tile_mode_is_a_different_fingerprint(test_set):
@@ -166,8 +167,8 @@ def test_changed_vae_tile_mode_is_a_different_fingerprint(test_set):
 
     def fingerprints(mode: str) -> dict[str, str]:
         cfg = compose("eval", [*EVAL_FAST, *data_overrides(test_set), f"vae_tile.mode={mode}"])
-        assert sr.evaluation.run_settings(cfg)["vae_tile_mode"] == mode
-        generation = generation_components(cfg, sr.evaluation.model_config(cfg), 16, 8)
+        assert sr.evaluation.run_settings(cfg)["vae_tile.mode"] == mode
+        generation = generation_components(cfg, sr.evaluation.model_config(cfg), resolved_settings(cfg))
         return {"run": fingerprint(generation),
                 **{name: fingerprint(baseline_components(name, generation)) for name in ("bicubic", "lr_latent")}}
 
@@ -332,7 +333,7 @@ BAD_SETTINGS = [
     ("w=-1", "w=-1: must be a number in [0, 1]"),
     ("w=3", "w=3: must be a number in [0, 1]"),
     ("scale=0", "scale=0: must be a number > 0"),
-    ("steps=0", "steps=0: must be an integer >= 1"),
+    ("num_inference_steps=0", "num_inference_steps=0: must be an integer >= 1"),
     ("tile.size=7", "tile.size=7: must be a positive multiple of 8"),
     ("tile.overlap=16", "tile.overlap=16: must be smaller than the tile size (16)"),
     ("color_fix=foo", "color_fix='foo': must be one of adain, wavelet, none"),
@@ -350,7 +351,7 @@ def test_bad_sampling_settings_are_one_line_before_anything_runs(override, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and err[0].startswith(f"upscale: error: {message}"), err
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        validate_sampling(compose("upscale", [*UPSCALE_FAST, "input=x", "output=y", override]), latent_tile=32)
+        resolved_settings(compose("upscale", [*UPSCALE_FAST, "input=x", "output=y", override]))
 
 
 def test_environment_problems_are_one_line(tmp_path, monkeypatch, capsys, one_line_mode):
@@ -366,6 +367,7 @@ def test_environment_problems_are_one_line(tmp_path, monkeypatch, capsys, one_li
         (f"output={a_file}", f"output={a_file}: is a file, not a folder"),
         (f"output={read_only / 'out'}", f"output={read_only / 'out'}: {read_only} is not writable (read-only)"),
         ("device=cuda", "device='cuda': no CUDA GPU is available on this machine"),
+        ("device=auto", "device='auto': not a device here; expected cpu, cuda or cuda:N"),  # only eval.py resolves it
     ]
     for override, message in cases:
         assert run_entry_point(monkeypatch, "upscale", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",

@@ -22,7 +22,6 @@ from sr.errors import describe
 from sr.fingerprint import file_digest, weights_identity
 from sr.io import claim_path, host_tag, remove_stale_temporaries, try_claim
 from sr.memory import estimate_upscale_peak
-from sr.pipelines import sampling_arguments
 from sr.upscale_folder import recorded_outputs, save_run_config
 from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
@@ -359,7 +358,7 @@ def test_memory_hint_names_only_changes_that_lower_the_estimate(tiny_model, tmp_
 
     def estimate(*changes: str) -> int:
         cfg = upscale_config(f"input={folder}", f"output={tmp_path / 'out'}", *changes)
-        settings = tiny_model.sampling_settings(**sampling_arguments(cfg))
+        settings = tiny_model.sampling_settings(cfg)
         return estimate_upscale_peak(tiny_model, settings, 4000, 4000).total
 
     baseline = estimate()

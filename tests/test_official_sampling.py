@@ -177,7 +177,7 @@ def blend_one_step(z_lr: torch.Tensor, weighting: str) -> torch.Tensor:
 def test_official_presets_sample_with_the_released_tile_weights_and_respacing(model, expected):
     cfg = compose("upscale", [f"model={model}", "input=unset", "output=unset"])
     settings = resolved_settings(cfg)
-    assert settings.tile_weighting == expected
+    assert settings.tile.weighting == expected
     assert settings.respacing == ("official" if expected == "official" else "scheduler")
     override = compose("upscale", [f"model={model}", "input=unset", "output=unset", "tile.weighting=centred",
                                    "respacing=scheduler"])

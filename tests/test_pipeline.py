@@ -20,7 +20,7 @@ from sr.sampling.respacing import official_respaced_timesteps
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # 24 x 40 LR, x4 -> 96 x 160 px, padded to 128 x 192 -> a 16 x 24 latent: 2 tiles of 16 (overlap 8)
-MULTI_TILE = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, tile_batch_size=2, w=0.5, color_fix="adain",
+MULTI_TILE = dict(num_inference_steps=2, tile=dict(size=16, overlap=8, batch_size=2), w=0.5, color_fix="adain",
                   scale=4, input_size=0, start="lr")
 
 
@@ -74,9 +74,9 @@ def test_saved_and_loaded_pipeline_equals_the_hand_rolled_reference_bit_for_bit(
 
 def test_defaults_come_from_the_pipeline_config_and_are_validated(pipe):
     assert pipe.sampling_settings().num_inference_steps == 50  # the tiny preset's sampling block
-    assert pipe.sampling_settings().tile_size == 32 and pipe.sampling_settings().tile_overlap == 16
+    assert pipe.sampling_settings().tile.size == 32 and pipe.sampling_settings().tile.overlap == 16
     with pytest.raises(ValueError, match="^tile.overlap=16: "):
-        pipe(lr_image(), tile_size=16, tile_overlap=16)
+        pipe(lr_image(), tile={"size": 16, "overlap": 16})
     with pytest.raises(ValueError, match="output_type"):
         pipe(lr_image(), output_type="jpeg", num_inference_steps=1)
 
@@ -155,7 +155,8 @@ def test_untrained_cfw_warns_on_the_path_users_run(pipe):
 def test_tile_weighting_and_respacing_reach_the_sampler(pipe, monkeypatch):
     lr, seed = lr_image(40, 24), torch.Generator().manual_seed  # a 24 x 16 latent: two tiles stacked vertically
     centred = pipe(lr, generator=seed(0), output_type="latent", **MULTI_TILE).images
-    official = pipe(lr, generator=seed(0), output_type="latent", tile_weighting="official", **MULTI_TILE).images
+    official = pipe(lr, generator=seed(0), output_type="latent",
+                    **dict(MULTI_TILE, tile={**MULTI_TILE["tile"], "weighting": "official"})).images
     assert not torch.equal(centred, official)  # the weights differ in y only: the vertical overlap blends differently
     visited = []
     real_predict = type(pipe.model).predict
@@ -186,16 +187,16 @@ def test_vae_tile_mode_reaches_the_tiled_vae(pipe, monkeypatch):
     run = lambda **vae: pipe(lr, generator=torch.Generator().manual_seed(0), output_type="pt", **settings,
                              **vae).images
     untiled = run()
-    exact = run(vae_tile_size=64, vae_tile_overlap=16, vae_tile_mode="exact")
-    estimate = run(vae_tile_size=64, vae_tile_overlap=16, vae_tile_mode="estimate")
+    exact = run(vae_tile=dict(size=64, overlap=16, mode="exact"))
+    estimate = run(vae_tile=dict(size=64, overlap=16, mode="estimate"))
     assert untiled.shape == (1, 3, 128, 192)
     torch.testing.assert_close(exact, untiled, atol=1e-5, rtol=0)
     assert (estimate - untiled).abs().max() > 1e-2
-    pipe.reconstruct(lr, vae_tile_size=64, vae_tile_overlap=16, vae_tile_mode="estimate", output_type="pt")
+    pipe.reconstruct(lr, vae_tile=dict(size=64, overlap=16, mode="estimate"), output_type="pt")
     assert modes == [(name, mode) for mode in ("exact", "exact", "estimate", "estimate")
                      for name in ("tiled_encode", "tiled_decode")]
     with pytest.raises(ValueError, match=r"^vae_tile.mode='fast': must be one of exact, estimate$"):
-        pipe(lr, vae_tile_mode="fast")
+        pipe(lr, vae_tile={"mode": "fast"})
 
 
 def test_offload_hooks_are_triggered_for_the_parts_run_through_submodules(pipe, monkeypatch):

@@ -22,7 +22,7 @@ from sr.upscale_folder import upscale_file
 
 RELEASED = Path(__file__).resolve().parents[1] / "sr" / "released" / "stablesr_tiny"
 # 16 x 24 LR, x4 -> 64 x 96 px, padded to 64 x 128 -> an 8 x 16 latent: two latent tiles of 8 (overlap 4)
-FAST = dict(num_inference_steps=2, tile_size=8, tile_overlap=4, w=0.5, scale=4, input_size=0)
+FAST = dict(num_inference_steps=2, tile=dict(size=8, overlap=4), w=0.5, scale=4, input_size=0)
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -147,7 +147,7 @@ def test_vae_tiling_switch_selects_the_exact_tiled_vae_with_cfw(tiny_pipe, monke
                             lambda *a, _real=real, _name=name, **k: tiled_calls.append(_name) or _real(*a, **k))
     image = pixels(32, 48)[0]
     # 128 x 192 px in 64 px VAE tiles (2 x 3), a 16 x 24 latent in two sampling tiles
-    small_tiles = dict(vae_tile_size=64, vae_tile_overlap=16, w=0.5, tile_size=16, tile_overlap=8,
+    small_tiles = dict(vae_tile=dict(size=64, overlap=16), w=0.5, tile=dict(size=16, overlap=8),
                        num_inference_steps=1)
     try:
         tiny_pipe.disable_vae_tiling()

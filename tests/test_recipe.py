@@ -79,7 +79,7 @@ def upscale_reference_crop(tmp_path: Path) -> torch.Tensor:
     crop = read_image(ROOT / "data/samples/heldout_pairs/lr/coffee.png").image[:, :32, :32]
     write_image(tmp_path / "in" / "coffee.png", crop)
     command = [sys.executable, "upscale.py", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
-               "model=stablesr_tiny", "steps=5", "w=0.5", "seed=42"]
+               "model=stablesr_tiny", "num_inference_steps=5", "w=0.5", "seed=42"]
     subprocess.run(command, check=True, cwd=ROOT, env=subprocess_environment(), capture_output=True)
     return read_image(tmp_path / "out" / "coffee.png").image
 

@@ -59,8 +59,8 @@ def _fake_sweep(root, fail=None):
         settings = {
             "method": "stablesr",
             "w": w,
-            "tile_overlap": overlap,
-            "steps": 200,
+            "tile.overlap": overlap,
+            "num_inference_steps": 200,
             "model": "stablesr-512",
             "color_fix": "adain",
             "scale": 4,
@@ -100,7 +100,7 @@ def _fake_sweep(root, fail=None):
             aggregate=aggregate,
             seconds_per_image=1.5 + index / 10,
             conventions=CONVENTIONS,
-            config={"w": w, "tile_overlap": overlap},
+            config={"w": w, "tile.overlap": overlap},
             baselines=_baselines(root, w),
         )
         for k, name in enumerate(IMAGE_NAMES):
@@ -168,7 +168,7 @@ def test_two_by_two_sweep_gives_baseline_rows_once_then_four_runs_plots_and_stri
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
     # bicubic once (4 runs share it), lr_latent once per w, then the 4 runs
     assert len(table_rows) == 1 + 1 + 2 + 4
-    assert table_rows[0] == "| method | w | tile_overlap | psnr_y | lpips_alex ↓ | musiq | fid ↓ |"
+    assert table_rows[0] == "| method | w | tile.overlap | psnr_y | lpips_alex ↓ | musiq | fid ↓ |"
     assert table_rows[1].startswith("| bicubic | – | – | 18.75 ± 0.50 | 0.5000 ± 0.0000 |")
     assert table_rows[2].startswith("| lr_latent | 0.0 | – | 19.50 ± 0.50 |")
     assert table_rows[3].startswith("| lr_latent | 1.0 | – | 20.50 ± 0.50 |")
@@ -182,17 +182,17 @@ def test_two_by_two_sweep_gives_baseline_rows_once_then_four_runs_plots_and_stri
         rows = list(csv.DictReader(stream))
     assert [row["method"] for row in rows] == ["bicubic", "lr_latent", "lr_latent"] + ["stablesr"] * 4
     runs = rows[3:]
-    assert [(r["w"], r["tile_overlap"]) for r in runs] == [("0.0", "16"), ("0.0", "32"), ("1.0", "16"), ("1.0", "32")]
+    assert [(r["w"], r["tile.overlap"]) for r in runs] == [("0.0", "16"), ("0.0", "32"), ("1.0", "16"), ("1.0", "32")]
     assert float(runs[0]["psnr_y_mean"]) == pytest.approx(21.5) and runs[0]["images"] == "2"
     assert [row["run_dir"] for row in rows] == ["0", "0", "2", "0", "1", "2", "3"]   # relative to the sweep
-    assert rows[0]["steps"] == "" and runs[0]["steps"] == "200"   # every column stays in the CSV
+    assert rows[0]["num_inference_steps"] == "" and runs[0]["num_inference_steps"] == "200"  # all columns in the CSV
     assert "seconds_per_image" not in rows[0]
 
     for metric in ("psnr_y", "lpips_alex", "fid"):
         for axis in ("w", "tile_overlap"):
             assert _is_png(out / "plots" / f"{metric}_vs_{axis}.png")
     assert not (out / "plots" / "musiq_vs_w.png").exists()  # n/a metrics are not plotted
-    assert not (out / "plots" / "psnr_y_vs_steps.png").exists()  # an axis the sweep did not vary
+    assert not (out / "plots" / "psnr_y_vs_num_inference_steps.png").exists()  # an axis the sweep did not vary
     # the bicubic value is each plot's reference line (fid: the baselines have none)
     assert sorted(y for label, y, _ in horizontal_lines if label.startswith("psnr_y")) == [BICUBIC_PSNR_Y + 0.5] * 2
     assert {text for _, _, text in horizontal_lines} == {"bicubic"}
@@ -236,12 +236,12 @@ def test_report_is_portable_byte_identical_with_footnotes_and_fixed_settings(tmp
     assert f"- ¹ `missing {MUSIQ_FILE}, expected at <outside>/{MUSIQ_FILE}`" in markdown
     # the same value on every row (baselines' "–" aside): one line above the table, not a column
     fixed = next(line for line in markdown.splitlines() if line.startswith("Fixed settings"))
-    for setting in ("steps=200", "model=stablesr-512", "color_fix=adain", "scale=4", "crop_border=0",
+    for setting in ("num_inference_steps=200", "model=stablesr-512", "color_fix=adain", "scale=4", "crop_border=0",
                     "lr_dir=<outside>/lr", "pretrained_path=runs/demo/prior/model", "images=2", "status=ok"):
         assert f"`{setting}`" in fixed
     assert markdown.index("Fixed settings") < markdown.index("| method |")
     header = next(line for line in markdown.splitlines() if line.startswith("| method |"))
-    assert "steps" not in header and "status" not in header and "| w | tile_overlap |" in header
+    assert "num_inference_steps" not in header and "status" not in header and "| w | tile.overlap |" in header
 
     build_report(sweep, out, "portable", overwrite=True, timings=True)
     with_timings = (out / "table.md").read_text()
@@ -314,7 +314,7 @@ def test_wandb_table_keeps_numbers_and_the_run_lands_in_the_sweep_folder(tmp_pat
     sweep = _fake_sweep(tmp_path, fail=(1.0, 32))
     runs = collect_sweep(sweep)
     columns, rows = wandb_table(runs)
-    assert columns[:3] == ["method", "w", "tile_overlap"]
+    assert columns[:3] == ["method", "w", "tile.overlap"]
     assert {"psnr_y", "psnr_y_std", "lpips_alex", "lpips_alex_std", "fid", "fid_std"} <= set(columns)
     assert [row[0] for row in rows] == ["bicubic", "lr_latent", "lr_latent"] + ["stablesr"] * 4
     by_setting = {(row[1], row[2]): dict(zip(columns, row)) for row in rows if row[0] == "stablesr"}
@@ -392,11 +392,11 @@ def test_html_page_shows_the_markdown_table_the_plots_and_the_compared_images(tm
     labels = [label for _, label in page.options]
     assert labels[:len(labels) // 2] == labels[len(labels) // 2:] == [
         "LR (nearest-neighbour)", "bicubic", "lr_latent (w=0.0)", "lr_latent (w=1.0)",
-        "stablesr (w=0.0, tile_overlap=16)", "stablesr (w=0.0, tile_overlap=32)",
-        "stablesr (w=1.0, tile_overlap=16)", "stablesr (w=1.0, tile_overlap=32)", "HR"]
+        "stablesr (w=0.0, tile.overlap=16)", "stablesr (w=0.0, tile.overlap=32)",
+        "stablesr (w=1.0, tile.overlap=16)", "stablesr (w=1.0, tile.overlap=32)", "HR"]
     files = dict((label, out / source) for source, label in page.options)
     assert files["LR (nearest-neighbour)"].read_bytes() == (tmp_path / "data" / "lr" / "bird.png").read_bytes()
-    assert files["stablesr (w=1.0, tile_overlap=16)"].read_bytes() == (sweep / "2" / "images" / "bird.png").read_bytes()
+    assert files["stablesr (w=1.0, tile.overlap=16)"].read_bytes() == (sweep / "2" / "images" / "bird.png").read_bytes()
     latent = sweep / "2" / "baselines" / "lr_latent" / "bird.png"
     assert files["lr_latent (w=1.0)"].read_bytes() == latent.read_bytes()
     assert files["HR"].read_bytes() == (tmp_path / "data" / "hr" / "bird.png").read_bytes()

@@ -106,7 +106,7 @@ def test_pinned_upscale_is_bit_identical_whatever_the_environment(tmp_path):
     processes = {
         name: subprocess.Popen(
             [sys.executable, "upscale.py", f"input={tmp_path / 'lr.png'}", f"output={tmp_path / name}", "model=tiny",
-             "steps=2", "tile.size=16", "progress=false"],
+             "num_inference_steps=2", "tile.size=16", "progress=false"],
             env=environment, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name, environment in runs.items()
     }

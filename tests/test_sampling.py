@@ -2,6 +2,7 @@
 
 import math
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ from diffusers import DDPMScheduler
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+import sr.sampling.settings
+from sr.errors import ConfigError
 from sr.ops.tiling import TileGrid
-from sr.pipelines import SamplingSettings
+from sr.pipelines import SamplingSettings, TileSettings
 from sr.sampling import TileFusion, denoise, fresh_scheduler, initial_latent, reflect_pad_to
+from sr.sampling.settings import legacy_names_mapped
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -218,32 +222,51 @@ def test_faster_schedulers_through_the_sampler_equal_their_untiled_loop(name):
     torch.testing.assert_close(tiled, reference, rtol=1e-5, atol=1e-5)
 
 
-RUN_CONFIG_KEYS = {"num_inference_steps": "steps", "tile_size": "tile.size", "tile_overlap": "tile.overlap",
-                   "tile_batch_size": "tile.batch_size", "vae_tile_size": "vae_tile.size",
-                   "vae_tile_overlap": "vae_tile.overlap", "vae_tile_mode": "vae_tile.mode"}
-
-
-@pytest.mark.parametrize("bad", [dict(tile_size=12), dict(tile_overlap=16), dict(num_inference_steps=0),
-                                 dict(start="middle"), dict(tile_batch_size=0), dict(scale=0), dict(color_fix="x"),
-                                 dict(vae_tile_size=100), dict(vae_tile_overlap=12), dict(vae_tile_mode="fast"),
-                                 dict(input_size=-1)])
-def test_bad_sampling_settings_are_refused_with_the_setting_named(bad):
-    """Refused under the run-config key (sr.validation decides the ranges for the pipeline and the commands)."""
-    arguments = dict(num_inference_steps=2, tile_size=16, tile_overlap=8, tile_batch_size=1, start="lr")
-    arguments.update(bad)
-    name = next(iter(bad))
-    with pytest.raises(ValueError, match=f"^{RUN_CONFIG_KEYS.get(name, name)}="):
-        SamplingSettings.resolve(32, **arguments)
+@pytest.mark.parametrize("key, value", [("tile.size", 12), ("tile.overlap", 16), ("num_inference_steps", 0),
+                                        ("num_inference_steps", 2.5), ("num_inference_steps", True),
+                                        ("start", "middle"), ("tile.batch_size", 0), ("scale", 0), ("color_fix", "x"),
+                                        ("vae_tile.size", 100), ("vae_tile.overlap", 12), ("vae_tile.mode", "fast"),
+                                        ("input_size", -1), ("w", float("nan")), ("w", "0.5"), ("scale", float("inf")),
+                                        ("scale", float("-inf"))])
+def test_bad_sampling_settings_are_refused_with_the_setting_named(key, value):
+    """One line naming the key (sr.sampling.settings decides the valid values for the pipeline and the commands)."""
+    group, _, name = key.partition(".")
+    override = {group: {name: value}} if name else {key: value}
+    base = dict(num_inference_steps=2, tile=dict(size=16, overlap=8, batch_size=1), start="lr")
+    with pytest.raises(ConfigError, match=f"^{key}={re.escape(repr(value))}: [^;]*$"):
+        SamplingSettings.resolve(32, base, override)
 
 
 def test_sampling_settings_resolve_defaults_in_order():
-    assert SamplingSettings.resolve(32) == SamplingSettings(tile_size=32, tile_overlap=16)
-    preset = {"num_inference_steps": 50, "w": 0.0, "tile_overlap": 4}
-    resolved = SamplingSettings.resolve(32, preset, w=0.7, tile_size=16, tile_overlap=None)
-    assert (resolved.num_inference_steps, resolved.w, resolved.tile_size, resolved.tile_overlap) == (50, 0.7, 16, 4)
-    assert SamplingSettings.resolve(32, tile_size=16).tile_overlap == 8  # half the tile when nobody sets it
-    with pytest.raises(TypeError, match="steps"):
+    assert SamplingSettings.resolve(32) == SamplingSettings(input_size=0, tile=TileSettings(size=32, overlap=16))
+    preset = {"num_inference_steps": 50, "w": 0.0, "tile": {"overlap": 4}}
+    resolved = SamplingSettings.resolve(32, preset, w=0.7, tile={"size": 16, "overlap": None})
+    assert (resolved.num_inference_steps, resolved.w, resolved.tile.size, resolved.tile.overlap) == (50, 0.7, 16, 4)
+    assert SamplingSettings.resolve(32, tile={"size": 16}).tile.overlap == 8  # half the tile when nobody sets it
+    with pytest.raises(ConfigError, match="^steps: unknown sampling setting"):
         SamplingSettings.resolve(32, steps=3)
+    with pytest.raises(ConfigError, match="^tile.sise: unknown sampling setting"):
+        SamplingSettings.resolve(32, {"tile": {"sise": 3}})
+
+
+def test_every_setting_is_checked_and_the_arguments_sample_with_the_same_settings():
+    """Each field has its check (adding a setting without one fails here); ``arguments()`` given back to
+    ``resolve`` as call keywords gives the same settings, whatever the pipeline's defaults."""
+    settings = SamplingSettings.resolve(32, {"input_size": 512, "tile": {"overlap": 8}}, w=0.25)
+    assert set(settings.components()) == set(sr.sampling.settings._CHECKS)
+    other_defaults = {"num_inference_steps": 7, "w": 1.0, "input_size": 64, "tile": {"size": 64, "overlap": 0}}
+    assert SamplingSettings.resolve(64, other_defaults, **settings.arguments()) == settings
+    assert settings.components()["tile.overlap"] == 8 and settings.components()["w"] == 0.25
+
+
+def test_old_saved_names_are_mapped_once():
+    """model_index.json files of earlier versions (flat ``tile_overlap``, ``steps``) load under today's names."""
+    old = {"steps": 10, "tile_overlap": None, "tile_weighting": "official", "vae_tile_mode": "estimate", "w": 0.5}
+    assert legacy_names_mapped(old) == {"num_inference_steps": 10, "tile": {"overlap": None, "weighting": "official"},
+                                       "vae_tile": {"mode": "estimate"}, "w": 0.5}
+    resolved = SamplingSettings.resolve(32, legacy_names_mapped(old))
+    assert (resolved.num_inference_steps, resolved.tile.weighting, resolved.vae_tile.mode) == (10, "official",
+                                                                                              "estimate")
 
 
 # ----------------------------------------------------------------------------------------- the real tiny model

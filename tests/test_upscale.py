@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sr.errors import ConfigError
-from sr.pipelines import sampling_arguments, use_scheduler
+from sr.pipelines import use_scheduler
 from sr.sampling import output_size, reflect_pad_to, round_up
 from sr.upscale_folder import output_path, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-FAST = ["steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
+FAST = ["num_inference_steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
 
 
 def upscale_config(*overrides: str):
@@ -41,7 +41,8 @@ def upscale(pipe, lr: torch.Tensor, seed: int, *overrides: str) -> torch.Tensor:
     """``pipe`` called as upscale.py calls it, with ``upscale_config(*overrides)``'s scheduler and settings."""
     cfg = upscale_config(*overrides)
     use_scheduler(pipe, instantiate(cfg.scheduler))
-    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt", **sampling_arguments(cfg)).images
+    return pipe(lr, generator=torch.Generator().manual_seed(seed), output_type="pt",
+                **pipe.sampling_settings(cfg).arguments()).images
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -77,6 +78,24 @@ def test_output_is_exactly_scale_times_input(tiny_model, height, width, override
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
 
 
+def test_a_setting_added_to_the_schema_reaches_command_line_call_and_fingerprint(tiny_model):
+    """``sample_posterior`` was added in sr/sampling/settings.py and sr/pipelines/stablesr.py only: the command line
+    key reaches the encoder (it equals the call's keyword, and differs from the default), the fingerprint records it,
+    and a bad value is one line naming it."""
+    from sr.fingerprint import sampling_components
+
+    lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    cfg = upscale_config("sample_posterior=false")
+    mode = upscale(tiny_model, lr, 0, "sample_posterior=false")
+    api = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt", num_inference_steps=1,
+                     tile={"size": 16}, sample_posterior=False).images
+    assert torch.equal(mode, api) and not torch.equal(mode, upscale(tiny_model, lr, 0))
+    components = sampling_components(cfg, cfg.model, tiny_model.sampling_settings(cfg))
+    assert components["sample_posterior"] is False
+    with pytest.raises(ConfigError, match="^sample_posterior='no': must be true or false$"):
+        tiny_model.sampling_settings(upscale_config("sample_posterior=no"))
+
+
 def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
     lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
     eps = upscale(tiny_model, lr, 0)
@@ -84,7 +103,7 @@ def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
     tiny_model.scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
     try:
         v = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt",
-                       **sampling_arguments(upscale_config())).images
+                       **tiny_model.sampling_settings(upscale_config()).arguments()).images
     finally:
         tiny_model.scheduler = original
     assert v.shape == eps.shape == (1, 3, 32, 48)

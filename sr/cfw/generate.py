@@ -85,7 +85,7 @@ class CFWDataGenerator:
             lq = gt
         latent_side = gt.shape[-1] // 8
         latent = self.pipe(lq, num_inference_steps=self.steps, scale=1, input_size=0, start="lr",
-                           tile_size=latent_side, tile_overlap=0, generator=generator, output_type="latent").images
+                           tile={"size": latent_side, "overlap": 0}, generator=generator, output_type="latent").images
         preview = ((self.pipe.model.decode(latent) + 1) / 2).clamp(0, 1)
         return {"inputs": lq[0], "gts": gt[0], "samples": preview[0], "latents": latent.float()}
 
@@ -126,7 +126,7 @@ def main(cfg: DictConfig) -> None:
     with one_line_errors("sr.cfw.generate", cfg.get("debug", False)):
         if cfg.seed is None:
             raise ConfigError("seed must be set (every sample is seeded from it)")
-        if problem := device_problem(cfg.device):
+        if problem := device_problem(cfg.device, allow_auto=True):  # auto: build_generator resolves it
             raise ConfigError(problem)
         generator = build_generator(cfg)
         out = Path(to_absolute_path(cfg.out))

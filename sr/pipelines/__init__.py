@@ -3,15 +3,22 @@
 Nothing below ``sr.pipelines`` (``sr.models``, ``sr.sampling``, ``sr.ops``, ...) imports it; it imports them.
 """
 
-from sr.pipelines.build import build_pipeline, resolved_settings, sampling_arguments, use_scheduler
-from sr.pipelines.stablesr import SamplingSettings, StableSRPipeline, StableSRPipelineOutput
+from sr.pipelines.build import build_pipeline, use_scheduler
+from sr.pipelines.stablesr import StableSRPipeline, StableSRPipelineOutput
+from sr.sampling.settings import (
+    SamplingSettings,
+    TileSettings,
+    VaeTileSettings,
+    resolved_settings,
+)
 
 __all__ = [
     "SamplingSettings",
     "StableSRPipeline",
     "StableSRPipelineOutput",
+    "TileSettings",
+    "VaeTileSettings",
     "build_pipeline",
     "resolved_settings",
-    "sampling_arguments",
     "use_scheduler",
 ]

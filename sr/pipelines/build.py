@@ -30,14 +30,13 @@ from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
 from sr.models.prompt import PromptEmbedding, embed_prompts
 from sr.models.sft import SFTAdapter
-from sr.pipelines.stablesr import SamplingSettings, StableSRPipeline
+from sr.pipelines.stablesr import StableSRPipeline
 from sr.sampling.aggregation import fresh_scheduler
+from sr.sampling.settings import legacy_names_mapped
 
 PIPELINE_INDEX = "model_index.json"
 # the subfolders a plain Stable Diffusion folder (no model_index.json) is read from
 SD_FOLDER_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
-# preset `sampling` keys that differ from the pipeline's argument names
-PRESET_SAMPLING_NAMES = {"steps": "num_inference_steps"}
 
 
 def build_pipeline(
@@ -74,32 +73,8 @@ def build_pipeline(
         pipe.load_trainable(stage1_weights, parts=("encoder", "sft"))
     if cfw_weights:
         pipe.load_trainable(cfw_weights, parts=("cfw",))
-    pipe.register_to_config(latent_tile=latent_tile, sampling=preset_sampling(sampling))
+    pipe.register_to_config(latent_tile=latent_tile, sampling=legacy_names_mapped(sampling))
     return pipe
-
-
-def preset_sampling(sampling: dict | None) -> dict:
-    """A preset's ``sampling`` block under the pipeline's argument names (``steps`` -> ``num_inference_steps``)."""
-    return {PRESET_SAMPLING_NAMES.get(key, key): value for key, value in (sampling or {}).items()}
-
-
-def sampling_arguments(cfg) -> dict:
-    """``StableSRPipeline.__call__`` keyword arguments from a run config's sampling keys (conf/sampling/default.yaml:
-    ``steps, start, respacing, w, color_fix, scale, input_size, tile.{size,overlap,weighting,batch_size},
-    vae_tile.{size,overlap,mode}``)."""
-    return {
-        "num_inference_steps": cfg.steps, "start": cfg.start, "respacing": cfg.respacing, "w": cfg.w,
-        "color_fix": cfg.color_fix, "scale": cfg.scale, "input_size": cfg.input_size, "tile_size": cfg.tile.size,
-        "tile_overlap": cfg.tile.overlap, "tile_weighting": cfg.tile.weighting, "tile_batch_size": cfg.tile.batch_size,
-        "vae_tile_size": cfg.vae_tile.size, "vae_tile_overlap": cfg.vae_tile.overlap,
-        "vae_tile_mode": cfg.vae_tile.mode,
-    }
-
-
-def resolved_settings(cfg) -> SamplingSettings:
-    """The settings a run config samples with, resolved as its pipeline would (without building the model)."""
-    return SamplingSettings.resolve(cfg.model.latent_tile, preset_sampling(cfg.model.get("sampling")),
-                                    **sampling_arguments(cfg))
 
 
 def use_scheduler(pipe: StableSRPipeline, scheduler) -> StableSRPipeline:

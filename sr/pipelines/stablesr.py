@@ -21,8 +21,9 @@ Two no-diffusion baselines share these steps (eval.py scores them beside every r
 (``up`` at the output size, no model) and ``StableSRPipeline.reconstruct`` (``z_lr`` from the posterior mode decoded
 at once: the VAE + CFW ceiling without sampling).
 
-This class is the one place where sampling settings are defaulted and resolved (``sampling_settings``; their valid
-ranges are ``sr.validation.validate_sampling``'s, shared with the commands) and the one decode path
+This class is the one place where sampling settings are layered and resolved (``sampling_settings``: the pipeline's
+``sampling`` config over the defaults of ``sr.sampling.settings.SamplingSettings``, whose field names are the call's
+keywords and which decides their valid values) and the one decode path
 (``StableSR.decode``: the CFW warning fires here). Latents are in diffusion space everywhere
 (``scaling_factor * E(x)``, see ``sr.models.stablesr``).
 """
@@ -32,7 +33,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +57,16 @@ from sr.models.encoder import TimeAwareEncoder
 from sr.models.prompt import PromptEmbedding
 from sr.models.sft import SFTAdapter
 from sr.models.stablesr import StableSR
-from sr.models.tiled_vae import DEFAULT_MODE as DEFAULT_VAE_TILE_MODE
 from sr.ops.color import color_fix as apply_color_fix
 from sr.sampling.aggregation import denoise
 from sr.sampling.padding import output_size, reflect_pad_to, round_up, working_scale
 from sr.sampling.respacing import check_respacing, set_sampling_timesteps
-from sr.validation import validate_sampling
+from sr.sampling.settings import (
+    SamplingSettings,
+    TileSettings,
+    VaeTileSettings,
+    legacy_names_mapped,
+)
 
 PIXEL_PAD_MULTIPLE = 64
 VAE_FACTOR = 8
@@ -72,62 +77,6 @@ PIPELINE_INDEX = "model_index.json"
 # Outputs are already in [0, 1]: the processor only converts them (no denormalisation, no resize).
 OUTPUT_PROCESSOR = VaeImageProcessor(do_resize=False, do_normalize=False)
 ImageInput = torch.Tensor | PIL.Image.Image | np.ndarray | str | os.PathLike | list
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """Every sampling setting of one call, resolved and validated (``StableSRPipeline.sampling_settings``).
-
-    The defaults are the released any-size recipe's (spec 10); a pipeline's ``sampling`` config (its preset's)
-    overrides them, and the call's arguments override both. ``tile_size`` None = the pipeline's ``latent_tile``,
-    ``tile_overlap`` None = half the tile, ``input_size`` None or 0 = no minimum working size. ``vae_tile_mode``
-    ``exact`` (the tiled VAE equals the untiled one up to float rounding) or ``estimate`` (approximate per-tile
-    passes, sr.models.tiled_vae) applies only above one VAE tile. ``tile_weighting``
-    ``centred`` (ours) or ``official`` (the released code's y-centre, sr.ops.tiling) and ``respacing`` ``scheduler``
-    (its ``timestep_spacing``) or ``official`` (the released code's timesteps, sr.sampling.respacing): the
-    ``stablesr_official*`` presets choose both ``official``.
-    """
-
-    num_inference_steps: int = 200
-    w: float = 0.5
-    color_fix: str = "adain"
-    scale: float = 4.0
-    tile_size: int | None = None
-    tile_overlap: int | None = None
-    tile_batch_size: int = 4
-    vae_tile_size: int = 1024
-    vae_tile_overlap: int = 128
-    vae_tile_mode: str = DEFAULT_VAE_TILE_MODE
-    input_size: int | None = None
-    start: str = "lr"
-    tile_weighting: str = "centred"
-    respacing: str = "scheduler"
-
-    @classmethod
-    def resolve(cls, latent_tile: int, defaults: dict | None = None, **overrides) -> "SamplingSettings":
-        """Library defaults < ``defaults`` (a preset's) < ``overrides`` (None = unset); ``tile_size`` None ->
-        ``latent_tile``, ``tile_overlap`` None -> ``tile_size // 2``; validated. Unknown names raise."""
-        defaults = dict(defaults or {})
-        known = {field.name for field in fields(cls)}
-        unknown = sorted((set(overrides) | set(defaults)) - known)
-        if unknown:
-            raise TypeError(f"unknown sampling settings {unknown}; known: {sorted(known)}")
-        settings = replace(cls(), **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
-        tile_size = settings.tile_size if settings.tile_size is not None else latent_tile
-        tile_overlap = settings.tile_overlap if settings.tile_overlap is not None else tile_size // 2
-        return replace(settings, tile_size=tile_size, tile_overlap=tile_overlap).validate()
-
-    def validate(self) -> "SamplingSettings":
-        """``self`` if every setting is usable; otherwise one ``ConfigError`` (a ``ValueError``) listing each problem
-        under its run-config key (``sr.validation.validate_sampling`` decides the valid ranges)."""
-        validate_sampling({
-            "scale": self.scale, "steps": self.num_inference_steps, "w": self.w, "start": self.start,
-            "respacing": self.respacing, "color_fix": self.color_fix, "input_size": self.input_size or None,
-            "tile": {"size": self.tile_size, "overlap": self.tile_overlap, "weighting": self.tile_weighting,
-                     "batch_size": self.tile_batch_size},
-            "vae_tile": {"size": self.vae_tile_size, "overlap": self.vae_tile_overlap, "mode": self.vae_tile_mode},
-        })
-        return self
 
 
 @dataclass
@@ -167,7 +116,7 @@ class StableSRPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, vae=vae, time_aware_encoder=time_aware_encoder, sft=sft, cfw=cfw,
                               scheduler=scheduler, prompt_embedding=prompt_embedding)
-        self.register_to_config(latent_tile=latent_tile, sampling=dict(sampling or {}),
+        self.register_to_config(latent_tile=latent_tile, sampling=legacy_names_mapped(sampling),
                                 cfw_trained=bool(cfw_trained and cfw is not None))
         self._vae_tiling = True
         self._interrupt = False
@@ -185,7 +134,7 @@ class StableSRPipeline(DiffusionPipeline):
         return self.model.autoencoder
 
     def enable_vae_tiling(self) -> None:
-        """Encode and decode tile by tile (``vae_tile_size``/``_overlap``/``_mode`` of the call) when the image is
+        """Encode and decode tile by tile (the call's ``vae_tile`` settings) when the image is
         larger than one VAE tile: the default. ``exact`` mode equals the untiled pass, CFW included."""
         self._vae_tiling = True
 
@@ -204,10 +153,13 @@ class StableSRPipeline(DiffusionPipeline):
         image is decoded from the latent reached."""
         return self._interrupt
 
-    def sampling_settings(self, **overrides) -> SamplingSettings:
-        """The call's settings: library defaults < the pipeline's ``sampling`` config < ``overrides`` (None = unset),
-        tile defaults resolved against ``latent_tile``, validated (``SamplingSettings.resolve``)."""
-        return SamplingSettings.resolve(self.config.latent_tile, self.config.sampling, **overrides)
+    def sampling_settings(self, run_config=None, **overrides) -> SamplingSettings:
+        """The settings a call samples with: ``SamplingSettings`` defaults < the pipeline's ``sampling`` config < the
+        setting keys of ``run_config`` (an ``upscale.py`` / ``eval.py`` config) < ``overrides`` (the call's keywords,
+        None = unset); tile defaults resolved against ``latent_tile``; validated. ``pipe(image,
+        **pipe.sampling_settings(cfg).arguments())`` samples as the command does."""
+        layer = None if run_config is None else SamplingSettings.of_run_config(run_config)
+        return SamplingSettings.resolve(self.config.latent_tile, self.config.sampling, layer, **overrides)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> Path:
         """``DiffusionPipeline.save_pretrained`` written atomically: into a temporary sibling folder, which then
@@ -250,21 +202,16 @@ class StableSRPipeline(DiffusionPipeline):
         w: float | None = None,
         color_fix: str | None = None,
         scale: float | None = None,
-        tile_size: int | None = None,
-        tile_overlap: int | None = None,
-        tile_batch_size: int | None = None,
-        vae_tile_size: int | None = None,
-        vae_tile_overlap: int | None = None,
-        vae_tile_mode: str | None = None,
         input_size: int | None = None,
         start: str | None = None,
-        tile_weighting: str | None = None,
         respacing: str | None = None,
+        tile: TileSettings | dict | None = None,
+        vae_tile: VaeTileSettings | dict | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        sample_posterior: bool = True,
+        sample_posterior: bool | None = None,
         output_type: str = "pil",
         return_latents: bool = False,
         return_dict: bool = True,
@@ -272,8 +219,10 @@ class StableSRPipeline(DiffusionPipeline):
         | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ):
-        """Upscale ``image`` (module docstring). Settings left None take the pipeline's defaults
-        (``sampling_settings``); the sampling schedule is ``self.scheduler`` (a fresh copy per call).
+        """Upscale ``image`` (module docstring). Settings (``num_inference_steps`` ... ``vae_tile``: the fields of
+        ``SamplingSettings``, which documents them) left None take the pipeline's defaults (``sampling_settings``);
+        ``tile`` and ``vae_tile`` are ``TileSettings`` / ``VaeTileSettings`` or mappings of some of their fields
+        (``tile={"size": 32, "overlap": 16}``). The sampling schedule is ``self.scheduler`` (a fresh copy per call).
 
         Args:
             image: a path or a PIL image (read as ``upscale.py`` reads files, ``sr.io``: 16-bit, grey kept grey, EXIF
@@ -284,16 +233,15 @@ class StableSRPipeline(DiffusionPipeline):
             w: CFW fusion strength (0 = plain SD decoder, 1 = most fidelity).
             color_fix: ``adain``, ``wavelet`` or ``none``.
             scale: output = ``round(h * scale) x round(w * scale)``.
-            tile_size, tile_overlap, tile_batch_size: latent tiles of progressive aggregation, tiles per UNet call.
-            vae_tile_size, vae_tile_overlap: pixel tiles of the VAE encode/decode (untiled when one tile covers, or
-                after ``disable_vae_tiling()``).
-            vae_tile_mode: ``exact`` (equals the untiled VAE up to float rounding) or ``estimate`` (approximate
-                per-tile passes) for images above one VAE tile (``SamplingSettings``).
             input_size: sample at >= this many pixels on the short side, then resize to the output (0/None: off).
             start: ``lr`` (x_T = the LR latent noised to the first timestep) or ``noise``.
-            tile_weighting: ``centred`` or ``official`` Gaussian tile weights (``SamplingSettings``).
-            respacing: ``scheduler`` or ``official`` timesteps (``SamplingSettings``; official needs a scheduler
-                that takes custom timesteps: DDPM, DPM-Solver).
+            respacing: ``scheduler`` or ``official`` timesteps (official needs a scheduler that takes custom
+                timesteps: DDPM, DPM-Solver).
+            tile: latent tiles of progressive aggregation: ``size``, ``overlap``, ``weighting`` (``centred`` or
+                ``official`` Gaussian), ``batch_size`` (tiles per UNet call).
+            vae_tile: pixel tiles of the VAE encode/decode (untiled when one tile covers, or after
+                ``disable_vae_tiling()``): ``size``, ``overlap``, ``mode`` (``exact``: equals the untiled VAE up to
+                float rounding, or ``estimate``: approximate per-tile passes).
             num_images_per_prompt: outputs per input image (``[a, a, b, b]`` for inputs ``[a, b]`` and 2).
             generator: every random draw (posterior sample, x_T noise, step noise), in that order. One generator
                 draws for the whole batch; a list gives output ``k`` its own (length batch x
@@ -302,6 +250,7 @@ class StableSRPipeline(DiffusionPipeline):
             latents: ``x_T`` in diffusion space, of the padded latent's size (as returned with
                 ``return_latents=True``); replaces the ``start`` draw.
             sample_posterior: False encodes deterministically (the posterior mode ``scaling_factor * mean``).
+                A setting (``SamplingSettings``): ``upscale.py sample_posterior=false``.
             output_type: ``pil``, ``np``, ``pt`` (``[B, C, H, W]`` in [0, 1] on the input's device) or ``latent``
                 (the denoised diffusion-space latent, cropped to the image's latent size; not decoded).
             return_latents: also return the ``x_T`` used (``StableSRPipelineOutput.latents``).
@@ -312,10 +261,8 @@ class StableSRPipeline(DiffusionPipeline):
                 output image (``i`` restarts).
         """
         settings = self.sampling_settings(
-            num_inference_steps=num_inference_steps, w=w, color_fix=color_fix, scale=scale, tile_size=tile_size,
-            tile_overlap=tile_overlap, tile_batch_size=tile_batch_size, vae_tile_size=vae_tile_size,
-            vae_tile_overlap=vae_tile_overlap, vae_tile_mode=vae_tile_mode, input_size=input_size, start=start,
-            tile_weighting=tile_weighting, respacing=respacing,
+            num_inference_steps=num_inference_steps, w=w, color_fix=color_fix, scale=scale, input_size=input_size,
+            start=start, respacing=respacing, tile=tile, vae_tile=vae_tile, sample_posterior=sample_posterior,
         )
         check_respacing(self.scheduler, settings.respacing)
         if output_type not in OUTPUT_TYPES:
@@ -346,11 +293,11 @@ class StableSRPipeline(DiffusionPipeline):
                                  f"{images.shape[0]} x num_images_per_prompt {num_images_per_prompt}); pass one "
                                  "generator, or one per output image")
             runs = [self._upscale(lr[k : k + 1], settings, generator[k], _item(prompt_embeds, k),
-                                  _item(latents, k), sample_posterior, output_type, step_end)
+                                  _item(latents, k), settings.sample_posterior, output_type, step_end)
                     for k in range(lr.shape[0])]
             result, initial = torch.cat([run[0] for run in runs]), torch.cat([run[1] for run in runs])
         else:
-            result, initial = self._upscale(lr, settings, generator, prompt_embeds, latents, sample_posterior,
+            result, initial = self._upscale(lr, settings, generator, prompt_embeds, latents, settings.sample_posterior,
                                             output_type, step_end)
         images_out = result if output_type == "latent" else _convert_output(result, output_type)
         initial = initial if return_latents else None
@@ -378,9 +325,9 @@ class StableSRPipeline(DiffusionPipeline):
             return model.predict(x_t, timestep, lr_tiles, prompt_embeds)
 
         latent, x_t = denoise(
-            predict, scheduler, z_lr, settings.tile_size, settings.tile_overlap, settings.tile_batch_size,
+            predict, scheduler, z_lr, settings.tile.size, settings.tile.overlap, settings.tile.batch_size,
             settings.start, generator, None if latents is None else latents.to(device=device, dtype=dtype),
-            progress=lambda timesteps: self.progress_bar(timesteps), tile_weighting=settings.tile_weighting,
+            progress=lambda timesteps: self.progress_bar(timesteps), tile_weighting=settings.tile.weighting,
             step_end=step_end, interrupted=lambda: self.interrupt,
         )
         if output_type == "latent":
@@ -396,10 +343,8 @@ class StableSRPipeline(DiffusionPipeline):
         w: float | None = None,
         color_fix: str | None = None,
         scale: float | None = None,
-        vae_tile_size: int | None = None,
-        vae_tile_overlap: int | None = None,
-        vae_tile_mode: str | None = None,
         input_size: int | None = None,
+        vae_tile: VaeTileSettings | dict | None = None,
         output_type: str = "pil",
     ) -> StableSRPipelineOutput:
         """The ``lr_latent`` baseline: a call without diffusion. The bicubic-upsampled LR is encoded exactly as a
@@ -408,9 +353,8 @@ class StableSRPipeline(DiffusionPipeline):
         converted as a call's output. It measures what the VAE (+ CFW) recovers from the LR alone, the ceiling of a
         sampler that returned the LR latent unchanged. Arguments as for ``__call__`` (None = the pipeline's
         defaults); ``output_type`` one of ``pil``, ``np``, ``pt``."""
-        settings = self.sampling_settings(w=w, color_fix=color_fix, scale=scale, vae_tile_size=vae_tile_size,
-                                          vae_tile_overlap=vae_tile_overlap, vae_tile_mode=vae_tile_mode,
-                                          input_size=input_size)
+        settings = self.sampling_settings(w=w, color_fix=color_fix, scale=scale, input_size=input_size,
+                                          vae_tile=vae_tile)
         if output_type not in IMAGE_OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {IMAGE_OUTPUT_TYPES}")
         lr = _as_batch(image)
@@ -431,7 +375,7 @@ class StableSRPipeline(DiffusionPipeline):
         colour fix (grey back to one channel). ``output_type`` one of ``pil``, ``np``, ``pt``."""
         if output_type not in IMAGE_OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {IMAGE_OUTPUT_TYPES}")
-        settings = SamplingSettings(scale=scale, color_fix="none").validate()
+        settings = SamplingSettings(scale=scale, color_fix="none")
         lr = _as_batch(image)
         target = output_size(*lr.shape[-2:], settings.scale)
         upsampled = upsample_lr(lr, target)
@@ -451,20 +395,20 @@ class StableSRPipeline(DiffusionPipeline):
         """(diffusion-space ``z_lr``, CFW encoder features) of ``up`` reflect-padded to multiples of 64 px."""
         padded = reflect_pad_to(upsampled, round_up(work[0], PIXEL_PAD_MULTIPLE), round_up(work[1], PIXEL_PAD_MULTIPLE))
         # Per-axis VAE tile/overlap, each a multiple of 8 and below the tile even when the image is narrower.
-        vae_tiles = tuple(min(settings.vae_tile_size, side) for side in padded.shape[-2:])
-        vae_overlaps = tuple(min(settings.vae_tile_overlap, tile - VAE_FACTOR) for tile in vae_tiles)
+        vae_tiles = tuple(min(settings.vae_tile.size, side) for side in padded.shape[-2:])
+        vae_overlaps = tuple(min(settings.vae_tile.overlap, tile - VAE_FACTOR) for tile in vae_tiles)
         _onload(self.vae)
         return model.encode(padded, generator, sample=sample_posterior, tile=vae_tiles, overlap=vae_overlaps,
-                            progress=self._progress_enabled(), mode=settings.vae_tile_mode)
+                            progress=self._progress_enabled(), mode=settings.vae_tile.mode)
 
     def _decode(self, model: StableSR, latent: torch.Tensor, features, settings: SamplingSettings,
                 work) -> torch.Tensor:
         """A padded diffusion-space latent through the one decode path (CFW strength ``w`` fused with
         ``features``), cropped to the working size: in about [-1, 1], before ``_postprocess``."""
         _onload(self.cfw, self.vae)
-        decoded = model.decode(latent, features, settings.w, tile=settings.vae_tile_size // VAE_FACTOR,
-                               overlap=settings.vae_tile_overlap // VAE_FACTOR, progress=self._progress_enabled(),
-                               mode=settings.vae_tile_mode)
+        decoded = model.decode(latent, features, settings.w, tile=settings.vae_tile.size // VAE_FACTOR,
+                               overlap=settings.vae_tile.overlap // VAE_FACTOR, progress=self._progress_enabled(),
+                               mode=settings.vae_tile.mode)
         return decoded[..., : work[0], : work[1]]
 
     def _progress_enabled(self) -> bool:
@@ -565,4 +509,4 @@ def _drop_name_or_path(config: Path) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["SamplingSettings", "StableSRPipeline", "StableSRPipelineOutput"]
+__all__ = ["SamplingSettings", "StableSRPipeline", "StableSRPipelineOutput", "TileSettings", "VaeTileSettings"]

@@ -6,7 +6,7 @@ Run layout (written by eval.py through :func:`sr.report.runs.write_run_scores`):
     <run_dir>/images/<name>.png             the SR outputs, one per scored image
     <run_dir>/baselines/<baseline>/<name>.png   the no-diffusion baselines' images (bicubic, lr_latent)
 
-``scores.json`` holds ``settings`` (method, w, tile_overlap, steps, model, lr_dir, hr_dir, ...), ``per_image``
+``scores.json`` holds ``settings`` (method, w, tile.overlap, num_inference_steps, model, lr_dir, hr_dir, ...), ``per_image``
 ``{name: {metric: value}}``, ``aggregate`` ``{metric: {"mean", "std", "n"} | "n/a (...)"}``, ``seconds_per_image``,
 ``status`` ("ok" | "failed"), ``error``, ``conventions`` (``MetricSuite.conventions()``), ``config`` (the resolved
 Hydra config), ``git_revision``, ``git_modified``, ``command``, ``fingerprints`` and ``baselines`` (each baseline's
@@ -21,7 +21,7 @@ Modules:
 - :mod:`sr.report.runs`: write one run's ``scores.json``; read and collect every run below a sweep folder.
 - :mod:`sr.report.table`: the sweep table (``table.md`` for people, ``table.csv`` for machines).
 - :mod:`sr.report.portable`: paths, commands and messages as a report shows them (no absolute paths).
-- :mod:`sr.report.plots`: each metric against ``w`` / ``tile_overlap`` as PNG, bicubic as a reference line.
+- :mod:`sr.report.plots`: each metric against ``w`` / ``tile.overlap`` as PNG, bicubic as a reference line.
 - :mod:`sr.report.strips`: LR | SR(w=...) | bicubic | HR comparison strips as PNG.
 - :mod:`sr.report.html`: ``index.html``, the report as one offline page: sortable table, comparison sliders, plots.
 - :mod:`sr.report.build`: writes all of the above into a report folder.

@@ -44,7 +44,7 @@ def build_report(
         for x_key in PLOT_AXES:
             png = plot_metric(rows, metric, x_key)
             if png is not None:
-                path = out_dir / "plots" / f"{metric}_vs_{x_key}.png"
+                path = out_dir / "plots" / f"{metric}_vs_{x_key.replace('.', '_')}.png"  # tile.overlap: no dot
                 write_bytes_atomic(path, png, overwrite)
                 written["plots"].append(path)
 

@@ -3,7 +3,7 @@
 ``python -m sr.report <sweep dir> [--name NAME] [--out experiments/NAME]`` gathers every ``scores.json`` below the
 sweep into ``table.md`` / ``table.csv`` (the baselines each run scored, once per distinct setting, then one row per
 run; failed runs marked with their error), plots every metric against ``w`` (one line per tile overlap) and against
-``tile_overlap`` (one line per w) with the bicubic value as a reference line under ``plots/``, and writes
+``tile.overlap`` (one line per w) with the bicubic value as a reference line under ``plots/``, and writes
 LR | SR(w=...) | bicubic | HR comparison strips under ``strips/`` and ``index.html``, the same as one page to
 open offline in a browser (sortable table, comparison sliders over the images copied to ``compare/``, plots). The
 files carry no machine-specific paths or timings and the same runs give byte-identical files; ``--timings`` adds

@@ -1,4 +1,4 @@
-"""Plots of one metric against one setting (``w``, ``tile_overlap``), as PNG bytes.
+"""Plots of one metric against one setting (``w``, ``tile.overlap``), as PNG bytes.
 
 Figures are drawn in one fixed style (matplotlib's defaults, DejaVu Sans, fixed dpi) whatever the local
 matplotlibrc says, and saved without the software-version metadata, so the same rows give byte-identical files.
@@ -19,8 +19,8 @@ from sr.metrics.registry import LOWER_IS_BETTER
 from sr.report.runs import METHOD, Run
 from sr.report.table import display_setting, setting_columns
 
-PLOT_AXES = ("w", "tile_overlap", "steps")
-LOG_AXES = ("steps",)   # drawn on a log scale (5 ... 200)
+PLOT_AXES = ("w", "tile.overlap", "num_inference_steps")
+LOG_AXES = ("num_inference_steps",)   # drawn on a log scale (5 ... 200)
 DPI = 110
 STYLE = {"font.family": "DejaVu Sans", "figure.dpi": DPI, "savefig.dpi": DPI}
 REFERENCE = "bicubic"   # baseline drawn as a horizontal line in every plot

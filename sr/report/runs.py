@@ -39,7 +39,7 @@ SCORES_KEYS = (
 RUN_STATUSES = ("ok", "failed")
 UNFINISHED = "unfinished"   # a run dir without scores.json, or whose images changed after they were scored
 HYDRA_JOB_DIR = ".hydra"    # made by Hydra when a job starts
-LEADING_SETTINGS = ("w", "tile_overlap", "steps", "model")
+LEADING_SETTINGS = ("w", "tile.overlap", "num_inference_steps", "model")
 
 
 def write_run_scores(
@@ -201,6 +201,6 @@ def status_counts(runs: list[Run]) -> str:
 
 
 def sort_key(settings: dict) -> tuple:
-    """Runs in table order: leading settings first (w, tile_overlap, steps, model), None and strings last."""
+    """Runs in table order: leading settings first (w, tile.overlap, num_inference_steps, model), None and strings last."""
     ordered = [settings.get(key) for key in LEADING_SETTINGS] + [settings[key] for key in sorted(settings)]
     return tuple((value is None, isinstance(value, str), value if value is not None else 0) for value in ordered)

@@ -6,7 +6,7 @@ image only when asked for (``timings``): they depend on the machine, so a commit
 builds from the same runs are byte-identical.
 
 In ``table.md``, a column whose value is the same on every row moves to one "Fixed settings" line above the table
-(cells of a setting a row does not have, such as ``steps`` on a baseline, shown ``–``, do not count); ``method`` and
+(cells of a setting a row does not have, such as ``num_inference_steps`` on a baseline, shown ``–``, do not count); ``method`` and
 the metrics always stay. A metric that is n/a shows ``n/a¹`` and its reason once, as a footnote below the table.
 Every path, command and message is shown by :mod:`sr.report.portable` (no absolute path of this machine), and the
 git revisions name the modified tracked files when a tree was dirty. ``table.csv`` keeps every column.
@@ -41,7 +41,7 @@ def _is_table_setting(value) -> bool:
 
 
 def setting_columns(rows: Sequence[Run]) -> list[str]:
-    """``method``, the leading settings (w, tile_overlap, steps, model), then the other scalar settings by name."""
+    """``method``, the leading settings (w, tile.overlap, num_inference_steps, model), then the other scalar settings by name."""
     keys = {key for row in rows for key, value in row.settings.items() if _is_table_setting(value)}
     leading = ["method", *LEADING_SETTINGS]
     return leading[:1] + [key for key in leading[1:] if key in keys] + sorted(keys.difference(leading))

@@ -130,8 +130,8 @@ class Stage1Module(TrainableOnlyCheckpoint):
     ):
         super().__init__()
         betas = tuple(float(beta) for beta in betas)  # plain floats: checkpoints must load with weights_only=True
-        validation = dict(validation or {})
-        model.sampling_settings(**validation)  # refuse bad settings now, not at the first validation
+        # resolved (and refused when bad) now, not at the first validation
+        self.validation_settings = model.sampling_settings(**dict(validation or {}))
         self.save_hyperparameters(ignore=["model"])
         self.pipeline = model
         self.pipeline.set_progress_bar_config(disable=True)
@@ -178,7 +178,8 @@ class Stage1Module(TrainableOnlyCheckpoint):
         for row, name in enumerate(names):
             lq, gt = _rgb(batch["lq"][row : row + 1]), _rgb(batch["gt"][row : row + 1]).float()
             generator = torch.Generator().manual_seed(self.hparams.val_seed)
-            sr = self.pipeline(lq, generator=generator, output_type="pt", **self.hparams.validation).images.float()
+            sr = self.pipeline(lq, generator=generator, output_type="pt",
+                               **self.validation_settings.arguments()).images.float()
             if sr.shape != gt.shape:
                 raise ValueError(f"validation image {name}: SR {tuple(sr.shape)} and GT {tuple(gt.shape)} differ in size")
             self.log("val/psnr_y", psnr(sr, gt, 0, "y").mean(), batch_size=1, sync_dist=True)
