@@ -198,3 +198,17 @@ def test_command_line_exit_code_and_summary(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "4 written, 0 skipped (output exists), 3 failed, 0 kept (made with other settings), of 7 images" in result.stdout
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
+
+
+def test_the_command_prints_its_own_line_first_and_nothing_from_libraries(tmp_path):
+    """No library speaks before the command: no bitsandbytes / kernels hub warning on import (sr/__init__.py), no
+    diffusers "Loading pipeline components" bar (sr/pipelines/build.py)."""
+    source = write_png(tmp_path / "lr.png", np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "upscale.py"), "model=stablesr_tiny", f"input={source}",
+         f"output={tmp_path / 'out'}", "steps=1", "progress=false", "device=cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines()[0].startswith("upscale: 1 written, 0 skipped"), result.stdout
