@@ -80,7 +80,7 @@ def test_the_22_sft_layers_sit_where_the_spec_places_them(tiny):
 
 
 def test_modulated_resblock_equals_the_spec_formula(tiny):
-    """GN(h) * (1 + gamma) + beta on the residual branch after conv2, before the skip add (spec section 4)."""
+    """GN(h) * (1 + gamma) + beta on the residual branch after conv2, before the skip add (docs/method.md#sft)."""
     model = copy.deepcopy(tiny)
     resnet = model.unet.down_blocks[1].resnets[0]  # 32 -> 64 channels: exercises the 1x1 shortcut too
     spade = model.sft.get_submodule("down_blocks.1.resnets.0")

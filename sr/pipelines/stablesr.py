@@ -1,4 +1,4 @@
-"""``StableSRPipeline``: any-size StableSR upscaling in diffusers style (spec sections 7-10).
+"""``StableSRPipeline``: any-size StableSR upscaling in diffusers style (docs/method.md#sampling, docs/method.md#aggregation, docs/method.md#colour-correction, docs/method.md#script-defaults).
 
     pipe = StableSRPipeline.from_pretrained("weights/stablesr_official").to("cuda")
     image = pipe(Image.open("lr.png"), w=0.5).images[0]
@@ -78,7 +78,7 @@ ImageInput = torch.Tensor | PIL.Image.Image | np.ndarray | str | os.PathLike | l
 class SamplingSettings:
     """Every sampling setting of one call, resolved and validated (``StableSRPipeline.sampling_settings``).
 
-    The defaults are the released any-size recipe's (spec 10); a pipeline's ``sampling`` config (its preset's)
+    The defaults are the released any-size recipe's (docs/method.md#script-defaults); a pipeline's ``sampling`` config (its preset's)
     overrides them, and the call's arguments override both. ``tile_size`` None = the pipeline's ``latent_tile``,
     ``tile_overlap`` None = half the tile, ``input_size`` None or 0 = no minimum working size. ``vae_tile_mode``
     ``exact`` (the tiled VAE equals the untiled one up to float rounding) or ``estimate`` (approximate per-tile
