@@ -6,7 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = "docs/method.md"
-# "spec 7.1", "Spec section 6.1", "spec sections 7-10", "quirk 12.3", "section-8.1": numbers of a document not here
+# "spec" (or "spec section(s)") or "quirk" before a number, or "section-" and a number: a document not in the repo
 SPEC_CITATION = re.compile(r"\b[Ss]pec(?:\s+sections?)?\s+\d|\b[Qq]uirk\s+\d|\bsection-\d")
 DOC_LINK = re.compile(r"docs/method\.md#([A-Za-z0-9_-]+)")
 
