@@ -27,13 +27,8 @@ def preset(name: str, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe():
-    return instantiate(preset("tiny"))
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_pipe):
-    """The tiny model's operations (``StableSR``); tests that change weights work on a deep copy."""
+    """The shared tiny pipeline's (conftest) operations (``StableSR``); tests that change weights work on a deep copy."""
     return tiny_pipe.model
 
 

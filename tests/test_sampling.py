@@ -80,9 +80,9 @@ def sample(name, model, z_lr, steps, tile, overlap, batch, generator=None, start
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return instantiate(compose(config_name="model/tiny").model).model
+def tiny_model(tiny_pipe):
+    """The shared tiny pipeline's (conftest) operations (``StableSR``)."""
+    return tiny_pipe.model
 
 
 # ----------------------------------------------------------------------------------------- schedule (docs/method.md#schedule)
