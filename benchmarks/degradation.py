@@ -5,7 +5,7 @@ per-sample kernels made as its ``RealESRGANDataset.__getitem__`` makes them (tim
     .venv/bin/pip install --no-deps realesrgan==0.3.0
     .venv/bin/python benchmarks/degradation.py [--iterations 3] [--threads 2]
 
-Both sides use StableSR-512's numbers (spec 5.4); Real-ESRGAN additionally rounds the LR to 8 bit and sharpens the
+Both sides use StableSR-512's numbers (docs/method.md#degradations); Real-ESRGAN additionally rounds the LR to 8 bit and sharpens the
 GT a second time after its pool, which is part of its procedure.
 """
 

@@ -1,4 +1,4 @@
-"""Turn the released StableSR checkpoints into this project's model folder (spec sections 1, 2, 6.1, 11).
+"""Turn the released StableSR checkpoints into this project's model folder (docs/method.md#components, docs/method.md#text-conditioning, docs/method.md#cfw, docs/method.md#checkpoints).
 
     python -m sr.convert stablesr --ckpt stablesr_000117.ckpt --vqgan vqgan_cfw_00011.ckpt --variant 512 --out FOLDER
 
@@ -112,7 +112,7 @@ class ConversionError(ValueError):
 class Architecture:
     """Everything the converter builds: diffusers UNet/VAE configs, our parts' configs, text-tower heads.
 
-    The UNet/VAE configs are SD-2.1's (spec 11.2), from the same preset the converted folder is used with.
+    The UNet/VAE configs are SD-2.1's (docs/method.md#checkpoint-conversion), from the same preset the converted folder is used with.
     """
 
     unet: dict
@@ -345,7 +345,7 @@ def open_clip_text_context(
 
 
 def empty_prompt_embedding(tower: dict[str, torch.Tensor], num_heads: int) -> torch.Tensor:
-    """The ``[1, L, D]`` context StableSR always conditions on (spec 2), from a text tower without its last block."""
+    """The ``[1, L, D]`` context StableSR always conditions on (docs/method.md#text-conditioning), from a text tower without its last block."""
     context_length = tower["positional_embedding"].shape[0]
     with torch.no_grad():
         return open_clip_text_context(

@@ -101,7 +101,7 @@ def first_value(tensor: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- inverse maps
-# diffusers -> official names, written from spec 11.2 (independent of diffusers' converters, which map the other way).
+# diffusers -> official names, written from docs/method.md#checkpoint-conversion (independent of diffusers' converters, which map the other way).
 RESNET_TO_LDM = {
     "norm1": "in_layers.0",
     "conv1": "in_layers.2",

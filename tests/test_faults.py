@@ -80,10 +80,11 @@ def data_overrides(test_set: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from hydra.utils import instantiate
-
-    return instantiate(compose("upscale", ["input=unset", "output=unset"]).model)
+def tiny_model(tiny_pipe):
+    """The shared tiny pipeline (conftest); ``upscale_run`` swaps its scheduler, restored after this module."""
+    scheduler = tiny_pipe.scheduler
+    yield tiny_pipe
+    tiny_pipe.scheduler = scheduler
 
 
 def upscale_config(*overrides: str):

@@ -20,6 +20,9 @@ def _assert_no_temp_files(folder):
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
+LOSSLESS = (".png", ".tif", ".bmp")
+
+
 # Lossless formats are exact to half a level; lossy ones (4:2:0 chroma) are bounded in max and mean error.
 @pytest.mark.parametrize(
     "suffix,max_error,mean_error",
@@ -36,6 +39,8 @@ def test_rgb_round_trip_per_format(tmp_path, suffix, max_error, mean_error):
                                     ".webp": "WEBP"}[suffix]
     error = (loaded.image - image).abs()
     assert error.max() <= max_error + 1e-6 and error.mean() <= mean_error
+    if suffix in LOSSLESS:  # exactly the nearest 8-bit level: 0 levels lost by the file
+        torch.testing.assert_close(loaded.image, (image * 255).round() / 255, rtol=0, atol=1e-7)
     _assert_no_temp_files(tmp_path)
 
 
@@ -72,7 +77,10 @@ def test_gray_stays_gray(tmp_path, suffix):
     assert Image.open(written).mode == "L"
     loaded = read_image(written)
     assert loaded.mode == "gray" and loaded.image.shape == (1, 24, 32)
-    assert (loaded.image - gray).abs().max() < 0.03
+    if suffix in LOSSLESS:  # exactly the nearest 8-bit level
+        torch.testing.assert_close(loaded.image, (gray * 255).round() / 255, rtol=0, atol=1e-7)
+    else:  # JPEG: a smooth grey ramp within 2 levels
+        assert (loaded.image - gray).abs().max() <= 2 / 255
 
 
 @pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])

@@ -26,7 +26,7 @@ def loss() -> AutoencoderLoss:
 
 def test_discriminator_matches_the_released_patchgan():
     discriminator = NLayerDiscriminator(3, 64, 3)
-    assert sum(p.numel() for p in discriminator.parameters()) == 2_765_633  # spec section 1, loss.discriminator.*
+    assert sum(p.numel() for p in discriminator.parameters()) == 2_765_633  # docs/method.md#components, loss.discriminator.*
     assert discriminator(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
     batch_norms = [m for m in discriminator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(batch_norms) == 3

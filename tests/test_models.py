@@ -27,13 +27,8 @@ def preset(name: str, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe():
-    return instantiate(preset("tiny"))
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_pipe):
-    """The tiny model's operations (``StableSR``); tests that change weights work on a deep copy."""
+    """The shared tiny pipeline's (conftest) operations (``StableSR``); tests that change weights work on a deep copy."""
     return tiny_pipe.model
 
 
@@ -80,7 +75,7 @@ def test_the_22_sft_layers_sit_where_the_spec_places_them(tiny):
 
 
 def test_modulated_resblock_equals_the_spec_formula(tiny):
-    """GN(h) * (1 + gamma) + beta on the residual branch after conv2, before the skip add (spec section 4)."""
+    """GN(h) * (1 + gamma) + beta on the residual branch after conv2, before the skip add (docs/method.md#sft)."""
     model = copy.deepcopy(tiny)
     resnet = model.unet.down_blocks[1].resnets[0]  # 32 -> 64 channels: exercises the 1x1 shortcut too
     spade = model.sft.get_submodule("down_blocks.1.resnets.0")

@@ -1,5 +1,5 @@
-"""Settings that reproduce the released sampler: official respacing (spec 7.1) vs diffusers' linspace, DDPM steps
-with custom timesteps, official tile weights in the sampler (spec 8.1), and the presets that select them."""
+"""Settings that reproduce the released sampler: official respacing (docs/method.md#schedule) vs diffusers' linspace, DDPM steps
+with custom timesteps, official tile weights in the sampler (docs/method.md#aggregation), and the presets that select them."""
 
 import math
 
@@ -22,7 +22,7 @@ IDENTICAL_STEP_COUNTS = [4, 20, 25, 50, 100, 200, 250, 500, 1000]
 
 
 def space_timesteps_reference(num_steps: int) -> list[int]:
-    """Spec 7.1's description, written independently: a float64 running sum of the stride 999 / (N - 1), each partial
+    """docs/method.md#schedule's description, written independently: a float64 running sum of the stride 999 / (N - 1), each partial
     sum rounded half to even (numpy's sequential ``cumsum`` and ``rint``), in descending order."""
     if num_steps == 1:
         return [0]
@@ -69,7 +69,7 @@ def test_step_counts_outside_the_schedule_are_refused(num_steps):
 
 
 def hand_chain(timesteps: list[int], x: torch.Tensor, model, generator: torch.Generator) -> torch.Tensor:
-    """Spec 7.1's respaced DDPM in float64: alpha_bar'_k = alpha_bar[S_k], beta'_k = 1 - alpha_bar'_k/alpha_bar'_{k-1},
+    """docs/method.md#schedule's respaced DDPM in float64: alpha_bar'_k = alpha_bar[S_k], beta'_k = 1 - alpha_bar'_k/alpha_bar'_{k-1},
     fixed-small variance, one N(0, 1) draw per step with k > 0 (the order diffusers draws in)."""
     betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
     alpha_bar = np.cumprod(1 - betas)

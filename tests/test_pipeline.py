@@ -34,7 +34,7 @@ def lr_image(height: int = 24, width: int = 40, channels: int = 3, seed: int = 0
 
 
 def hand_rolled_upscale(pipe: StableSRPipeline, lr: torch.Tensor, seed: int) -> torch.Tensor:
-    """The released any-size recipe written out with the parts' own calls (spec 7-9): no pipeline, no sr.sampling
+    """The released any-size recipe written out with the parts' own calls (docs/method.md#sampling, docs/method.md#aggregation, docs/method.md#colour-correction): no pipeline, no sr.sampling
     loop, every tile in one UNet batch, the x_T formula written out."""
     model, generator = pipe.model, torch.Generator().manual_seed(seed)
     up = F.interpolate(lr * 2 - 1, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)

@@ -28,7 +28,7 @@ def scheduler_from_config(name: str):
 
 
 def official_schedule(num_steps: int):
-    """Spec 7.1, computed here from scratch in float64: S_k, alpha_bar'_k, beta'_k."""
+    """docs/method.md#schedule, computed here from scratch in float64: S_k, alpha_bar'_k, beta'_k."""
     betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
     alpha_bar = np.cumprod(1 - betas)
     steps = [round(k * 999 / (num_steps - 1)) for k in range(num_steps)]
@@ -61,7 +61,7 @@ class ConstantModel:
 
 
 def untiled_loop(model, z_lr, num_steps, generator, scheduler=None):
-    """The reference: DDPM (spec 7.1) on the whole latent, start = LR latent noised to t = 999."""
+    """The reference: DDPM (docs/method.md#schedule) on the whole latent, start = LR latent noised to t = 999."""
     scheduler = scheduler or DDPMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         clip_sample=False, timestep_spacing="linspace", variance_type="fixed_small",
@@ -84,12 +84,12 @@ def sample(name, model, z_lr, steps, tile, overlap, batch, generator=None, start
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return instantiate(compose(config_name="model/tiny").model).model
+def tiny_model(tiny_pipe):
+    """The shared tiny pipeline's (conftest) operations (``StableSR``)."""
+    return tiny_pipe.model
 
 
-# ----------------------------------------------------------------------------------------- schedule (spec 7.1)
+# ----------------------------------------------------------------------------------------- schedule (docs/method.md#schedule)
 def test_ddpm_config_respaces_to_official_timesteps():
     scheduler = fresh_scheduler(scheduler_from_config("ddpm"), "epsilon")
     scheduler.set_timesteps(200)
@@ -128,7 +128,7 @@ def test_every_scheduler_config_starts_at_999_and_takes_the_model_prediction_typ
     assert scheduler.config.prediction_type == "v_prediction"
     assert int(scheduler.timesteps[0]) == 999 and len(scheduler.timesteps) == 10
     assert scheduler.config.beta_schedule == "scaled_linear"
-    # Same 1000-step alpha_bar as spec 7.1 (sqrt(alpha_bar_999) = 0.068265).
+    # Same 1000-step alpha_bar as docs/method.md#schedule (sqrt(alpha_bar_999) = 0.068265).
     assert math.sqrt(float(scheduler.alphas_cumprod[999])) == pytest.approx(0.068265, abs=2e-6)
 
 
@@ -158,7 +158,7 @@ def test_given_start_latent_replaces_the_draw_and_is_returned():
         denoise(PointwiseModel().predict, scheduler, z_lr, 16, 8, 2, x_t=torch.zeros(1, 4, 12, 20))
 
 
-# ------------------------------------------------------------------------------------- aggregation (spec 8.1)
+# ------------------------------------------------------------------------------------- aggregation (docs/method.md#aggregation)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_many_tiles_of_a_pointwise_model_equal_the_untiled_loop(prediction_type):
     rng = random.Random(7)

@@ -65,7 +65,7 @@ def test_gaussian_weights_formula_and_symmetry():
 
 @pytest.mark.parametrize("tile_h,tile_w", [(64, 64), (96, 96), (7, 12), (1, 5)])
 def test_official_weights_equal_the_released_formula(tile_h, tile_w):
-    # Spec 8.1: wx[i] = exp(-(i-(W-1)/2)^2/W^2/(2*0.01))/sqrt(2*pi*0.01), wy[j] the same with centre H/2.
+    # docs/method.md#aggregation: wx[i] = exp(-(i-(W-1)/2)^2/W^2/(2*0.01))/sqrt(2*pi*0.01), wy[j] the same with centre H/2.
     def profile(n, centre):
         return np.exp(-((np.arange(n) - centre) ** 2) / n**2 / 0.02) / np.sqrt(2 * np.pi * 0.01)
 

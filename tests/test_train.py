@@ -27,7 +27,7 @@ from sr.training.stage1 import Stage1Module, batch_seed, diffusion_target
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 EXPERIMENTS = sorted(path.stem for path in (ROOT / "conf" / "experiment").glob("*.yaml"))
-SD21_PARAMETERS_STAGE1 = 105_514_240  # spec section 1: encoder 52,494,080 + SPADE 53,020,160
+SD21_PARAMETERS_STAGE1 = 105_514_240  # docs/method.md#components: encoder 52,494,080 + SPADE 53,020,160
 
 # A short stage-1 run of the tiny preset on 64 px crops: no validation, a checkpoint every step.
 SHORT_RUN = [
@@ -92,7 +92,7 @@ def test_batch_seeds_differ_across_batches_and_ranks_and_repeat():
 
 
 def test_stage1_loss_is_the_spec_objective(tiny_model):
-    """The module's loss equals an independent re-computation of spec 5.1 with the same random draws."""
+    """The module's loss equals an independent re-computation of docs/method.md#stage-1-objective with the same random draws."""
     module = Stage1Module(tiny_model)
     model = module.model
     batch = _fixed_batch()

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sr.errors import ConfigError
+from sr.models.stablesr import StableSR
 from sr.pipelines import use_scheduler
 from sr.sampling import output_size, reflect_pad_to, round_up
 from sr.upscale_folder import output_path, run
@@ -30,11 +31,11 @@ def upscale_config(*overrides: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        pipe = instantiate(compose(config_name="model/tiny").model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def tiny_model(tiny_pipe):
+    """The shared tiny pipeline (conftest); ``upscale`` swaps its scheduler, restored after this module."""
+    scheduler = tiny_pipe.scheduler
+    yield tiny_pipe
+    tiny_pipe.scheduler = scheduler
 
 
 def upscale(pipe, lr: torch.Tensor, seed: int, *overrides: str) -> torch.Tensor:
@@ -76,6 +77,9 @@ def test_output_is_exactly_scale_times_input(tiny_model, height, width, override
     out = upscale(tiny_model, lr, 0, *overrides)
     assert out.shape == (1, 3, *output_size(height, width, upscale_config(*overrides).scale))
     assert out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    # The same image computed another way: one latent tile per UNet call instead of batches of 4.
+    one_by_one = upscale(tiny_model, lr, 0, *overrides, "tile.batch_size=1")
+    torch.testing.assert_close(out, one_by_one, rtol=0, atol=1e-5)
 
 
 def test_a_setting_added_to_the_schema_reaches_command_line_call_and_fingerprint(tiny_model):
@@ -96,24 +100,38 @@ def test_a_setting_added_to_the_schema_reaches_command_line_call_and_fingerprint
         tiny_model.sampling_settings(upscale_config("sample_posterior=no"))
 
 
-def test_eps_and_v_prediction_both_run_and_differ(tiny_model):
+def test_v_prediction_of_the_same_model_gives_the_same_image(tiny_model, monkeypatch):
+    """The tiny UNet's eps output rewritten as v = (eps - sqrt(1 - abar_t) x_t) / sqrt(abar_t) and sampled as a
+    v-prediction model must give the eps model's image: the v branch of every step (tiles, scheduler) is exact."""
     lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
-    eps = upscale(tiny_model, lr, 0)
+    eps = upscale(tiny_model, lr, 0, "tile.size=16")
+    alpha_bar = tiny_model.scheduler.alphas_cumprod
+    eps_predict = StableSR.predict
+
+    def v_predict(self, x_t, timesteps, z_lr, prompt_embeds=None):
+        a = alpha_bar[torch.as_tensor(timesteps).reshape(-1)].view(-1, 1, 1, 1).to(x_t.dtype)
+        return (eps_predict(self, x_t, timesteps, z_lr, prompt_embeds) - (1 - a).sqrt() * x_t) / a.sqrt()
+
+    monkeypatch.setattr(StableSR, "predict", v_predict)
     original = tiny_model.scheduler
     tiny_model.scheduler = DDPMScheduler.from_config(original.config, prediction_type="v_prediction")
     try:
         v = tiny_model(lr, generator=torch.Generator().manual_seed(0), output_type="pt",
-                       **tiny_model.sampling_settings(upscale_config()).arguments()).images
+                       **tiny_model.sampling_settings(upscale_config("tile.size=16")).arguments()).images
     finally:
         tiny_model.scheduler = original
     assert v.shape == eps.shape == (1, 3, 32, 48)
-    assert torch.isfinite(v).all() and not torch.equal(v, eps)
+    torch.testing.assert_close(v, eps, rtol=0, atol=1e-4)
 
 
 def test_gray_input_gives_gray_output(tiny_model):
     lr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     out = upscale(tiny_model, lr, 5)
     assert out.shape == (1, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
+    # grey is the RGB result of the grey replicated to three channels, weighted to luma (0.299, 0.587, 0.114)
+    rgb = upscale(tiny_model, lr.expand(-1, 3, -1, -1), 5)
+    luma = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(out, luma, rtol=0, atol=1e-6)
 
 
 def test_colour_fix_adain_matches_the_upsampled_lr_statistics(tiny_model):
@@ -217,3 +235,17 @@ def test_command_line_exit_code_and_summary(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "4 written, 0 skipped (output exists), 3 failed, 0 kept (made with other settings), of 7 images" in result.stdout
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
+
+
+def test_the_command_prints_its_own_line_first_and_nothing_from_libraries(tmp_path):
+    """No library speaks before the command: no bitsandbytes / kernels hub warning on import (sr/__init__.py), no
+    diffusers "Loading pipeline components" bar (sr/pipelines/build.py)."""
+    source = write_png(tmp_path / "lr.png", np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "upscale.py"), "model=stablesr_tiny", f"input={source}",
+         f"output={tmp_path / 'out'}", "num_inference_steps=1", "progress=false", "device=cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.splitlines()[0].startswith("upscale: 1 written, 0 skipped"), result.stdout

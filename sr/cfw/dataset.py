@@ -1,4 +1,4 @@
-"""The generated CFW training set (spec 6.2 layout) as a Dataset and a LightningDataModule::
+"""The generated CFW training set (docs/method.md#cfw-data layout) as a Dataset and a LightningDataModule::
 
     <root>/inputs/<id>.png    LR bicubic-upsampled to the GT size   -> "lq"     [3, H, W] in [-1, 1]
     <root>/gts/<id>.png       the (sharpened) GT                    -> "gt"     [3, H, W] in [-1, 1]

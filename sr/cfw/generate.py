@@ -1,4 +1,4 @@
-"""Generate CFW training data with the finetuned stage-1 model (spec 6.2): ``python -m sr.cfw.generate [overrides]``.
+"""Generate CFW training data with the finetuned stage-1 model (docs/method.md#cfw-data): ``python -m sr.cfw.generate [overrides]``.
 
 Per sample id ``i`` (``i = 0 .. num_samples-1``, this shard's ids are ``i % num_shards == shard``)::
 

@@ -1,6 +1,6 @@
 """Lightning data module: HR crops -> batched on-device degradation -> training-pair pool -> LR upsampled, [-1, 1].
 
-Training batch flow (spec 5.4, in ``on_after_batch_transfer`` so it runs on the batch's device, as Real-ESRGAN does):
+Training batch flow (docs/method.md#degradations, in ``on_after_batch_transfer`` so it runs on the batch's device, as Real-ESRGAN does):
 
 1. ``lq, gt = degradation(gt, generator)`` (``gt`` possibly USM-sharpened);
 2. training-pair pool of ``pool_size`` pairs (Real-ESRGAN ``_dequeue_and_enqueue``; only full batches; it holds the

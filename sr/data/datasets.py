@@ -3,7 +3,7 @@
 Images are read with :func:`sr.io.read_image` and returned as float32 ``[3, H, W]`` RGB tensors in [0, 1]: gray images
 are repeated to three channels, alpha is dropped, 16-bit images are divided by 65535.
 
-Training crops (spec 5.3): an image smaller than the crop is first reflect-padded at the bottom/right (mirror without
+Training crops (docs/method.md#training-data): an image smaller than the crop is first reflect-padded at the bottom/right (mirror without
 repeating the edge, basicsr's ``cv2.BORDER_REFLECT_101``) until both sides are >= ``crop_size``, then a uniformly random
 ``crop_size``² window is cut, then a horizontal flip with probability 1/2 and (if ``use_rot``) a vertical flip and a
 transpose with probability 1/2 each (basicsr ``augment``). The randomness of item ``i`` comes only from the

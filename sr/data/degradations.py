@@ -1,4 +1,4 @@
-"""Batched, seeded image degradation pipelines (Real-ESRGAN second-order model as configured by StableSR, spec 5.3/5.4).
+"""Batched, seeded image degradation pipelines (Real-ESRGAN second-order model as configured by StableSR, docs/method.md#training-data, docs/method.md#degradations).
 
 A pipeline is a list of *stages*; each stage maps ``(image [B,3,h,w], context, generator) -> image`` and is built by
 Hydra from a ``_target_`` entry, so a new pipeline is a new YAML file in ``conf/degradation/``.
@@ -6,7 +6,7 @@ Hydra from a ``_target_`` entry, so a new pipeline is a new YAML file in ``conf/
 Randomness: every stage draws its parameters from a ``numpy.random.Generator`` seeded from the caller's
 ``torch.Generator`` (one 63-bit draw per stage call) and its noise fields from the ``torch.Generator`` itself, so one
 seed gives the same LR bit for bit and no global RNG (torch, numpy, ``random``) is read or changed. Which draws are
-per batch and which per sample follows spec 5.4: per batch = resize direction/factor/interpolation, Gaussian-vs-Poisson,
+per batch and which per sample follows docs/method.md#degradations: per batch = resize direction/factor/interpolation, Gaussian-vs-Poisson,
 the second-blur coin and the sinc/JPEG order coin; per sample = kernels, noise sigma/scale, gray flag, JPEG quality.
 
 LR size: ``(floor(H / scale), floor(W / scale))`` for a GT of ``H x W`` (Real-ESRGAN's ``ori_h // scale`` for integer

@@ -1,4 +1,4 @@
-"""Random blur and sinc kernels for the Real-ESRGAN / StableSR degradation model (spec 5.3).
+"""Random blur and sinc kernels for the Real-ESRGAN / StableSR degradation model (docs/method.md#training-data).
 
 The kernel shapes are basicsr's own functions (``bivariate_Gaussian``, ``bivariate_generalized_Gaussian``,
 ``bivariate_plateau``, ``circular_lowpass_kernel``). basicsr's ``random_*`` wrappers draw their parameters from numpy's

@@ -1,4 +1,4 @@
-"""``CFWAutoencoder``: the SD VAE and the CFW fusion layers as one component with a ``forward`` (spec section 6.1).
+"""``CFWAutoencoder``: the SD VAE and the CFW fusion layers as one component with a ``forward`` (docs/method.md#cfw).
 
     encoding = autoencoder.encode(x)                       # posterior of E(x) + CFW encoder features [f1, f2]
     image    = autoencoder.decode(z, encoding.features, w)  # decoder with F_m = F_d + w * C(F_e, F_d)

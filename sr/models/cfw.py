@@ -1,4 +1,4 @@
-"""CFW: controllable feature wrapping in the VAE decoder (spec section 6.1).
+"""CFW: controllable feature wrapping in the VAE decoder (docs/method.md#cfw).
 
 Two fusion blocks correct the decoder's features with the VAE encoder's features of the LR image::
 

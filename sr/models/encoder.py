@@ -1,8 +1,8 @@
-"""The time-aware encoder (spec section 3): the encoder half of an openai-style UNet over the clean LR latent.
+"""The time-aware encoder (docs/method.md#time-aware-encoder): the encoder half of an openai-style UNet over the clean LR latent.
 
 It is conditioned on the same (original, 0-999) timestep as the diffusion UNet and returns one feature map per UNet
 resolution, each with ``out_channels`` channels, keyed by its spatial **width** (the SFT layers look features up by
-width, spec section 4). Parameter names equal the released checkpoint's ``structcond_stage_model.*`` names with that
+width, docs/method.md#sft). Parameter names equal the released checkpoint's ``structcond_stage_model.*`` names with that
 prefix stripped, so loading a converted checkpoint is a plain ``load_state_dict``.
 """
 

@@ -1,4 +1,4 @@
-"""The cached text conditioning: StableSR always conditions the UNet on the empty prompt's embedding (spec 2).
+"""The cached text conditioning: StableSR always conditions the UNet on the empty prompt's embedding (docs/method.md#text-conditioning).
 
 It is computed once (with the SD folder's text encoder, or by the converter from the released OpenCLIP weights) and
 kept as a pipeline component, so a model folder needs no text encoder.

@@ -1,4 +1,4 @@
-"""SFT modulation of the frozen UNet's residual blocks (spec section 4), as an adapter kept outside the UNet.
+"""SFT modulation of the frozen UNet's residual blocks (docs/method.md#sft), as an adapter kept outside the UNet.
 
 Every ``ResnetBlock2D`` of a diffusers UNet gets a SPADE layer that re-normalises and modulates the output of its
 residual branch (after ``conv2``, before the skip add) with the time-aware encoder feature of the same width::

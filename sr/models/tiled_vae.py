@@ -15,7 +15,7 @@ every map crosses the host link about twice, and host memory holds up to three f
 ``"estimate"`` (fast, approximate): each tile runs the whole network on its own, which makes three errors, measured
 per source by ``benchmarks/tiled_vae.py``:
 
-1. **Tile grid with halo.** The input is covered by the section-8.1 grid (``sr.ops.tiling``): ``tile`` x ``tile``
+1. **Tile grid with halo.** The input is covered by the docs/method.md#aggregation grid (``sr.ops.tiling``): ``tile`` x ``tile``
    tiles with ``overlap``. Each tile is run with ``halo`` extra context on every side (clipped at the image border,
    where the network's own zero padding then matches the full pass); the halo is thrown away and the tile cores are
    blended with the Gaussian tile weight, ``out = sum_k w_k out_k / sum_k w_k``, at every output resolution

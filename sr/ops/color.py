@@ -1,4 +1,4 @@
-"""Colour correction of a super-resolved image towards its (upsampled) low-resolution input (spec section 9).
+"""Colour correction of a super-resolved image towards its (upsampled) low-resolution input (docs/method.md#colour-correction).
 
 Both tensors are ``[B, C, H, W]`` in ``[-1, 1]`` with the same shape (AdaIN only needs the same ``B`` and ``C``, as it
 matches per-channel statistics); any channel count works (grey is ``C = 1``).

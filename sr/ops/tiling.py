@@ -1,4 +1,4 @@
-"""Overlapping tile grids and Gaussian-weighted aggregation (spec section 8.1).
+"""Overlapping tile grids and Gaussian-weighted aggregation (docs/method.md#aggregation).
 
 Grid per axis, for a length ``L >= tile`` and ``stride = tile - overlap``::
 
@@ -17,7 +17,7 @@ Tile weight (``var = 0.01``, i.e. sigma = 0.1 * tile), a float64 outer product::
 with the centres chosen by ``weighting``:
 
 - ``centred`` (our default): ``cy = (H - 1)/2``, ``cx = (W - 1)/2``, so the weight is symmetric on both axes;
-- ``official`` (the released code, spec 8.1 and quirk 12.3): ``cy = H/2``, ``cx = (W - 1)/2``, i.e. y is half a
+- ``official`` (the released code, docs/method.md#aggregation and docs/method.md#quirk-3): ``cy = H/2``, ``cx = (W - 1)/2``, i.e. y is half a
   pixel off-centre. Needed to reproduce the released sampler's outputs exactly.
 
 Aggregation is the weighted average ``sum_k w * out_k / sum_k w``.

@@ -20,10 +20,12 @@ CFW weights, and the preset's ``latent_tile`` and ``sampling`` block become the 
 """
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
 
 from sr.models.cfw import CFW
@@ -112,6 +114,19 @@ def new_sft_adapter(unet: UNet2DConditionModel, encoder: TimeAwareEncoder, sft: 
     return SFTAdapter.for_unet(unet, **options)
 
 
+@contextmanager
+def _no_loading_bar():
+    """diffusers' "Loading pipeline components" bar off while a preset's folder loads (it is a global switch, so it is
+    restored after): a command's first line is its own, and loading a folder takes a moment."""
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
+
+
 def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
           dtype: torch.dtype | None) -> StableSRPipeline:
     source = str(pretrained)
@@ -119,7 +134,8 @@ def _load(pretrained, encoder: dict | None, cfw: dict | None, sft: dict | None,
     kwargs = {"torch_dtype": dtype} if dtype else {}
     if (local / PIPELINE_INDEX).is_file():
         try:
-            pipe = StableSRPipeline.from_pretrained(local, **kwargs)
+            with _no_loading_bar():
+                pipe = StableSRPipeline.from_pretrained(local, **kwargs)
         except Exception as error:  # diffusers names no file for a damaged one: find it, else the error stands
             if damaged := unreadable_weights(local):
                 raise ValueError(damaged) from error

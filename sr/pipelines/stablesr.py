@@ -1,4 +1,4 @@
-"""``StableSRPipeline``: any-size StableSR upscaling in diffusers style (spec sections 7-10).
+"""``StableSRPipeline``: any-size StableSR upscaling in diffusers style (docs/method.md#sampling, docs/method.md#aggregation, docs/method.md#colour-correction, docs/method.md#script-defaults).
 
     pipe = StableSRPipeline.from_pretrained("weights/stablesr_official").to("cuda")
     image = pipe(Image.open("lr.png"), w=0.5).images[0]

@@ -1,4 +1,4 @@
-"""Progressive aggregation sampling: latent tiles fused at every denoising step (spec sections 7 and 8.1).
+"""Progressive aggregation sampling: latent tiles fused at every denoising step (docs/method.md#sampling, docs/method.md#aggregation).
 
 One image (or a batch of same-size images) is denoised on its full latent ``x``; at every step ``t`` (original
 0..999 units)::

@@ -1,4 +1,4 @@
-"""Which training timesteps an ``N``-step sampler visits (spec 7.1): the released code's respacing or the scheduler's.
+"""Which training timesteps an ``N``-step sampler visits (docs/method.md#schedule): the released code's respacing or the scheduler's.
 
 The released scripts respace with ``space_timesteps(T, [N])``: a float stride is *accumulated* and each partial sum
 rounded (Python ``round``, half to even)::
@@ -13,7 +13,7 @@ diffusers' ``timestep_spacing="linspace"`` rounds ``linspace(0, T - 1, N)`` inst
 
 ``respacing`` settings: ``official`` passes ``official_respaced_timesteps`` to the scheduler as custom timesteps
 (``set_timesteps(timesteps=...)``; DDPM then steps from each timestep to the next one in the list, with the
-respaced ``alpha_bar`` of spec 7.1); ``scheduler`` keeps the scheduler's own ``timestep_spacing``.
+respaced ``alpha_bar`` of docs/method.md#schedule); ``scheduler`` keeps the scheduler's own ``timestep_spacing``.
 """
 
 import inspect

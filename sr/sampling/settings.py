@@ -8,7 +8,7 @@
     sampling: {num_inference_steps: 10, tile: {overlap: 16}}                          # a preset, model_index.json
     {"num_inference_steps": 10, "tile.size": 32, ...}                                # fingerprints, report columns
 
-Layers, later wins: the field defaults below (the released any-size recipe, spec 10) < a pipeline's ``sampling``
+Layers, later wins: the field defaults below (the released any-size recipe, docs/method.md#script-defaults) < a pipeline's ``sampling``
 config (its model preset's block) < a run config's keys or the call's keywords. :func:`register_configs` makes the
 schema the Hydra config of the presets' ``sampling:`` blocks (``/sampling_settings``, the field defaults) and of the
 ``sampling`` config group (``sampling/default``: every key ``${model.sampling.<key>}``), so a new field reaches the

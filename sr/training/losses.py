@@ -1,4 +1,4 @@
-"""The autoencoder loss shared by the tiny prior's VAE training and CFW training (spec 6.3).
+"""The autoencoder loss shared by the tiny prior's VAE training and CFW training (docs/method.md#stage-2).
 
 Generator side (``AutoencoderLoss.generator_loss``)::
 
@@ -16,10 +16,10 @@ Choices against the released code (``LPIPSWithDiscriminator``):
 
 - ``nll = mean(rec)``: the release computes ``mean(rec / exp(logvar) + logvar) / B`` with ``logvar`` frozen at 0,
   i.e. ``mean(rec) / B``. With the released batch of 1 both are equal; for B > 1 the extra ``/B`` only makes the
-  reconstruction weight depend on the batch size, so it is not reproduced (spec quirk 8). ``logvar`` is omitted.
+  reconstruction weight depend on the batch size, so it is not reproduced (docs/method.md#quirk-8). ``logvar`` is omitted.
 - The generator's adversarial weight is the constant ``disc_weight`` (0.025). The release computes an adaptive weight
   ``|grad nll| / |grad g|`` w.r.t. the decoder's last layer, but that layer is frozen in CFW training, so
-  ``autograd.grad`` raised and the except-branch always used the constant 0.025 (spec 6.3, quirk 7).
+  ``autograd.grad`` raised and the except-branch always used the constant 0.025 (docs/method.md#stage-2, docs/method.md#quirk-7).
 - KL per sample is summed over latent elements and averaged over the batch (LDM's ``sum(kl) / B``).
 """
 

@@ -1,6 +1,6 @@
-"""Stage 1 of StableSR (spec section 5): train the time-aware encoder + SFT layers against the frozen SD UNet.
+"""Stage 1 of StableSR (docs/method.md#stage-1): train the time-aware encoder + SFT layers against the frozen SD UNet.
 
-Objective (spec 5.1), per training batch of ``lq`` (LR bicubic-upsampled to GT size) and ``gt``, both in [-1, 1]::
+Objective (docs/method.md#stage-1-objective), per training batch of ``lq`` (LR bicubic-upsampled to GT size) and ``gt``, both in [-1, 1]::
 
     z    = sf * E(lq).sample(),   z_gt = sf * E(gt).sample()          (frozen VAE, posterior samples)
     t    ~ U{0, ..., T-1} per sample,   n ~ N(0, I)
@@ -151,7 +151,7 @@ class Stage1Module(TrainableOnlyCheckpoint):
         return torch.Generator().manual_seed(batch_seed(self.seed, self.global_rank, batch_index))
 
     def stage1_loss(self, lq: torch.Tensor, gt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The spec 5.1 objective (module docstring) for one batch; all randomness from ``generator``."""
+        """The docs/method.md#stage-1-objective objective (module docstring) for one batch; all randomness from ``generator``."""
         model = self.model
         with torch.no_grad():
             z_lr, _ = model.encode(lq, generator=generator)

@@ -1,4 +1,4 @@
-"""Stage 2: train the CFW fusion layers of the VAE decoder (spec 6.3).
+"""Stage 2: train the CFW fusion layers of the VAE decoder (docs/method.md#stage-2).
 
 Per batch ``{lq, gt, latent}`` (images in [-1, 1], ``latent`` the stage-1 model's *scaled* sample latent)::
 
