@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
-from sr.fingerprint import BASELINE_COMPONENTS
 from sr.models.tiled_vae import TILED_VAE_MODES
 from sr.ops.tiling import TILE_WEIGHTINGS
 from sr.sampling.respacing import RESPACINGS
@@ -241,6 +240,8 @@ def validate_upscale(cfg) -> None:
 
 def validate_eval(cfg) -> None:
     """The keys of ``conf/eval.yaml``: sampling, seed, test-set folders, run dir writable, device, baselines."""
+    from sr.fingerprint import BASELINE_COMPONENTS  # the eval cache: a command's module, not the pipeline's
+
     problems = _Problems(cfg)
     _sampling_problems(problems, setting(cfg, "model.latent_tile", None))
     problems.number("seed", integer=True)
