@@ -12,8 +12,8 @@ import pytest
 
 SR = Path(__file__).resolve().parents[1] / "sr"
 # What sr.pipelines builds on: none of these may import it (the pipeline is assembled from them, not the reverse).
-BELOW_PIPELINES = ("models", "sampling", "ops", "utils", "data", "compat", "metrics", "io.py", "config.py",
-                   "validation.py", "errors.py")
+BELOW_PIPELINES = ("models", "sampling", "ops", "utils", "data", "compat", "metrics", "io.py", "validation.py",
+                   "errors.py")
 
 
 def imported_modules(path: Path, package: str | None = None) -> set[str]:
@@ -96,8 +96,7 @@ print(json.dumps({{"resolvers": [before[0], after[0]], "project_root": [before[1
 
 
 # The command modules (entry-point logic, eval cache, recipe, converter, memory guard, launch, report, web demo):
-# the library (sr.pipelines and what it builds on) imports none of them. sr.training's package module holds the
-# train command until the layout move puts it with the others.
+# the pipeline imports none of them, nor sr.training (the LightningModules and the train command).
 COMMAND_MODULES = ("sr.upscale_folder", "sr.evaluation", "sr.fingerprint", "sr.recipe", "sr.convert", "sr.memory",
                    "sr.launcher", "sr.utils.launch", "sr.report", "sr.app", "sr.config", "sr.tracking")
 # Training, evaluation and cluster dependencies (the [train], [eval], [cluster] extras), none needed to upscale.
