@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from sr.errors import ConfigError
-from sr.fingerprint import BASELINE_COMPONENTS
 from sr.sampling.settings import resolved_settings
 
 MEMORY_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
@@ -194,6 +193,8 @@ def validate_upscale(cfg) -> None:
 
 def validate_eval(cfg) -> None:
     """The keys of ``conf/eval.yaml``: sampling, seed, test-set folders, run dir writable, device, baselines."""
+    from sr.fingerprint import BASELINE_COMPONENTS  # the eval cache: a command's module, not the pipeline's
+
     problems = _Problems(cfg)
     _sampling_problems(problems, cfg)
     problems.number("seed", integer=True)

@@ -9,7 +9,7 @@ import yaml
 from sr.io import read_image
 from sr.pipelines.build import from_configs
 from sr.models.cfw import decode_latent, encoder_features
-from sr.compat.basicsr import RRDB
+from sr.models.rrdb import RRDB
 from sr.models.layerwise_vae import GroupMoments, receptive_radius
 from sr.models.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
 

@@ -16,7 +16,7 @@ import torchvision.transforms._functional_tensor as _functional_tensor
 sys.modules.setdefault("torchvision.transforms.functional_tensor", _functional_tensor)
 
 import basicsr.utils.img_process_util as _img_process_util  # noqa: E402
-from basicsr.archs.rrdbnet_arch import RRDB  # noqa: E402
+from basicsr.archs.rrdbnet_arch import RRDB  # noqa: E402  (the reference of sr.models.rrdb, tests/test_rrdb.py)
 from basicsr.data import degradations  # noqa: E402
 from basicsr.utils.diffjpeg import DiffJPEG  # noqa: E402
 

@@ -18,7 +18,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from sr.compat.basicsr import RRDB
+from sr.models.rrdb import RRDB
 
 # (encoder down block, decoder up block) per fusion layer, for a 4-level VAE
 FUSION_SITES = {"fusion_layer_1": (1, 2), "fusion_layer_2": (2, 1)}
