@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from omegaconf import OmegaConf
 
 from sr.metrics.full_reference import psnr, ssim
 from sr.pipelines import StableSRPipeline
@@ -130,8 +131,10 @@ class Stage1Module(TrainableOnlyCheckpoint):
     ):
         super().__init__()
         betas = tuple(float(beta) for beta in betas)  # plain floats: checkpoints must load with weights_only=True
+        # plain containers: the nested tile groups must not reach the checkpoint as DictConfigs (weights_only=True)
+        validation = OmegaConf.to_container(OmegaConf.create(dict(validation or {})), resolve=True)
         # resolved (and refused when bad) now, not at the first validation
-        self.validation_settings = model.sampling_settings(**dict(validation or {}))
+        self.validation_settings = model.sampling_settings(**validation)
         self.save_hyperparameters(ignore=["model"])
         self.pipeline = model
         self.pipeline.set_progress_bar_config(disable=True)
