@@ -69,6 +69,7 @@ from sr.report.runs import (
     write_run_scores,
 )
 from sr.report.wandb_log import log_to_wandb
+from sr.reproducibility import check_mode
 from sr.pipelines import StableSRPipeline, resolved_settings, sampling_arguments, use_scheduler
 from sr.utils.provenance import command_line
 from sr.validation import validate_eval
@@ -144,6 +145,7 @@ def run_settings(cfg: DictConfig) -> dict:
         "scale": cfg.scale,
         "input_size": cfg.input_size,
         "seed": int(cfg.seed),
+        "reproducible": check_mode(cfg.get("reproducible")),  # the CPU mode (sr/reproducibility.py)
         "crop_border": int(cfg.crop_border),
         "lr_dir": str(Path(cfg.data.lr_dir).resolve()),
         "hr_dir": str(Path(cfg.data.hr_dir).resolve()),
@@ -156,9 +158,10 @@ def run_settings(cfg: DictConfig) -> dict:
 # The table columns of each baseline: the run settings its images and scores depend on (the settings behind
 # sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
 BASELINE_SETTINGS = {
-    "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir"),
+    "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir", "reproducible"),
     "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile_size", "vae_tile_overlap",
-                  "vae_tile_mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
+                  "vae_tile_mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path",
+                  "reproducible"),
 }
 
 

@@ -139,8 +139,8 @@ def test_a_live_claim_is_left_to_its_owner_and_a_dead_one_taken_over(tiny_model,
 RACER = """
 import runpy, sys, time
 from pathlib import Path
-from sr.reproducibility import pin_cpu_numerics
-pin_cpu_numerics()  # as upscale.py does, before the models are imported
+from sr.reproducibility import configure_cpu, reproducible_requested
+configure_cpu(reproducible_requested())  # as upscale.py does, before the models are imported
 import sr.upscale_folder
 real = sr.upscale_folder.upscale_file
 def slow(*args, **kwargs):  # each image takes long enough for the two runs to meet
