@@ -1,18 +1,18 @@
-"""What each CPU pin of ``sr/reproducibility.py`` costs and changes: the same upscale in fresh processes, in default
-mode, in reproducible mode, and in default mode with one pin added at a time (not a test).
+"""What each CPU pin of ``sr/reproducibility.py`` costs and changes: the same sampling chain in fresh processes, in
+default mode, in reproducible mode, and in default mode with one pin added at a time (not a test).
 
-    .venv/bin/python benchmarks/reproducibility.py [--models tiny full] [--rounds 2] [--steps 4] [--image <LR png>]
+    .venv/bin/python benchmarks/reproducibility.py [--models tiny full] [--rounds 2] [--steps 4] [--rows 0 1 ...]
 
-Two models, random weights: ``tiny`` (the preset, seeded; a 32 px crop of a held-out LR image -> 128 px, ``--steps``
-DDPM steps) and ``full`` (the SD-2.1-base StableSR architecture, ``model=sd21_base model.pretrained=null``; a 128 px
-crop -> 512 px: one 64 x 64 latent tile, 2 steps). Sampled as ``upscale.py`` samples, seed 42, quantised as it
-writes (8-bit). Each row is one process started from this environment without any pin; the rows run in turn,
-``--rounds`` times, so that other work on the machine slows every row alike; the time of a row is its fastest round
-(sampling only, after building the model), given as a ratio to the default row. Per row: the largest difference in
-8-bit levels from the default run and from the reproducible run, and the sampling time. A pin's *effect* is its
-row's difference from the default row (what it changes on this machine); its *cost* its time ratio. On a machine
-whose default thread count is 2 (2 available cores), the thread pin costs nothing there and the ``1 thread`` row
-shows what a thread count changes. The SHA-256 of the reproducible pixels is printed, to compare across machines.
+Two models, random weights: ``tiny`` (the preset, seeded; ``--steps`` DDPM steps) and ``full`` (the SD-2.1-base
+StableSR architecture, ``model=sd21_base model.pretrained=null``; 2 steps). The chain: ``sr.sampling.denoise`` on one
+latent tile (the preset's ``latent_tile``: 16 x 16 tiny, 64 x 64 full) from a seeded random LR latent, as
+``upscale.py`` samples; then decoded (untimed) and quantised as an 8-bit PNG holds it. Each row is one process started
+from this environment without any pin; the rows run in turn, ``--rounds`` times, so that other work on the machine
+slows every row alike; the time of a row is its fastest round, also given as a ratio to the default row. Per row:
+the largest difference in 8-bit levels from the default run and from the reproducible run. A pin's *effect* is its
+row's difference from the default row (what it changes on this machine), its *cost* its time ratio. Where the
+default thread count is 2 (2 available cores) the thread pin costs nothing; the ``1 thread`` row shows what a thread
+count changes. The SHA-256 of the reproducible pixels is printed, to compare across machines.
 """
 
 import argparse
@@ -29,16 +29,20 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sr.reproducibility import SWITCH_VARIABLE, configure_cpu, reproducible_pins  # noqa: E402
-from sr.reproducibility import reproducible_requested, subprocess_environment  # noqa: E402
+from sr.reproducibility import (
+    SWITCH_VARIABLE,
+    configure_cpu,
+    reproducible_pins,
+    reproducible_requested,
+    subprocess_environment,
+)
 
-DEFAULT_IMAGE = REPO / "data" / "samples" / "heldout_pairs" / "lr" / "coffee.png"
-# model -> (upscale.py overrides, LR crop side in px); the latent tile is the whole latent (crop * 4 / 8)
-MODELS = {"tiny": (["model=tiny"], 32), "full": (["model=sd21_base", "model.pretrained=null"], 128)}
+# model -> upscale.py overrides (random weights)
+MODELS = {"tiny": ["model=tiny"], "full": ["model=sd21_base", "model.pretrained=null"]}
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One upscale into ``args.worker`` (8-bit pixels as ``.npy``); prints the sampling seconds."""
+    """One sampling chain into ``args.worker`` (its decoded 8-bit pixels as ``.npy``); prints the chain's seconds."""
     configure_cpu(reproducible_requested())  # as the entry points do, before the models are imported
     import time
 
@@ -46,22 +50,23 @@ def worker(args: argparse.Namespace) -> None:
     from hydra.utils import instantiate
 
     from sr.config import compose
-    from sr.io import _quantise, read_image
-    from sr.pipelines import sampling_arguments, use_scheduler
+    from sr.sampling import denoise
 
     if args.deterministic == "on":
         torch.use_deterministic_algorithms(True)
-    overrides, size = MODELS[args.model]
-    cfg = compose("upscale", ["input=unset", "output=unset", *overrides, f"steps={args.steps}", "input_size=0",
-                              f"tile.size={size // 2}", "progress=false"])
-    pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
-    pipe.set_progress_bar_config(disable=True)
-    lr = read_image(args.image).image[None, :, :size, :size]
+    cfg = compose("upscale", ["input=unset", "output=unset", *MODELS[args.model], f"steps={args.steps}"])
+    pipe = instantiate(cfg.model)
+    model, tile = pipe.model, pipe.config.latent_tile
+    z_lr = torch.randn(1, 4, tile, tile, generator=torch.Generator().manual_seed(0))
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(args.steps)
     started = time.perf_counter()
-    image = pipe(lr, generator=torch.Generator().manual_seed(cfg.seed), output_type="pt",
-                 **sampling_arguments(cfg)).images[0]
+    with torch.no_grad():
+        latent, _ = denoise(model.predict, scheduler, z_lr, tile, tile // 2, 1, "lr", torch.Generator().manual_seed(42))
     seconds = time.perf_counter() - started
-    np.save(args.worker, _quantise(image, 8))  # as write_image quantises an 8-bit PNG
+    with torch.no_grad():
+        image = ((model.decode(latent) + 1) / 2).clamp(0, 1)[0]
+    np.save(args.worker, (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())  # as an 8-bit PNG holds it
     print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads(),
                       "capability": torch.backends.cpu.get_cpu_capability()}))
 
@@ -90,7 +95,6 @@ def settings(base: dict[str, str]) -> list[tuple[str, dict[str, str], str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="LR image (its top-left crop is used)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "full"])
     parser.add_argument("--steps", type=int, default=4, help="sampling steps of the tiny model (full: 2)")
     parser.add_argument("--rounds", type=int, default=2, help="times each row runs, in turn with the others")
@@ -118,7 +122,7 @@ def main() -> None:
                     name, environment, deterministic = rows[index]
                     output = Path(folder) / f"{index}.npy"
                     command = [sys.executable, __file__, "--worker", str(output), "--model", model,
-                               "--deterministic", deterministic, "--image", str(args.image), "--steps", str(steps)]
+                               "--deterministic", deterministic, "--steps", str(steps)]
                     result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=REPO)
                     if result.returncode != 0:
                         sys.exit(f"{model} / {name}: the worker failed:\n{result.stderr[-3000:]}")
@@ -129,11 +133,10 @@ def main() -> None:
                     if index in pixels and not np.array_equal(pixels[index], image):
                         sys.exit(f"{model} / {name}: two rounds of one row differ")
                     pixels[index] = image
-        crop = MODELS[model][1]
-        print(f"\n{model}: {crop}^2 px crop of {args.image.name} -> {4 * crop}^2, one latent tile, {steps} steps, "
-              f"{args.rounds} rounds (fastest shown)")
+        print(f"\n{model}: one latent tile (the preset's latent_tile), {steps} steps, {args.rounds} rounds (fastest "
+              "shown)")
         print("| setting | ATen kernels, threads | max diff vs default (8-bit levels) | max diff vs reproducible | "
-              "sampling s | time / default |")
+              "chain s | time / default |")
         print("|---|---|---|---|---|---|")
         fastest = {index: min(times) for index, times in seconds.items()}
         for index in chosen:
