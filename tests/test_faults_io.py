@@ -165,7 +165,9 @@ def test_two_concurrent_runs_share_the_work(tmp_path):
         write_png(tmp_path / "in" / name, seed=index)
     out = tmp_path / "out"
     go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "STABLESR_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # default mode with the user's 1 thread each: two racers on shared cores
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STABLESR_REPRODUCIBLE": "0", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     runs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / f"ready{index}"), str(go),
                               f"input={tmp_path / 'in'}", f"output={out}", *UPSCALE_FAST],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
