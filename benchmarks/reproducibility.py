@@ -123,7 +123,8 @@ def main() -> None:
                     output = Path(folder) / f"{index}.npy"
                     command = [sys.executable, __file__, "--worker", str(output), "--model", model,
                                "--deterministic", deterministic, "--steps", str(steps)]
-                    result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=REPO)
+                    result = subprocess.run(command, check=False, env=environment, capture_output=True, text=True,
+                                            cwd=REPO)
                     if result.returncode != 0:
                         sys.exit(f"{model} / {name}: the worker failed:\n{result.stderr[-3000:]}")
                     state = json.loads(result.stdout.strip().splitlines()[-1])
