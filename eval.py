@@ -15,12 +15,14 @@ scores.json with its root cause and the sweep goes on; the command then exits wi
 unfinished and refused runs.
 """
 
+import sys
+
 from sr.errors import one_line_errors
-from sr.reproducibility import pin_cpu_numerics
+from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
     with one_line_errors("eval"):
-        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
+        configure_cpu(reproducible_requested(sys.argv[1:]))  # the CPU mode (sr/reproducibility.py)
 
 import hydra
 from omegaconf import DictConfig

@@ -11,14 +11,14 @@ Settings (seed, ckpt_path, accelerator, output folder) are checked before anythi
 with one line (``debug=true`` or ``HYDRA_FULL_ERROR=1``: the traceback).
 """
 
+import sys
+
 from sr.errors import one_line_errors
-from sr.reproducibility import pin_cpu_numerics
+from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
     with one_line_errors("train"):
-        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
-
-import sys
+        configure_cpu(reproducible_requested(sys.argv[1:]))  # the CPU mode (sr/reproducibility.py)
 
 import hydra
 from omegaconf import DictConfig

@@ -11,14 +11,14 @@ is available is skipped; a failing image is reported on one line and the folder 
 and exit code 1 if any image failed. See ``sr.upscale_folder`` for the guarantees.
 """
 
+import sys
+
 from sr.errors import one_line_errors
-from sr.reproducibility import pin_cpu_numerics
+from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
     with one_line_errors("upscale"):
-        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
-
-import sys
+        configure_cpu(reproducible_requested(sys.argv[1:]))  # the CPU mode (sr/reproducibility.py)
 
 import hydra
 from omegaconf import DictConfig

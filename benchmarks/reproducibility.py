@@ -1,135 +1,150 @@
-"""What each CPU numerics pin of ``sr/reproducibility.py`` changes: the same upscale in fresh processes, one setting
-changed at a time, against the pinned run (not a test).
+"""What each CPU pin of ``sr/reproducibility.py`` costs and changes: the same sampling chain in fresh processes, in
+default mode, in reproducible mode, and in default mode with one pin added at a time (not a test).
 
-    .venv/bin/python benchmarks/reproducibility.py [--size 32] [--steps 10] [--image <LR png>]
+    .venv/bin/python benchmarks/reproducibility.py [--models tiny full] [--rounds 2] [--steps 4] [--rows 0 1 ...]
 
-The run: the ``tiny`` preset's random weights (seeded by the preset), a ``--size`` px crop of a held-out LR image,
-4x, ``--steps`` DDPM steps, seed 42, sampled as ``upscale.py`` samples and quantised as it writes (8-bit PNG). Each
-row is one process; the rows that change an environment variable opt out of the in-process pin
-(``STABLESR_PIN_CPU=0``) and set every other pinned variable themselves, so they differ from the reference in that
-variable only; the third row checks that this is the same as pinning in-process. The narrower instruction sets
-(ATen ``default``, oneDNN SSE4.1) stand in for another machine's wider ones. Printed per row: the largest
-difference in 8-bit levels, the share of pixels with any channel different, the PSNR between the two 8-bit outputs,
-the largest difference before quantisation (the sampler's float output in [0, 1]) and the sampling time; then the
-SHA-256 of the reference pixels, to compare with another machine's. About 5 minutes on 2 cores shared with a
-training run (most of it importing diffusers, once per row).
+Two models, random weights: ``tiny`` (the preset, seeded; ``--steps`` DDPM steps) and ``full`` (the SD-2.1-base
+StableSR architecture, ``model=sd21_base model.pretrained=null``; 2 steps). The chain: ``sr.sampling.denoise`` on one
+latent tile (the preset's ``latent_tile``: 16 x 16 tiny, 64 x 64 full) from a seeded random LR latent, as
+``upscale.py`` samples; then decoded (untimed) and quantised as an 8-bit PNG holds it. Each row is one process started
+from this environment without any pin; the rows run in turn, ``--rounds`` times, so that other work on the machine
+slows every row alike; the time of a row is its fastest round, also given as a ratio to the default row. Per row:
+the largest difference in 8-bit levels from the default run and from the reproducible run. A pin's *effect* is its
+row's difference from the default row (what it changes on this machine), its *cost* its time ratio. Where the
+default thread count is 2 (2 available cores) the thread pin costs nothing; the ``1 thread`` row shows what a thread
+count changes. The SHA-256 of the reproducible pixels is printed, to compare across machines.
 """
 
 import argparse
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sr.reproducibility import PIN_SWITCH, THREADS_VARIABLE, pin_cpu_numerics, pinned_values  # noqa: E402
-from sr.reproducibility import subprocess_environment  # noqa: E402
+from sr.reproducibility import (
+    SWITCH_VARIABLE,
+    configure_cpu,
+    reproducible_pins,
+    reproducible_requested,
+    subprocess_environment,
+)
 
-DEFAULT_IMAGE = REPO / "data" / "samples" / "heldout_pairs" / "lr" / "coffee.png"
+# model -> upscale.py overrides (random weights)
+MODELS = {"tiny": ["model=tiny"], "full": ["model=sd21_base", "model.pretrained=null"]}
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One upscale into ``args.worker`` (8-bit PNG, and the float image beside it as ``.npy``); prints the sampling
-    seconds."""
-    pin_cpu_numerics()  # as the entry points do; a no-op in the rows that opt out and set the variables themselves
-    # Imported after the pin: importing the models runs tensor operations, which fix ATen's kernels.
+    """One sampling chain into ``args.worker`` (its decoded 8-bit pixels as ``.npy``); prints the chain's seconds."""
+    configure_cpu(reproducible_requested())  # as the entry points do, before the models are imported
+    import time
+
     import torch
     from hydra.utils import instantiate
 
     from sr.config import compose
-    from sr.io import read_image, write_image
-    from sr.pipelines import use_scheduler
+    from sr.sampling import denoise
 
-    torch.use_deterministic_algorithms(args.deterministic == "on")
-    # tile.size = the latent side (size * 4 / 8): one latent tile, the smallest run of the sampler
-    cfg = compose("upscale", ["input=unset", "output=unset", "model=tiny", f"num_inference_steps={args.steps}",
-                              f"tile.size={args.size // 2}", "progress=false"])
-    pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
-    pipe.set_progress_bar_config(disable=True)
-    lr = read_image(args.image).image[None, :, :args.size, :args.size]
+    if args.deterministic == "on":
+        torch.use_deterministic_algorithms(True)
+    cfg = compose("upscale", ["input=unset", "output=unset", *MODELS[args.model], f"num_inference_steps={args.steps}"])
+    pipe = instantiate(cfg.model)
+    model, tile = pipe.model, pipe.config.latent_tile
+    z_lr = torch.randn(1, 4, tile, tile, generator=torch.Generator().manual_seed(0))
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(args.steps)
     started = time.perf_counter()
-    image = pipe(lr, generator=torch.Generator().manual_seed(cfg.seed), output_type="pt",
-                 **pipe.sampling_settings(cfg).arguments()).images[0]
+    with torch.no_grad():
+        latent, _ = denoise(model.predict, scheduler, z_lr, tile, tile // 2, 1, "lr", torch.Generator().manual_seed(42))
     seconds = time.perf_counter() - started
-    write_image(args.worker, image, overwrite=True)
-    np.save(args.worker.with_suffix(".npy"), image.numpy())
-    print(json.dumps({"seconds": seconds}))
+    with torch.no_grad():
+        image = ((model.decode(latent) + 1) / 2).clamp(0, 1)[0]
+    np.save(args.worker, (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())  # as an 8-bit PNG holds it
+    print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads(),
+                      "capability": torch.backends.cpu.get_cpu_capability()}))
 
 
 def settings(base: dict[str, str]) -> list[tuple[str, dict[str, str], str]]:
-    """``(row name, environment, deterministic on/off)``; the first row is the reference."""
-    by_hand = {**base, **pinned_values(), PIN_SWITCH: "0"}  # the pins set before the process starts, not by it
-    pinned = subprocess_environment(base)
+    """``(row name, environment, deterministic algorithms on/off)``; the first row is default mode, the second
+    reproducible mode."""
+    default = subprocess_environment(False, base)
+    reproducible = subprocess_environment(True, base)
+    pins = reproducible_pins()
     return [
-        ("pinned (reference)", pinned, "on"),
-        ("pinned, run again", pinned, "on"),
-        ("pins set before start only (STABLESR_PIN_CPU=0)", by_hand, "on"),
-        ("1 thread (STABLESR_CPU_THREADS=1)", subprocess_environment({**base, THREADS_VARIABLE: "1"}), "on"),
-        ("ATEN_CPU_CAPABILITY=default", {**by_hand, "ATEN_CPU_CAPABILITY": "default"}, "on"),
-        ("ONEDNN_MAX_CPU_ISA=SSE41", {**by_hand, "ONEDNN_MAX_CPU_ISA": "SSE41"}, "on"),
-        ("MKL_CBWR unset", {key: value for key, value in by_hand.items() if key != "MKL_CBWR"}, "on"),
-        ("deterministic algorithms off", pinned, "off"),
+        ("default", default, "off"),
+        ("reproducible (every pin)", reproducible, "on"),
+        ("default, run again", default, "off"),
+        ("reproducible, run again", reproducible, "on"),
+        ("+ ATEN_CPU_CAPABILITY=avx2 alone", {**default, "ATEN_CPU_CAPABILITY": pins["ATEN_CPU_CAPABILITY"]}, "off"),
+        ("+ ONEDNN_MAX_CPU_ISA=AVX2 alone", {**default, "ONEDNN_MAX_CPU_ISA": pins["ONEDNN_MAX_CPU_ISA"]}, "off"),
+        ("+ MKL_CBWR=COMPATIBLE alone", {**default, "MKL_CBWR": pins["MKL_CBWR"]}, "off"),
+        ("+ MKL_CBWR=AVX2 alone (Intel only)", {**default, "MKL_CBWR": "AVX2"}, "off"),
+        ("+ deterministic algorithms alone", default, "on"),
+        ("+ 1 thread alone", {**default, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, "off"),
+        ("+ OMP_WAIT_POLICY=PASSIVE alone (not numerics)", {**default, "OMP_WAIT_POLICY": "PASSIVE"}, "off"),
+        ("reproducible with MKL_CBWR=AVX2", {**reproducible, "MKL_CBWR": "AVX2"}, "on"),
     ]
-
-
-def compare(reference: np.ndarray, other: np.ndarray) -> tuple[int, float, float]:
-    """Max |difference| in 8-bit levels, share of pixels with any channel different, PSNR (dB) between two 8-bit
-    images ``[H, W, C]``."""
-    difference = np.abs(reference.astype(np.int32) - other.astype(np.int32))
-    mse = float(np.mean(difference.astype(np.float64) ** 2))
-    psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-    return int(difference.max()), float(np.any(difference > 0, axis=-1).mean()), psnr
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="LR image (its top-left crop is used)")
-    parser.add_argument("--size", type=int, default=32, help="side of the LR crop in px (a multiple of 4)")
-    parser.add_argument("--steps", type=int, default=10, help="sampling steps")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "full"])
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps of the tiny model (full: 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="times each row runs, in turn with the others")
+    parser.add_argument("--rows", type=int, nargs="+", default=None, help="row numbers to run (default: all)")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--deterministic", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny", help=argparse.SUPPRESS)
+    parser.add_argument("--deterministic", choices=("on", "off"), default="off", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
         return worker(args)
     # The rows start from this environment without any pin, so a variable exported in the shell changes no row.
     base = {key: value for key, value in os.environ.items()
-            if key not in pinned_values() and not key.startswith("STABLESR_")}
+            if key not in reproducible_pins() and key != SWITCH_VARIABLE}
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
-    started = time.perf_counter()
-    rows, reference = [], None
-    with tempfile.TemporaryDirectory() as folder:
-        for index, (name, environment, deterministic) in enumerate(settings(base)):
-            output = Path(folder) / f"{index}.png"
-            command = [sys.executable, __file__, "--worker", str(output), "--deterministic", deterministic,
-                       "--image", str(args.image), "--size", str(args.size), "--steps", str(args.steps)]
-            result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=REPO)
-            if result.returncode != 0:
-                sys.exit(f"{name}: the worker failed:\n{result.stderr[-3000:]}")
-            seconds = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
-            pixels, values = np.asarray(Image.open(output)), np.load(output.with_suffix(".npy"))
-            if reference is None:
-                reference, reference_values = pixels, values
-            largest_float = float(np.abs(values.astype(np.float64) - reference_values).max())
-            rows.append((name, *compare(reference, pixels), largest_float, seconds))
-    print(f"{args.size}^2 px crop of {args.image.name} -> {4 * args.size}^2, tiny preset (random weights), "
-          f"{args.steps} steps; pinned: {' '.join(f'{k}={v}' for k, v in pinned_values().items())}\n")
-    print("| setting | max abs diff (8-bit levels) | pixels differing | PSNR vs pinned (dB) | max abs diff (float, "
-          "[0, 1]) | sampling s |")
-    print("|---|---|---|---|---|---|")
-    for name, largest, share, psnr, largest_float, seconds in rows:
-        print(f"| {name} | {largest} | {100 * share:.2f}% | {psnr:.2f} | {largest_float:.1e} | {seconds:.1f} |")
-    print(f"\nreference pixels SHA-256: {hashlib.sha256(reference.tobytes()).hexdigest()}; "
-          f"total {time.perf_counter() - started:.0f} s")
+    rows = settings(base)
+    chosen = args.rows if args.rows is not None else list(range(len(rows)))
+    if not {0, 1} <= set(chosen):
+        sys.exit("--rows must include 0 (default) and 1 (reproducible): the references")
+    for model in args.models:
+        steps = args.steps if model == "tiny" else 2
+        seconds, pixels, states = {index: [] for index in chosen}, {}, {}
+        with tempfile.TemporaryDirectory() as folder:
+            for _ in range(args.rounds):
+                for index in chosen:
+                    name, environment, deterministic = rows[index]
+                    output = Path(folder) / f"{index}.npy"
+                    command = [sys.executable, __file__, "--worker", str(output), "--model", model,
+                               "--deterministic", deterministic, "--steps", str(steps)]
+                    result = subprocess.run(command, check=False, env=environment, capture_output=True, text=True,
+                                            cwd=REPO)
+                    if result.returncode != 0:
+                        sys.exit(f"{model} / {name}: the worker failed:\n{result.stderr[-3000:]}")
+                    state = json.loads(result.stdout.strip().splitlines()[-1])
+                    seconds[index].append(state["seconds"])
+                    states[index] = state
+                    image = np.load(output).astype(np.int32)
+                    if index in pixels and not np.array_equal(pixels[index], image):
+                        sys.exit(f"{model} / {name}: two rounds of one row differ")
+                    pixels[index] = image
+        print(f"\n{model}: one latent tile (the preset's latent_tile), {steps} steps, {args.rounds} rounds (fastest "
+              "shown)")
+        print("| setting | ATen kernels, threads | max diff vs default (8-bit levels) | max diff vs reproducible | "
+              "chain s | time / default |")
+        print("|---|---|---|---|---|---|")
+        fastest = {index: min(times) for index, times in seconds.items()}
+        for index in chosen:
+            versus = [int(np.abs(pixels[index] - pixels[reference]).max()) for reference in (0, 1)]
+            print(f"| {rows[index][0]} | {states[index]['capability']}, {states[index]['threads']} | {versus[0]} | "
+                  f"{versus[1]} | {fastest[index]:.2f} | {fastest[index] / fastest[0]:.2f} |")
+        print(f"reproducible pixels SHA-256: {hashlib.sha256(pixels[1].astype(np.uint8).tobytes()).hexdigest()}")
 
 
 if __name__ == "__main__":

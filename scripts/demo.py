@@ -9,8 +9,8 @@ Steps (each a subprocess with a fixed run dir under ``--runs``, skipped when its
 redoes one): ``upscale`` (the held-out LR photos at the preset's default settings, w = 0.5) and ``eval``
 (w x tile overlap sweep on the held-out pairs, with the bicubic and LR-latent baselines; report in
 ``<runs>/eval/report``). With ``--train`` the release recipe's steps (``sr/recipe.py``) come first, into
-``<runs>/train``, and the demo uses the model they package. Everything runs in the pinned CPU environment
-(``sr/reproducibility.py``).
+``<runs>/train``, and the demo uses the model they package. Everything runs in reproducible mode
+(``sr/reproducibility.py``), so the scores equal the committed table.
 """
 
 import argparse
@@ -51,7 +51,7 @@ def commit_report(runs: Path) -> None:
     command = [sys.executable, "-m", "sr.report", str(runs / "eval"), "--name", "demo_tiny", "--out",
                str(COMMITTED_REPORT), "--overwrite", "--require-clean"]
     print(f"[demo] report: {' '.join(command)}", flush=True)
-    if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment()).returncode != 0:
+    if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment(reproducible=True)).returncode != 0:
         sys.exit("[demo] writing the committed report failed")
 
 

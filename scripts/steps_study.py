@@ -27,7 +27,7 @@ REFERENCE = ("DDPMScheduler", 200)
 
 def run(command: list[str]) -> None:
     print(f"[steps] {' '.join(command)}", flush=True)
-    if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment()).returncode != 0:
+    if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment(reproducible=True)).returncode != 0:
         sys.exit(f"[steps] failed: {' '.join(command)}")
 
 

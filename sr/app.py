@@ -19,11 +19,11 @@ otherwise.
 """
 
 from sr.errors import one_line_errors
-from sr.reproducibility import pin_cpu_numerics
+from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
     with one_line_errors("sr.app"):
-        pin_cpu_numerics()  # the same CPU numerics as upscale.py, so the same bytes
+        configure_cpu(reproducible_requested())  # STABLESR_REPRODUCIBLE: the mode of upscale.py, so the same bytes
 
 import argparse
 import tempfile

@@ -70,6 +70,7 @@ from sr.report.runs import (
 )
 from sr.report.wandb_log import log_to_wandb
 from sr.pipelines import SamplingSettings, StableSRPipeline, resolved_settings, use_scheduler
+from sr.reproducibility import check_mode
 from sr.utils.provenance import command_line
 from sr.validation import validate_eval
 
@@ -133,6 +134,7 @@ def run_settings(cfg: DictConfig, resolved: SamplingSettings | None = None) -> d
         "model": cfg.model.name,
         "scheduler": get_class(cfg.scheduler._target_).__name__,
         "seed": int(cfg.seed),
+        "reproducible": check_mode(cfg.get("reproducible")),  # the CPU mode (sr/reproducibility.py)
         "crop_border": int(cfg.crop_border),
         "lr_dir": str(Path(cfg.data.lr_dir).resolve()),
         "hr_dir": str(Path(cfg.data.hr_dir).resolve()),
@@ -145,9 +147,10 @@ def run_settings(cfg: DictConfig, resolved: SamplingSettings | None = None) -> d
 # The table columns of each baseline: the run settings its images and scores depend on (the settings behind
 # sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
 BASELINE_SETTINGS = {
-    "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir"),
+    "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir", "reproducible"),
     "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile.size", "vae_tile.overlap",
-                  "vae_tile.mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path"),
+                  "vae_tile.mode", "crop_border", "lr_dir", "hr_dir", "pretrained_path", "cfw_weights_path",
+                  "reproducible"),
 }
 
 

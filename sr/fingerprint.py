@@ -6,12 +6,14 @@ A fingerprint is the first 16 hex digits of the SHA-256 of a flat, JSON-serialis
                           included), model.<weights> (SHA-256 of each weights file / folder, or the hub id),
                           scheduler (its config), every sampling setting as the pipeline resolves it, under its
                           ``SamplingSettings.components`` name (num_inference_steps, w, ..., tile.size,
-                          vae_tile.mode), seed, device type, test_set.lr (SHA-256 over the LR files' names and bytes)
+                          vae_tile.mode), seed, device type, reproducible (the CPU mode, sr/reproducibility.py: the
+                          two differ in the last bits), test_set.lr (SHA-256 over the LR files' names and bytes)
     scores:               generation + test_set.hr + metrics, crop_border, fid_patch_size, conventions
                           + the scores fingerprint of each baseline (``baselines``)
     baseline images:      the part of generation that decides them (``BASELINE_COMPONENTS``): bicubic = scale and
                           LR set; lr_latent = model and VAE/CFW weights, scale, input_size, w, color_fix, VAE tiles,
-                          device type, LR set (not the sampler, the seed or the stage-1 weights, which it never uses)
+                          device type, CPU mode, LR set (not the sampler, the seed or the stage-1 weights, which
+                          it never uses)
     baseline scores:      baseline images + test_set.hr + the scoring keys and conventions, as for the run
 
 Weights are identified by their bytes, not their path or time stamp: a retrained ``stage1.safetensors`` at the same
@@ -29,6 +31,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sr.io import list_images, write_bytes_atomic
+from sr.reproducibility import reproducible_active
 
 FINGERPRINT_FILE = "fingerprint.json"
 WEIGHT_KEYS = ("pretrained", "stage1_weights", "cfw_weights")
@@ -38,7 +41,8 @@ SCORING_KEYS = ("metrics", "crop_border", "fid_patch_size")
 BASELINE_COMPONENTS = {
     "bicubic": ("scale", "test_set.lr"),
     "lr_latent": ("model.name", "model.architecture", "model.pretrained", "model.cfw_weights", "scale", "input_size",
-                  "w", "color_fix", "vae_tile.size", "vae_tile.overlap", "vae_tile.mode", "device", "test_set.lr"),
+                  "w", "color_fix", "vae_tile.size", "vae_tile.overlap", "vae_tile.mode", "device", "reproducible",
+                  "test_set.lr"),
 }
 CHUNK_BYTES = 1 << 24
 _digest_cache: dict[tuple[str, int, int], str] = {}
@@ -96,8 +100,8 @@ def fingerprint(components: dict) -> str:
 
 def sampling_components(cfg: DictConfig, model_cfg: DictConfig, settings) -> dict:
     """What decides an upscaled image besides its input (module docstring): model identity, scheduler, sampling
-    settings, seed, device type. ``model_cfg``: the model config with the ``ckpt`` aliases applied; ``settings``:
-    the resolved ``SamplingSettings`` the run samples with."""
+    settings, seed, device type, the process's CPU mode. ``model_cfg``: the model config with the ``ckpt`` aliases
+    applied; ``settings``: the resolved ``SamplingSettings`` the run samples with."""
     model = OmegaConf.to_container(model_cfg, resolve=True)
     architecture = {key: value for key, value in model.items() if key not in WEIGHT_KEYS}
     return {
@@ -108,6 +112,7 @@ def sampling_components(cfg: DictConfig, model_cfg: DictConfig, settings) -> dic
         **settings.components(),
         "seed": cfg.seed,
         "device": str(cfg.device).split(":")[0],
+        "reproducible": reproducible_active(),
     }
 
 

@@ -12,7 +12,7 @@ The release recipe (:func:`release_steps`), every stage on the bundled training 
     cfw       train.py experiment=release_tiny_cfw        CFW on those pairs
     package   prior + stage 1 + CFW -> one pipeline folder (safetensors) + release.json
 
-Every step runs in the pinned CPU environment of :mod:`sr.reproducibility`.
+Every step runs in reproducible mode (:mod:`sr.reproducibility`): the recipe makes committed tables.
 """
 
 import hashlib
@@ -78,7 +78,7 @@ def run_step(step: Step, force: bool, log_prefix: str) -> None:
         if step.resumable and last_checkpoint.exists():
             command.append(f"ckpt_path={last_checkpoint}")
         print(f"[{log_prefix}] {step.name}: {' '.join(map(str, command))}", flush=True)
-        result = subprocess.run(command, check=False, cwd=find_project_root(), env=subprocess_environment())
+        result = subprocess.run(command, check=False, cwd=find_project_root(), env=subprocess_environment(reproducible=True))
         if result.returncode != 0:
             sys.exit(f"[{log_prefix}] {step.name} failed (exit code {result.returncode}); logs in {step.run_dir}")
     missing = [str(path) for path in step.outputs if not path.exists()]

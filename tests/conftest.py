@@ -13,11 +13,16 @@ os.environ["TORCH_HOME"] = os.path.join(_SESSION_TMP, "torch_home")
 os.environ["HF_HOME"] = os.path.join(_SESSION_TMP, "hf_home")
 os.environ["HYDRA_FULL_ERROR"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a busy machine slows spinning OpenMP threads ~5x
+# Reproducible CPU mode (sr/reproducibility.py), in this process before the first tensor operation and in every
+# command a test starts: the tests compare against committed numbers.
+os.environ["STABLESR_REPRODUCIBLE"] = "1"
+
+from sr.reproducibility import configure_cpu  # noqa: E402
+
+configure_cpu(reproducible=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def pytest_configure(config):

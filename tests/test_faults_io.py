@@ -138,8 +138,8 @@ def test_a_live_claim_is_left_to_its_owner_and_a_dead_one_taken_over(tiny_model,
 RACER = """
 import runpy, sys, time
 from pathlib import Path
-from sr.reproducibility import pin_cpu_numerics
-pin_cpu_numerics()  # as upscale.py does, before the models are imported
+from sr.reproducibility import configure_cpu, reproducible_requested
+configure_cpu(reproducible_requested())  # as upscale.py does, before the models are imported
 import sr.upscale_folder
 real = sr.upscale_folder.upscale_file
 def slow(*args, **kwargs):  # each image takes long enough for the two runs to meet
@@ -164,7 +164,9 @@ def test_two_concurrent_runs_share_the_work(tmp_path):
         write_png(tmp_path / "in" / name, seed=index)
     out = tmp_path / "out"
     go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "STABLESR_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # default mode with the user's 1 thread each: two racers on shared cores
+    env = {**os.environ, "PYTHONPATH": str(REPO), "STABLESR_REPRODUCIBLE": "0", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     runs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / f"ready{index}"), str(go),
                               f"input={tmp_path / 'in'}", f"output={out}", *UPSCALE_FAST],
                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

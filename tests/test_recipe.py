@@ -64,7 +64,7 @@ def test_released_model_loads_from_its_preset():
 
 
 # Upscaled by the released model at commit time: 32 x 32 crop (top-left) of held-out coffee LR -> 128 x 128,
-# 5 DDPM steps, w=0.5, seed 42, pinned CPU numerics. benchmarks/reproducibility.py measures how far another
+# 5 DDPM steps, w=0.5, seed 42, reproducible mode. benchmarks/reproducibility.py measures how far another
 # instruction set or thread count moves an upscale: at most 1 level in 8 bits.
 REFERENCE_OUTPUT = ROOT / "tests" / "data" / "stablesr_tiny_coffee_crop.png"
 REFERENCE_TOLERANCE = 1  # 8-bit levels
@@ -80,7 +80,7 @@ def upscale_reference_crop(tmp_path: Path) -> torch.Tensor:
     write_image(tmp_path / "in" / "coffee.png", crop)
     command = [sys.executable, "upscale.py", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
                "model=stablesr_tiny", "num_inference_steps=5", "w=0.5", "seed=42"]
-    subprocess.run(command, check=True, cwd=ROOT, env=subprocess_environment(), capture_output=True)
+    subprocess.run(command, check=True, cwd=ROOT, env=subprocess_environment(reproducible=True), capture_output=True)
     return read_image(tmp_path / "out" / "coffee.png").image
 
 

@@ -15,12 +15,14 @@ and single runs write identical files. A sample is finished when all four files 
 a partial one (interrupted run) is regenerated. Every file is written atomically.
 """
 
+import sys
+
 from sr.errors import one_line_errors
-from sr.reproducibility import pin_cpu_numerics
+from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
     with one_line_errors("sr.cfw.generate"):
-        pin_cpu_numerics()  # the same CPU numerics on every machine (sr/reproducibility.py)
+        configure_cpu(reproducible_requested(sys.argv[1:]))  # the CPU mode (sr/reproducibility.py)
 
 import logging
 import io

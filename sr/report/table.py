@@ -25,6 +25,7 @@ from sr.utils.provenance import command_line, git_state
 
 METRIC_DECIMALS = {"psnr": 2, "psnr_y": 2, "psnr_ycbcr": 2, "fid": 2, "fid_patch": 2, "musiq": 2, "niqe": 3}
 ALWAYS_SHOWN = ("method",)
+MODE_SETTING = "reproducible"  # the run's CPU mode: one sentence of the report, not a column
 NOT_APPLICABLE = "–"
 NOT_AVAILABLE = "n/a"
 SUPERSCRIPT_DIGITS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -41,10 +42,25 @@ def _is_table_setting(value) -> bool:
 
 
 def setting_columns(rows: Sequence[Run]) -> list[str]:
-    """``method``, the leading settings (w, tile.overlap, num_inference_steps, model), then the other scalar settings by name."""
-    keys = {key for row in rows for key, value in row.settings.items() if _is_table_setting(value)}
+    """``method``, the leading settings (w, tile.overlap, num_inference_steps, model), then the other scalar
+    settings by name (the CPU mode is a sentence of the report, not a column)."""
+    keys = {key for row in rows for key, value in row.settings.items()
+            if _is_table_setting(value) and key != MODE_SETTING}
     leading = ["method", *LEADING_SETTINGS]
     return leading[:1] + [key for key in leading[1:] if key in keys] + sorted(keys.difference(leading))
+
+
+def mode_text(runs: Sequence[Run]) -> str:
+    """The report's sentence on the CPU mode of its runs (their ``reproducible`` setting, sr/reproducibility.py)."""
+    modes = [run.settings.get(MODE_SETTING) for run in runs]
+    if modes and all(mode is True for mode in modes):
+        return ("Made in reproducible mode (`reproducible=true`, sr/reproducibility.py: pinned CPU kernels and thread "
+                "count).")
+    if modes and all(mode is False for mode in modes):
+        return "Made in default mode (this CPU's fastest kernels): other machines may differ in the last bits."
+    reproducible = sum(mode is True for mode in modes)
+    return (f"Not made in reproducible mode: {reproducible} of {len(modes)} runs were (the others in default mode or "
+            "unrecorded).")
 
 
 def metric_columns(rows: Sequence[Run]) -> list[str]:
@@ -172,6 +188,7 @@ def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Seque
          f"{_revision_text(report_git.revision, report_git.modified)}."),
         f"Runs' git revisions: {_runs_revisions(runs)}.",
         f"Eval commands: {'; '.join(f'`{command}`' for command in commands)}.",
+        mode_text(runs),
         "",
         "Conventions:",
         "",
