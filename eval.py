@@ -1,4 +1,4 @@
-"""Upscale a paired test set with a StableSR model and score it (config: conf/eval.yaml, logic: sr/evaluation.py).
+"""Upscale a paired test set with a StableSR model and score it (config: conf/eval.yaml, logic: sr/commands/evaluation.py).
 
     python eval.py model=sd21_base ckpt=<stage1.safetensors> cfw_ckpt=<cfw.safetensors> data=realsr w=0.5 \
         tile.overlap=32
@@ -27,8 +27,8 @@ if __name__ == "__main__":  # before the imports below: importing the models run
 import hydra
 from omegaconf import DictConfig
 
-from sr.config import CONFIG_DIR, register_resolvers
-from sr.evaluation import evaluate
+from sr.commands.config import CONFIG_DIR, register_resolvers
+from sr.commands.evaluation import evaluate
 from sr.utils.provenance import pin_command_line
 
 

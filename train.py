@@ -23,9 +23,9 @@ if __name__ == "__main__":  # before the imports below: importing the models run
 import hydra
 from omegaconf import DictConfig
 
-from sr.config import CONFIG_DIR, register_resolvers
-from sr.training import train
-from sr.utils.launch import child_rank_argv
+from sr.commands.config import CONFIG_DIR, register_resolvers
+from sr.commands.launch import child_rank_argv
+from sr.commands.train import train
 from sr.utils.provenance import pin_command_line
 from sr.validation import validate_train
 

@@ -1,4 +1,4 @@
-"""Upscale an image or a folder of images with a StableSR model (config: conf/upscale.yaml, logic: sr/upscale_folder.py).
+"""Upscale an image or a folder of images with a StableSR model (config: conf/upscale.yaml, logic: sr/commands/upscale_folder.py).
 
     python upscale.py input=<image or folder> output=<folder> model=tiny scale=4 num_inference_steps=200 w=0.5 \
         color_fix=adain tile.size=64 tile.overlap=32 tile.batch_size=4 seed=42 scheduler=ddpm [overwrite=true] \
@@ -8,7 +8,7 @@ Inputs: PNG, JPEG, WebP, TIFF, BMP (8/16-bit, grey, RGBA, EXIF orientation appli
 the input's name (``format=png``: ``<stem>.png``; ``format=input``: the input's suffix). Settings are checked before
 anything runs (one line per problem); inputs are never overwritten; an image whose estimated peak memory exceeds what
 is available is skipped; a failing image is reported on one line and the folder goes on; the run ends with a summary
-and exit code 1 if any image failed. See ``sr.upscale_folder`` for the guarantees.
+and exit code 1 if any image failed. See ``sr.commands.upscale_folder`` for the guarantees.
 """
 
 import sys
@@ -23,8 +23,8 @@ if __name__ == "__main__":  # before the imports below: importing the models run
 import hydra
 from omegaconf import DictConfig
 
-from sr.config import CONFIG_DIR, register_resolvers
-from sr.upscale_folder import run
+from sr.commands.config import CONFIG_DIR, register_resolvers
+from sr.commands.upscale_folder import run
 
 register_resolvers()  # before @hydra.main composes: model presets use ${released:...}
 

@@ -67,7 +67,7 @@ def build(model: str, dtype: str, device: str, steps: int, variant: str, backend
     tile_batch, compile_unet, channels_last = VARIANTS[variant]
     from hydra.utils import instantiate
 
-    from sr.config import compose
+    from sr.commands.config import compose
     from sr.models.acceleration import accelerate
 
     cfg = compose("upscale", ["input=unset", "output=unset", f"model={model}", "model.pretrained=null",

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from sr.commands.config import CONFIG_DIR
 from sr.compat import basicsr  # noqa: F401  (must precede the realesrgan import: torchvision shim)
-from sr.config import CONFIG_DIR
 
 STABLESR_OPT = {
     "scale": 4, "gt_size": 512, "queue_size": 180,

@@ -13,9 +13,9 @@ tiles of 64 latent pixels overlapping by 32 (96: 2 x 2 tiles), float32, a random
 official rows run ``LatentDiffusionSRTextWT.sample_canvas`` after the schedule set-up of its
 ``scripts/sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py`` (one tile per UNet call, its default ``--n_samples 1``);
 ours run ``sr.sampling.denoise`` on ``model=stablesr_official model.pretrained=null`` with the official UNet and
-time-aware encoder weights converted by ``sr.convert`` (official respacing and tile weights; our default tile batch).
-Each row is a fresh process, rows run in turn ``--rounds`` times (other work on the machine slows each alike), and
-a row's time is its fastest round. Printed: seconds, the ratio to the official time, and the largest difference of
+time-aware encoder weights converted by ``sr.commands.convert`` (official respacing and tile weights; our default tile
+batch). Each row is a fresh process, rows run in turn ``--rounds`` times (other work on the machine slows each alike),
+and a row's time is its fastest round. Printed: seconds, the ratio to the official time, and the largest difference of
 our final latent from the official one (same weights and inputs; measured 0.17 on a 64 x 64 latent, 2 steps: not yet
 explained, so the timing compares the same work, not yet proven bit-equivalent chains).
 """
@@ -145,8 +145,8 @@ def run_ours(args: argparse.Namespace, inputs: dict):
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
     from hydra.utils import instantiate
 
-    from sr.config import compose
-    from sr.convert import Architecture, split_sft
+    from sr.commands.config import compose
+    from sr.commands.convert import Architecture, split_sft
     from sr.sampling import denoise
     from sr.sampling.respacing import set_sampling_timesteps
 

@@ -49,7 +49,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from sr.config import compose
+    from sr.commands.config import compose
     from sr.sampling import denoise
 
     if args.deterministic == "on":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from hydra.utils import instantiate  # noqa: E402
 
-from sr.config import compose  # noqa: E402
+from sr.commands.config import compose  # noqa: E402
 from sr.ops.tiling import TileGrid  # noqa: E402
 from sr.pipelines import use_scheduler  # noqa: E402
 from sr.sampling import TileFusion, denoise  # noqa: E402

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from hydra.utils import instantiate  # noqa: E402
 
-from sr.config import compose  # noqa: E402
+from sr.commands.config import compose  # noqa: E402
 from sr.io import read_image  # noqa: E402
 from sr.models.cfw import decode_latent, encoder_features  # noqa: E402
 from sr.models.layerwise_vae import LayerwiseRunner, group_normaliser  # noqa: E402

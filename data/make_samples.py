@@ -5,8 +5,8 @@
 Every photo comes from ``skimage.data`` (scikit-image 0.26 ships them in the wheel: nothing is downloaded); licences
 are in ``data/samples/LICENSE.md``. Training photos are resized (PIL Lanczos) so the longer side is
 ``TRAIN_LONG_SIDE``; held-out photos keep their native size, because the evaluation pairs
-(``python -m sr.data.testset``) take 384 px centre crops from them. Gray photos are stored gray (the loaders make them
-3-channel). The PNGs are committed: this script records where they came from and rewrites them byte for byte.
+(``python -m sr.commands.testset``) take 384 px centre crops from them. Gray photos are stored gray (the loaders make
+them 3-channel). The PNGs are committed: this script records where they came from and rewrites them byte for byte.
 """
 
 import argparse

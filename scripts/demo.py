@@ -8,7 +8,7 @@
 Steps (each a subprocess with a fixed run dir under ``--runs``, skipped when its outputs exist, ``--force STEP``
 redoes one): ``upscale`` (the held-out LR photos at the preset's default settings, w = 0.5) and ``eval``
 (w x tile overlap sweep on the held-out pairs, with the bicubic and LR-latent baselines; report in
-``<runs>/eval/report``). With ``--train`` the release recipe's steps (``sr/recipe.py``) come first, into
+``<runs>/eval/report``). With ``--train`` the release recipe's steps (``sr/commands/recipe.py``) come first, into
 ``<runs>/train``, and the demo uses the model they package. Everything runs in reproducible mode
 (``sr/reproducibility.py``), so the scores equal the committed table.
 """
@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sr.config import RELEASED_DIR, find_project_root
-from sr.recipe import RELEASE_NAME, Step, release_steps, run_chain
+from sr.commands.config import RELEASED_DIR, find_project_root
+from sr.commands.recipe import RELEASE_NAME, Step, release_steps, run_chain
 from sr.reproducibility import subprocess_environment
 
 ROOT = find_project_root()
@@ -48,7 +48,7 @@ def demo_steps(runs: Path, weights: Path) -> list[Step]:
 def commit_report(runs: Path) -> None:
     """Sweep from scratch with the committed weights, then write ``experiments/demo_tiny`` from a clean tree."""
     run_chain(demo_steps(runs, RELEASED_DIR / RELEASE_NAME)[1:], {"all"}, "demo")
-    command = [sys.executable, "-m", "sr.report", str(runs / "eval"), "--name", "demo_tiny", "--out",
+    command = [sys.executable, "-m", "sr.commands.report", str(runs / "eval"), "--name", "demo_tiny", "--out",
                str(COMMITTED_REPORT), "--overwrite", "--require-clean"]
     print(f"[demo] report: {' '.join(command)}", flush=True)
     if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment(reproducible=True)).returncode != 0:

@@ -1,4 +1,4 @@
-"""Train the released tiny StableSR from scratch on CPU and package it (the recipe: ``sr/recipe.py``).
+"""Train the released tiny StableSR from scratch on CPU and package it (the recipe: ``sr/commands/recipe.py``).
 
     python scripts/release.py [--runs runs/release] [--out runs/release/stablesr_tiny] [--force STEP] [--overwrite]
 
@@ -10,8 +10,8 @@ hour on 2 CPU cores. Replacing the committed release is explicit:
 import argparse
 from pathlib import Path
 
-from sr.config import find_project_root
-from sr.recipe import release_steps, run_chain
+from sr.commands.config import find_project_root
+from sr.commands.recipe import release_steps, run_chain
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sr.config import find_project_root
+from sr.commands.config import find_project_root
+from sr.commands.report.runs import collect_sweep
 from sr.reproducibility import subprocess_environment
-from sr.report.runs import collect_sweep
 
 ROOT = find_project_root()
 SCHEDULERS = ("ddpm", "ddim", "dpmsolver")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
          f"scheduler={','.join(SCHEDULERS)}", f"num_inference_steps={','.join(map(str, STEPS))}", "seed=42",
          "metrics=[psnr_y,ssim_y,niqe]", "baselines=[bicubic]", "progress=false", "report=false",
          f"hydra.sweep.dir={args.runs}"])
-    run([sys.executable, "-m", "sr.report", str(args.runs), "--name", "steps_tiny", "--out", str(args.out),
+    run([sys.executable, "-m", "sr.commands.report", str(args.runs), "--name", "steps_tiny", "--out", str(args.out),
          "--overwrite", "--timings"])
     text = summary(args.runs, args.tolerance_db)
     (args.out / "summary.md").write_text(text)

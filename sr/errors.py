@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 class ReportedFailure(SystemExit):
     """Exit status 1 after :func:`one_line_errors` printed its line; ``message`` keeps that line's message for a
-    launcher that reports the jobs of a sweep (``sr.launcher``)."""
+    launcher that reports the jobs of a sweep (``sr.commands.launch``)."""
 
     def __init__(self, message: str):
         super().__init__(1)

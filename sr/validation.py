@@ -115,7 +115,7 @@ def _sampling_problems(problems: _Problems, cfg) -> None:
 
 def device_problem(device, allow_auto: bool = False) -> str | None:
     """Why ``device`` cannot be used here (unknown name, no CUDA GPU, GPU index out of range, ``auto`` where the
-    command does not resolve it: only ``eval.py`` does, ``sr.launcher.job_device``), or None."""
+    command does not resolve it: only ``eval.py`` does, ``sr.commands.launch.job_device``), or None."""
     if device == "auto":
         return None if allow_auto else f"device={device!r}: not a device here; expected cpu, cuda or cuda:N"
     try:
@@ -193,7 +193,7 @@ def validate_upscale(cfg) -> None:
 
 def validate_eval(cfg) -> None:
     """The keys of ``conf/eval.yaml``: sampling, seed, test-set folders, run dir writable, device, baselines."""
-    from sr.fingerprint import BASELINE_COMPONENTS  # the eval cache: a command's module, not the pipeline's
+    from sr.commands.fingerprint import BASELINE_COMPONENTS  # the eval cache: a command's module, not the pipeline's
 
     problems = _Problems(cfg)
     _sampling_problems(problems, cfg)

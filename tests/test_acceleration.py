@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from sr.config import compose
+from sr.commands.config import compose
 from sr.models.acceleration import accelerate
 
 # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2%); through 3 sampling steps, the VAE and the colour fix

@@ -1,4 +1,4 @@
-"""sr.app without a browser (tests/test_browser.py drives the page): a request is the upscale.py run with the same
+"""sr.commands.app without a browser (tests/test_browser.py drives the page): a request is the upscale.py run with the same
 settings, and each way a request can fail gives one line naming the uploaded file (or the setting)."""
 
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sr.app import DEFAULT_MODEL, Request, Upscaler, model_overrides
-from sr.config import RELEASED_DIR, compose
+from sr.commands.app import DEFAULT_MODEL, Request, Upscaler, model_overrides
+from sr.commands.config import RELEASED_DIR, compose
+from sr.commands.upscale_folder import run
 from sr.errors import ConfigError
-from sr.upscale_folder import run
 
 REQUEST = Request(scale=4, w=0.6, num_inference_steps=2, seed=5, color_fix="wavelet", tile_size=16, tile_overlap=8)
 

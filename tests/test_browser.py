@@ -1,8 +1,8 @@
 """In headless Chromium (Debian's chromium + chromium-driver, driven by Selenium; ``make test-browser`` installs them):
 the report page (``index.html``) loads from disk with no console error and no request other than its own files,
 sorts its table by a clicked header, and its comparison slider, zoom and pan change the pixels shown; the web demo
-(``python -m sr.app``) returns, for an upload through its page, the PNG that ``upscale.py`` writes with the same
-settings, shows an error for a file that is not an image and goes on serving, and answers two uploads made at once.
+(``python -m sr.commands.app``) returns, for an upload through its page, the PNG that ``upscale.py`` writes with the
+same settings, shows an error for a file that is not an image and goes on serving, and answers two uploads made at once.
 """
 
 import csv
@@ -81,7 +81,7 @@ def _pixels(element) -> np.ndarray:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """A report of the 2 x 2 sweep of tests/test_report.py (noise images: every candidate looks different)."""
-    from sr.report.build import build_report
+    from sr.commands.report.build import build_report
 
     root = tmp_path_factory.mktemp("report")
     out = root / "report"
@@ -201,25 +201,25 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """``python -m sr.app`` on the default model, on a free loopback port; yields its URL."""
+    """``python -m sr.commands.app`` on the default model, on a free loopback port; yields its URL."""
     log_dir = tmp_path_factory.mktemp("app")
     port = _free_port()
     environment = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(log_dir / "gradio")}
     with open(log_dir / "app.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "sr.app", "--port", str(port)], cwd=REPO,
+        server = subprocess.Popen([sys.executable, "-m", "sr.commands.app", "--port", str(port)], cwd=REPO,
                                   env=environment, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
 
     def serving():
         if server.poll() is not None:
-            raise AssertionError(f"sr.app exited: {(log_dir / 'app.log').read_text()[-2000:]}")
+            raise AssertionError(f"sr.commands.app exited: {(log_dir / 'app.log').read_text()[-2000:]}")
         try:
             return urllib.request.urlopen(url, timeout=5).status == 200
         except OSError:
             return False
 
     try:
-        _wait(serving, APP_START_SECONDS, "sr.app to serve")
+        _wait(serving, APP_START_SECONDS, "sr.commands.app to serve")
         yield url
     finally:
         server.terminate()

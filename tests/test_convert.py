@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sr.convert import (
+from sr.commands.convert import (
     VARIANTS,
     Architecture,
     ConversionError,
@@ -773,7 +773,7 @@ def test_official_presets_compose_as_hydra_does(variant):
 
 
 def test_differing_vae_copies_are_reported():
-    from sr.convert import compare_vae_copies
+    from sr.commands.convert import compare_vae_copies
 
     ours = {"a": torch.ones(2), "b": torch.zeros(2)}
     assert compare_vae_copies(ours, {"a": torch.ones(2), "b": torch.zeros(2)}, "v.ckpt") == []

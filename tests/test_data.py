@@ -220,8 +220,8 @@ def test_data_configs_instantiate(name, tmp_path, monkeypatch):
 
 
 def test_bundled_heldout_pairs_match_generator(tmp_path):
-    from sr.config import compose
-    from sr.data.testset import make_test_pairs
+    from sr.commands.config import compose
+    from sr.commands.testset import make_test_pairs
 
     out = tmp_path / "pairs"
     overrides = [f"hr_dir={ROOT / 'data/samples/heldout'}", f"out_dir={out}", "crop=384", "degradation.scale=4"]

@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-import sr.evaluation
-from sr.config import compose
+import sr.commands.evaluation
+from sr.commands.config import compose
+from sr.commands.evaluation import make_baseline
 from sr.data.datasets import PairedImageDataset
-from sr.evaluation import make_baseline
 from sr.pipelines import SamplingSettings, StableSRPipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def test_rescore_scores_existing_images_without_sampling(sweep, test_set, monkey
         raise AssertionError("rescore must not build the model or sample")
 
     monkeypatch.setattr(StableSRPipeline, "__call__", no_sampling)
-    monkeypatch.setattr(sr.evaluation, "load_model", no_sampling)
+    monkeypatch.setattr(sr.commands.evaluation, "load_model", no_sampling)
     # only the run dir and the new metric list are given: settings and test set come from the run's scores.json
     code = run_eval(monkeypatch, "rescore=true", f"hydra.run.dir={run_dir}", "metrics=[psnr,psnr_y]",
                     "progress=false")
@@ -317,7 +317,7 @@ def test_changed_baseline_list_rescores_without_sampling_and_reuses_the_kept_bas
 
     for name in ("__call__", "reconstruct"):
         monkeypatch.setattr(StableSRPipeline, name, no_model)
-    monkeypatch.setattr(sr.evaluation, "load_model", no_model)
+    monkeypatch.setattr(sr.commands.evaluation, "load_model", no_model)
     overrides = [*FAST, *data_overrides(test_set), "w=0", "tile.overlap=0", f"hydra.run.dir={run_dir}"]
     assert run_eval(monkeypatch, *overrides, "baselines=[bicubic]") == 0
     after = json.loads((run_dir / "scores.json").read_text())

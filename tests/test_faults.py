@@ -17,16 +17,16 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from PIL import Image, ImageOps
 
-import sr.evaluation
-import sr.upscale_folder
-from sr.config import compose, register_resolvers
+import sr.commands.evaluation
+import sr.commands.upscale_folder
+from sr.commands.config import compose, register_resolvers
+from sr.commands.fingerprint import FINGERPRINT_FILE
+from sr.commands.memory import ESTIMATE_MARGIN, estimate_peak, format_bytes
+from sr.commands.train import compose_train_config
+from sr.commands.upscale_folder import run as upscale_run
 from sr.errors import ConfigError, describe, root_cause
-from sr.fingerprint import FINGERPRINT_FILE
 from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic
-from sr.memory import ESTIMATE_MARGIN, estimate_peak, format_bytes
 from sr.pipelines import resolved_settings
-from sr.training import compose_train_config
-from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
 from sr.validation import validate_train
 
@@ -100,7 +100,7 @@ def write_png(path: Path, side: int = 8, seed: int = 0) -> Path:
 # ------------------------------------------------------------- row 1: killed run resumed with other settings
 def test_killed_run_rerun_with_other_w_never_scores_the_old_image(test_set, tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "S"
-    real_write = sr.evaluation.write_image
+    real_write = sr.commands.evaluation.write_image
     written: list[Path] = []
 
     def killed_after_first_image(path, *args, **kwargs):
@@ -109,11 +109,11 @@ def test_killed_run_rerun_with_other_w_never_scores_the_old_image(test_set, tmp_
         written.append(real_write(path, *args, **kwargs))
         return written[-1]
 
-    monkeypatch.setattr(sr.evaluation, "write_image", killed_after_first_image)
+    monkeypatch.setattr(sr.commands.evaluation, "write_image", killed_after_first_image)
     with pytest.raises(KeyboardInterrupt):
         run_entry_point(monkeypatch, "eval", "-m", *EVAL_FAST, *data_overrides(test_set), "w=0",
                         f"hydra.sweep.dir={sweep}")
-    monkeypatch.setattr(sr.evaluation, "write_image", real_write)
+    monkeypatch.setattr(sr.commands.evaluation, "write_image", real_write)
     old_image = written[0].read_bytes()
     assert not (sweep / "0" / "scores.json").exists() and (sweep / "0" / FINGERPRINT_FILE).is_file()
 
@@ -142,7 +142,7 @@ def test_finished_sweep_dir_rerun_with_other_values_is_refused_and_kept(test_set
     assert {job: (sweep / job / "scores.json").read_bytes() for job in ("0", "1")} == before
 
     # the same settings again: reused, not recomputed
-    monkeypatch.setattr(sr.evaluation, "sample_images", lambda *a, **k: pytest.fail("finished run re-sampled"))
+    monkeypatch.setattr(sr.commands.evaluation, "sample_images", lambda *a, **k: pytest.fail("finished run re-sampled"))
     assert run_entry_point(monkeypatch, "eval", "-m", *EVAL_FAST, *data_overrides(test_set), "w=0,1",
                            f"hydra.sweep.dir={sweep}") == 0
     assert capsys.readouterr().out.count("holds the results of these settings; skipped") == 2
@@ -150,26 +150,26 @@ def test_finished_sweep_dir_rerun_with_other_values_is_refused_and_kept(test_set
 
 def test_changed_weights_file_is_a_different_fingerprint(test_set, tmp_path, monkeypatch):
     """Same path, other bytes: the cached images are not reused (identity is the content, not the name)."""
-    from sr.fingerprint import fingerprint, generation_components
+    from sr.commands.fingerprint import fingerprint, generation_components
 
     weights = tmp_path / "stage1.safetensors"
     weights.write_bytes(b"one")
     cfg = compose("eval", [*EVAL_FAST, *data_overrides(test_set), f"ckpt={weights}"])
-    first = fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), resolved_settings(cfg)))
+    first = fingerprint(generation_components(cfg, sr.commands.evaluation.model_config(cfg), resolved_settings(cfg)))
     weights.write_bytes(b"two")
     os.utime(weights, ns=(time.time_ns() + 10**9,) * 2)
-    assert fingerprint(generation_components(cfg, sr.evaluation.model_config(cfg), resolved_settings(cfg))) != first
+    assert fingerprint(generation_components(cfg, sr.commands.evaluation.model_config(cfg), resolved_settings(cfg))) != first
 
 
 def test_changed_vae_tile_mode_is_a_different_fingerprint(test_set):
     """The tiled VAE's mode changes the images of a run and of its lr_latent baseline (not the bicubic one), so
     cached eval images of the other mode are not reused; the run's settings (its report row) show it."""
-    from sr.fingerprint import baseline_components, fingerprint, generation_components
+    from sr.commands.fingerprint import baseline_components, fingerprint, generation_components
 
     def fingerprints(mode: str) -> dict[str, str]:
         cfg = compose("eval", [*EVAL_FAST, *data_overrides(test_set), f"vae_tile.mode={mode}"])
-        assert sr.evaluation.run_settings(cfg)["vae_tile.mode"] == mode
-        generation = generation_components(cfg, sr.evaluation.model_config(cfg), resolved_settings(cfg))
+        assert sr.commands.evaluation.run_settings(cfg)["vae_tile.mode"] == mode
+        generation = generation_components(cfg, sr.commands.evaluation.model_config(cfg), resolved_settings(cfg))
         return {"run": fingerprint(generation),
                 **{name: fingerprint(baseline_components(name, generation)) for name in ("bicubic", "lr_latent")}}
 
@@ -223,14 +223,14 @@ def test_out_of_memory_in_one_image_is_reported_and_the_folder_goes_on(tiny_mode
     folder = tmp_path / "in"
     for index, name in enumerate(("a.png", "b.png", "c.png")):
         write_png(folder / name, seed=index)
-    real = sr.upscale_folder.upscale_file
+    real = sr.commands.upscale_folder.upscale_file
 
     def out_of_memory_on_b(upscaler, source, *args):
         if source.name == "b.png":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(upscaler, source, *args)
 
-    monkeypatch.setattr(sr.upscale_folder, "upscale_file", out_of_memory_on_b)
+    monkeypatch.setattr(sr.commands.upscale_folder, "upscale_file", out_of_memory_on_b)
     assert upscale_run(upscale_config(f"input={folder}", f"output={tmp_path / 'out'}"), tiny_model) == 1
     captured = capsys.readouterr()
     assert f"{folder / 'b.png'}: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB" in captured.err
@@ -240,7 +240,7 @@ def test_out_of_memory_in_one_image_is_reported_and_the_folder_goes_on(tiny_mode
 
 def test_peak_memory_estimate_is_checked_against_a_measurement():
     """A 4x upscale to 512^2 in a fresh process (peak RSS, as benchmarks/sampling.py measures it) against the
-    formula of sr.memory for the same settings."""
+    formula of sr.commands.memory for the same settings."""
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "sampling.py"), "--memory-child", "512", "--steps", "1",
          "--threads", "2", "--vae-tile", "1024"],
@@ -278,7 +278,7 @@ def test_estimate_grows_with_the_output_not_the_input():
 
 # ----------------------------------------------------------------------- row 5: report with an unfinished run
 def test_report_names_unfinished_runs_and_fails(test_set, tmp_path, monkeypatch, capsys):
-    from sr.report.cli import main as report_main
+    from sr.commands.report.cli import main as report_main
 
     sweep = tmp_path / "S"
     assert run_entry_point(monkeypatch, "eval", "-m", *EVAL_FAST, *data_overrides(test_set), "w=0,1",
@@ -345,7 +345,7 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize("override, message", BAD_SETTINGS)
 def test_bad_sampling_settings_are_one_line_before_anything_runs(override, message, tmp_path, monkeypatch, capsys,
                                                                   one_line_mode):
-    monkeypatch.setattr(sr.upscale_folder, "use_scheduler", lambda *a, **k: pytest.fail("model built"))
+    monkeypatch.setattr(sr.commands.upscale_folder, "use_scheduler", lambda *a, **k: pytest.fail("model built"))
     write_png(tmp_path / "in" / "a.png")
     code = run_entry_point(monkeypatch, "upscale", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
                            *UPSCALE_FAST, override)
@@ -386,8 +386,8 @@ def test_every_entry_point_gives_one_line_and_the_traceback_on_request(test_set,
         ("upscale", [f"input={tmp_path / 'missing'}", f"output={tmp_path / 'o'}"], "no such file or folder"),
         ("train", ["experiment=stablesr_tiny", f"ckpt_path={empty}", f"hydra.run.dir={tmp_path / 't'}"],
          "empty file (0 bytes)"),
-        ("sr.data.preview", ["n=0", f"out={tmp_path / 'p.png'}"], "n=0: must be an integer >= 1"),
-        ("sr.cfw.generate", ["seed=null", f"out={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'g'}"],
+        ("sr.commands.preview", ["n=0", f"out={tmp_path / 'p.png'}"], "n=0: must be an integer >= 1"),
+        ("sr.commands.cfw_generate", ["seed=null", f"out={tmp_path / 'c'}", f"hydra.run.dir={tmp_path / 'g'}"],
          "seed must be set"),
     ]
     for script, overrides, message in commands:
@@ -502,7 +502,7 @@ def test_temporary_file_of_a_killed_write_is_removed_by_the_next_run(tiny_model,
 @pytest.mark.parametrize("content, message", [(b"", "empty file (0 bytes)"),
                                               (b"\x13" + bytes(range(200)) * 5, "not a torch checkpoint")])
 def test_converter_names_the_real_problem(content, message, tmp_path, capsys, one_line_mode):
-    from sr.convert import main as convert_main
+    from sr.commands.convert import main as convert_main
 
     checkpoint = tmp_path / "stablesr.ckpt"
     checkpoint.write_bytes(content)

@@ -16,14 +16,14 @@ from safetensors.torch import save_file
 from test_faults import REPO, UPSCALE_FAST, run_entry_point, upscale_config, write_png
 from test_faults import one_line_mode, tiny_model  # noqa: F401 - fixtures, requested by name
 
-import sr.evaluation
-from sr.config import compose
+import sr.commands.evaluation
+from sr.commands.config import compose
+from sr.commands.fingerprint import file_digest, weights_identity
+from sr.commands.memory import estimate_upscale_peak
+from sr.commands.upscale_folder import recorded_outputs, save_run_config
+from sr.commands.upscale_folder import run as upscale_run
 from sr.errors import describe
-from sr.fingerprint import file_digest, weights_identity
 from sr.io import claim_path, host_tag, remove_stale_temporaries, try_claim
-from sr.memory import estimate_upscale_peak
-from sr.upscale_folder import recorded_outputs, save_run_config
-from sr.upscale_folder import run as upscale_run
 from sr.utils.checkpoint import CheckpointError, load_checkpoint_state_dict
 
 DAY_S = 24 * 3600
@@ -140,12 +140,12 @@ import runpy, sys, time
 from pathlib import Path
 from sr.reproducibility import configure_cpu, reproducible_requested
 configure_cpu(reproducible_requested())  # as upscale.py does, before the models are imported
-import sr.upscale_folder
-real = sr.upscale_folder.upscale_file
+import sr.commands.upscale_folder
+real = sr.commands.upscale_folder.upscale_file
 def slow(*args, **kwargs):  # each image takes long enough for the two runs to meet
     time.sleep(0.6)
     return real(*args, **kwargs)
-sr.upscale_folder.upscale_file = slow
+sr.commands.upscale_folder.upscale_file = slow
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
 while not go.exists():
@@ -226,34 +226,34 @@ def test_changed_weights_are_reloaded_and_the_recorded_hash_is_of_the_weights_us
     weights = tmp_path / "stage1.safetensors"
     tiny_model.model.save_trainable(weights)
     cfg = compose("eval", ["model=tiny", f"model.stage1_weights={weights}", "device=cpu"])
-    sr.evaluation._model_cache.clear()
-    first = sr.evaluation.load_model(cfg)
-    assert sr.evaluation.load_model(cfg) is first  # same weights: the sweep shares the model
+    sr.commands.evaluation._model_cache.clear()
+    first = sr.commands.evaluation.load_model(cfg)
+    assert sr.commands.evaluation.load_model(cfg) is first  # same weights: the sweep shares the model
 
     retrained = {name: tensor + 1 for name, tensor in first.model.trainable_state_dict(("encoder", "sft")).items()}
     save_file({name: tensor.contiguous() for name, tensor in retrained.items()}, weights)
     recorded = {"model.pretrained": None, "model.stage1_weights": f"sha256:{file_digest(weights)}",
                 "model.cfw_weights": None}
-    second = sr.evaluation.load_model(cfg, recorded)
+    second = sr.commands.evaluation.load_model(cfg, recorded)
     assert second is not first
     for name, tensor in second.model.trainable_state_dict(("encoder", "sft")).items():
         assert torch.equal(tensor, retrained[name]), name
     assert weights_identity(weights) == recorded["model.stage1_weights"]
 
     # weights replaced while the run loads them: refused, not recorded under a hash they do not have
-    sr.evaluation._model_cache.clear()
-    real_instantiate = sr.evaluation.instantiate
+    sr.commands.evaluation._model_cache.clear()
+    real_instantiate = sr.commands.evaluation.instantiate
 
     def replaced_during_load(config, *args, **kwargs):
         pipe = real_instantiate(config, *args, **kwargs)
         save_file({name: (tensor * 2).contiguous() for name, tensor in retrained.items()}, weights)
         return pipe
 
-    monkeypatch.setattr(sr.evaluation, "instantiate", replaced_during_load)
+    monkeypatch.setattr(sr.commands.evaluation, "instantiate", replaced_during_load)
     with pytest.raises(RuntimeError, match="model weights changed on disk while the run loaded them "
                                            r"\(model.stage1_weights: sha256:"):
-        sr.evaluation.load_model(cfg, recorded)
-    assert sr.evaluation._model_cache == {}
+        sr.commands.evaluation.load_model(cfg, recorded)
+    assert sr.commands.evaluation._model_cache == {}
 
 
 # ---------------------------------------- row 7: symlink loop, dangling symlink, folder named x.png in the input
@@ -282,7 +282,7 @@ class _RunsShellCommand:
 
 def test_one_line_errors_name_the_file_not_the_library_exception(tiny_model, tmp_path, monkeypatch, capsys,
                                                                  one_line_mode):
-    from sr.convert import main as convert_main
+    from sr.commands.convert import main as convert_main
 
     write_png(tmp_path / "in" / "a.png")
     base = [f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", *UPSCALE_FAST]
@@ -320,7 +320,7 @@ def test_one_line_errors_name_the_file_not_the_library_exception(tiny_model, tmp
         convert_main(["stablesr", "--ckpt", str(malicious), "--out", str(tmp_path / "converted")])
     errors = [line for line in error_lines(capsys) if "error" in line]
     assert len(errors) == 1 and (  # (after the converter's progress bar, which shares stderr)
-        f"sr.convert: error: {malicious}: refused: the checkpoint holds code (pickle global "
+        f"sr.commands.convert: error: {malicious}: refused: the checkpoint holds code (pickle global "
         f"{os.system.__module__}.system), not only tensors (--debug") in errors[0], errors
 
     # the rule behind these lines: the innermost exception the project raised, not the library's under it

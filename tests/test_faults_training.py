@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sr.commands.train import compose_train_config, resume_checkpoint, train
 from sr.errors import ConfigError
-from sr.training import compose_train_config, resume_checkpoint, train
 from sr.training.callbacks import DurableCheckpointIO, RunCheckpoint
 from sr.utils.checkpoint import CheckpointError
 from sr.validation import validate_train

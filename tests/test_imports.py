@@ -97,8 +97,7 @@ print(json.dumps({{"resolvers": [before[0], after[0]], "project_root": [before[1
 
 # The command modules (entry-point logic, eval cache, recipe, converter, memory guard, launch, report, web demo):
 # the pipeline imports none of them, nor sr.training (the LightningModules and the train command).
-COMMAND_MODULES = ("sr.upscale_folder", "sr.evaluation", "sr.fingerprint", "sr.recipe", "sr.convert", "sr.memory",
-                   "sr.launcher", "sr.utils.launch", "sr.report", "sr.app", "sr.config", "sr.tracking")
+COMMAND_MODULES = ("sr.commands",)
 # Training, evaluation and cluster dependencies (the [train], [eval], [cluster] extras), none needed to upscale.
 HEAVY_PACKAGES = ("lightning", "pytorch_lightning", "basicsr", "pyiqa", "wandb", "hydra", "submitit", "lpips",
                   "torchmetrics", "torch_fidelity", "gradio", "matplotlib")

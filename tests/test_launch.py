@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sr.config import compose
-from sr.launcher import (
+from sr.commands import launch
+from sr.commands.config import compose
+from sr.commands.launch import (
     JobFailed,
     failure_message,
     job_device,
@@ -23,7 +24,6 @@ from sr.launcher import (
     time_limit_problem,
     wait_for_jobs,
 )
-from sr.utils import launch
 from sr.utils.provenance import COMMAND_ENV, command_line, pin_command_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_waiting_for_jobs_ends_for_jobs_that_ended_or_vanished_without_a_result(
 # ---------------------------------------------------------------------------------------------------- run dirs
 def test_runs_started_in_the_same_second_claim_their_own_dirs(tmp_path):
     """Eight processes claim a run dir for the same time stamp at once: each gets its own (-2, -3 ... suffixes)."""
-    code = ("import sys; from sr.utils.launch import claim_stamp; "
+    code = ("import sys; from sr.commands.launch import claim_stamp; "
             "print(claim_stamp(sys.argv[1], '2026-01-01_00-00-00'))")
     processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "multiruns")], stdout=subprocess.PIPE,
                                   text=True) for _ in range(8)]
@@ -170,7 +170,7 @@ def test_runs_started_in_the_same_second_claim_their_own_dirs(tmp_path):
     expected = {"2026-01-01_00-00-00", *(f"2026-01-01_00-00-00-{n}" for n in range(2, 9))}
     assert set(names) == expected and len(names) == 8
     assert {path.name for path in (tmp_path / "multiruns").iterdir()} == expected
-    from sr.tracking import wandb_run_identity
+    from sr.commands.tracking import wandb_run_identity
 
     ids = {wandb_run_identity(tmp_path / "multiruns" / name / "0", "x", [], 0)["id"] for name in names}
     assert len(ids) == 8  # one W&B run id per sweep dir
@@ -209,7 +209,7 @@ def test_run_stamp_uses_the_slurm_step_marker(tmp_path, monkeypatch):
 RESOLVE_RUN_DIR = """
 import os, sys, time
 from omegaconf import OmegaConf
-from sr.config import compose
+from sr.commands.config import compose
 if os.environ["RANK"] == "1":
     time.sleep(1.5)  # a different second: without the rendezvous the two ranks would name different dirs
 cfg = compose("train", ["paths.log_dir=" + sys.argv[1]], return_hydra_config=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from sr.config import compose
+from sr.commands.config import compose
 from sr.ops.tiling import TileGrid
 from sr.pipelines import SamplingSettings, resolved_settings
 from sr.sampling import denoise

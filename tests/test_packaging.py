@@ -1,5 +1,5 @@
 """The configs ship with the package: an ``sr`` outside the checkout composes them, and its runs/data root is
-``$PROJECT_ROOT`` (else the checkout, else the current directory), decided once in ``sr.config``."""
+``$PROJECT_ROOT`` (else the checkout, else the current directory), decided once in ``sr.commands.config``."""
 
 import json
 import os
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = """
 import json, sr
 from omegaconf import OmegaConf
-from sr.config import CONFIG_DIR, compose
+from sr.commands.config import CONFIG_DIR, compose
 cfg = compose("train", ["experiment=stablesr_tiny"])
 print(json.dumps({"package": sr.__file__, "config_dir": str(CONFIG_DIR), "model": cfg.model.name,
                   "paths": {key: cfg.paths[key] for key in ("root_dir", "data_dir", "log_dir")}}))

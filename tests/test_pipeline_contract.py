@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 
 import sr.models.autoencoder
-from sr.config import compose
+from sr.commands.config import compose
+from sr.commands.upscale_folder import upscale_file
 from sr.io import read_image
 from sr.models.autoencoder import CFWAutoencoder
 from sr.models.cfw import FusionBlock, decode_latent, fuse
 from sr.pipelines import StableSRPipeline, resolved_settings
 from sr.pipelines.stablesr import _as_batch
-from sr.upscale_folder import upscale_file
 
 RELEASED = Path(__file__).resolve().parents[1] / "sr" / "released" / "stablesr_tiny"
 # 16 x 24 LR, x4 -> 64 x 96 px, padded to 64 x 128 -> an 8 x 16 latent: two latent tiles of 8 (overlap 4)

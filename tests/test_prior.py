@@ -9,9 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from sr.config import compose as compose_config
+from sr.commands.config import compose as compose_config
+from sr.commands.train import train
 from sr.pipelines import StableSRPipeline
-from sr.training import train
 from sr.training.prior import random_crop
 
 ROOT = Path(__file__).resolve().parents[1]

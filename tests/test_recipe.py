@@ -1,4 +1,4 @@
-"""The release recipe (sr/recipe.py) end to end at smoke size, and the released tiny model it produced."""
+"""The release recipe (sr/commands/recipe.py) end to end at smoke size, and the released tiny model it produced."""
 
 import json
 from pathlib import Path
@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sr.config import RELEASED_DIR, compose
+from sr.commands.config import RELEASED_DIR, compose
+from sr.commands.recipe import RELEASE_FILE, RELEASE_NAME, final_losses, release_steps, run_chain
 from sr.io import read_image, write_image
 from sr.pipelines import StableSRPipeline
-from sr.recipe import RELEASE_FILE, RELEASE_NAME, final_losses, release_steps, run_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {

@@ -1,4 +1,4 @@
-"""sr.report: scores.json round trip, sweep tables (incl. a failed run and deduplicated baseline rows), plots,
+"""sr.commands.report: scores.json round trip, sweep tables (incl. a failed run and deduplicated baseline rows), plots,
 comparison strips, and a portable report: no absolute paths, n/a footnotes, fixed settings above the table,
 byte-identical rebuilds, dirty trees named or refused."""
 
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 import sr.utils.provenance
-from sr.report.build import build_report
-from sr.report.cli import main
-from sr.report.runs import SCORES_KEYS, collect_sweep, write_run_scores
+from sr.commands.report.build import build_report
+from sr.commands.report.cli import main
+from sr.commands.report.runs import SCORES_KEYS, collect_sweep, write_run_scores
 
 REPO = Path(__file__).resolve().parents[1]
 CONVENTIONS = {"psnr_ssim": "psnr_y on pyiqa Y", "crop_border": "0 px", "fid": "clean-fid resize"}
@@ -274,7 +274,7 @@ def test_dirty_tree_is_named_in_the_report_and_refused_with_require_clean(tmp_pa
     assert "at git revision `" in markdown and "+dirty" not in markdown.split("Runs'")[0]
 
     (repo / "sr" / "code.py").write_text("x = 2\n")
-    with pytest.raises(SystemExit, match=r"^sr.report: --require-clean: tracked files differ from the commit "
+    with pytest.raises(SystemExit, match=r"^sr.commands.report: --require-clean: tracked files differ from the commit "
                                          r"\(sr/code.py\); commit or stash them first$"):
         main([str(sweep), "--out", str(out), "--overwrite", "--require-clean"])
     assert (out / "table.md").read_text() == markdown   # refused before writing anything
@@ -300,7 +300,7 @@ def test_failed_run_is_marked_and_the_rest_still_tabulated(tmp_path):
 
 
 def test_missing_sweep_is_a_one_line_error(tmp_path):
-    with pytest.raises(SystemExit, match=f"sr.report: {tmp_path / 'nope'}: sweep directory does not exist"):
+    with pytest.raises(SystemExit, match=f"sr.commands.report: {tmp_path / 'nope'}: sweep directory does not exist"):
         main([str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no scores.json"):
@@ -308,7 +308,7 @@ def test_missing_sweep_is_a_one_line_error(tmp_path):
 
 
 def test_wandb_table_keeps_numbers_and_the_run_lands_in_the_sweep_folder(tmp_path, monkeypatch):
-    from sr.report.wandb_log import log_to_wandb, wandb_table
+    from sr.commands.report.wandb_log import log_to_wandb, wandb_table
     from wandb_offline import offline_run
 
     sweep = _fake_sweep(tmp_path, fail=(1.0, 32))
@@ -408,7 +408,7 @@ def test_html_page_shows_the_markdown_table_the_plots_and_the_compared_images(tm
 
 
 def test_images_browsers_cannot_show_are_copied_as_png(tmp_path):
-    from sr.report.html import browser_image
+    from sr.commands.report.html import browser_image
 
     pixels = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "lr.tif")

@@ -114,14 +114,14 @@ def test_the_config_asking_for_the_other_mode_is_refused():
 
 
 def test_the_mode_is_part_of_the_generation_fingerprint_and_of_the_report(monkeypatch):
-    import sr.fingerprint
-    from sr.config import compose
-    from sr.fingerprint import fingerprint, generation_components
-    from sr.report.table import mode_text, setting_columns
+    import sr.commands.fingerprint
+    from sr.commands.config import compose
+    from sr.commands.fingerprint import fingerprint, generation_components
+    from sr.commands.report.table import mode_text, setting_columns
 
     cfg = compose("eval", ["model=tiny"])
     reproducible = fingerprint(generation_components(cfg, cfg.model, 16, 8))
-    monkeypatch.setattr(sr.fingerprint, "reproducible_active", lambda: False)
+    monkeypatch.setattr(sr.commands.fingerprint, "reproducible_active", lambda: False)
     assert fingerprint(generation_components(cfg, cfg.model, 16, 8)) != reproducible
 
     def run(mode):

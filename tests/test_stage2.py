@@ -8,10 +8,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sr.cfw.dataset import GeneratedCFWDataset, sample_files
-from sr.cfw.generate import build_generator, shard_ids
+from sr.commands.cfw_generate import build_generator, shard_ids
+from sr.commands.train import compose_train_config, train
+from sr.data.cfw import GeneratedCFWDataset, sample_files
 from sr.models.cfw import encoder_features
-from sr.training import compose_train_config, train
 from sr.training.losses import AutoencoderLoss, Reconstruction
 from sr.training.stage2 import CFWModule
 

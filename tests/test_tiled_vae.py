@@ -7,11 +7,11 @@ import torch
 import yaml
 
 from sr.io import read_image
-from sr.pipelines.build import from_configs
 from sr.models.cfw import decode_latent, encoder_features
-from sr.models.rrdb import RRDB
 from sr.models.layerwise_vae import GroupMoments, receptive_radius
+from sr.models.rrdb import RRDB
 from sr.models.tiled_vae import GroupNormStatistics, tiled_decode, tiled_encode
+from sr.pipelines.build import from_configs
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 from safetensors.torch import load_file
 
-from sr.cfw.generate import build_generator, shard_ids
+from sr.commands.cfw_generate import build_generator, shard_ids
+from sr.commands.tracking import wandb_run_identity
 from sr.io import read_image
 from sr.pipelines import StableSRPipeline
 from sr.pipelines.build import from_configs
-from sr.tracking import wandb_run_identity
 from wandb_offline import offline_run
-from sr.training import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
+from sr.commands.train import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
 from sr.training.callbacks import NonFiniteLossError
 from sr.training.stage1 import Stage1Module, batch_seed, diffusion_target
 

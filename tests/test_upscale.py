@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from sr.commands.upscale_folder import output_path, run
 from sr.errors import ConfigError
 from sr.models.stablesr import StableSR
 from sr.pipelines import use_scheduler
 from sr.sampling import output_size, reflect_pad_to, round_up
-from sr.upscale_folder import output_path, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -86,7 +86,7 @@ def test_a_setting_added_to_the_schema_reaches_command_line_call_and_fingerprint
     """``sample_posterior`` was added in sr/sampling/settings.py and sr/pipelines/stablesr.py only: the command line
     key reaches the encoder (it equals the call's keyword, and differs from the default), the fingerprint records it,
     and a bad value is one line naming it."""
-    from sr.fingerprint import sampling_components
+    from sr.commands.fingerprint import sampling_components
 
     lr = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
     cfg = upscale_config("sample_posterior=false")

@@ -13,14 +13,14 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
 )
 from omegaconf import OmegaConf, open_dict
 
-from sr.errors import ConfigError, describe
-from sr.launcher import (
+from sr.commands.launch import (
     check_partition,
     failure_message,
     job_failure,
     swept_overrides,
     wait_for_jobs,
 )
+from sr.errors import ConfigError, describe
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _validators() -> dict:
 class SlurmLauncher(SubmititSlurmLauncher):
     """hydra-submitit-launcher's SLURM launcher that first refuses a request the partition cannot satisfy and a job
     config its command would refuse, records a failing job's one-line error as the job's result, and waits for the
-    jobs without accounting, reporting every failed job (``sr.launcher``: sizes, limits, waiting and messages)."""
+    jobs without accounting, reporting every failed job (``sr.commands.launch``: sizes, limits, waiting and messages)."""
 
     def __call__(self, *args, **kwargs) -> JobReturn:
         """In the job: a command's ``SystemExit`` (its one-line error) becomes an error result submitit writes."""

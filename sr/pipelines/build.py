@@ -2,7 +2,7 @@
 
 Three sources, one result:
 
-- ``pretrained`` is a folder written by ``StableSRPipeline.save_pretrained`` (or ``python -m sr.convert``):
+- ``pretrained`` is a folder written by ``StableSRPipeline.save_pretrained`` (or ``python -m sr.commands.convert``):
   loaded with ``StableSRPipeline.from_pretrained``;
 - ``pretrained`` is a plain diffusers Stable Diffusion folder or hub id (``unet/``, ``vae/``, ``text_encoder/``,
   ``tokenizer/``): its UNet and VAE, the empty prompt embedded once with its text encoder, and a time-aware encoder,

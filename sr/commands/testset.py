@@ -1,7 +1,7 @@
 """Build a fixed synthetic LR/HR test set from an HR folder (how StableSR's DIV2K-Val was made: 512 crops,
 ``realesrgan`` degradation, LR 128).
 
-    python -m sr.data.testset hr_dir=data/samples/heldout out_dir=data/samples/heldout_pairs crop=384 \
+    python -m sr.commands.testset hr_dir=data/samples/heldout out_dir=data/samples/heldout_pairs crop=384 \
         [degradation=realesrgan degradation.scale=4 crop_mode=center seed=0 overwrite=true]
 
 Per image (sorted by name): reflect-pad to >= crop if needed, a centre or seeded random ``crop``² window (the HR),
@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from sr.config import CONFIG_DIR
+from sr.commands.config import CONFIG_DIR
 from sr.data.datasets import pad_to_min_size
 from sr.errors import ConfigError, one_line_errors
 from sr.io import list_images, read_image, write_image
@@ -68,7 +68,7 @@ def make_test_pairs(cfg: DictConfig) -> tuple[int, int]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="testset")
 def main(cfg: DictConfig) -> None:
-    with one_line_errors("sr.data.testset", cfg.get("debug", False)):
+    with one_line_errors("sr.commands.testset", cfg.get("debug", False)):
         written, kept = make_test_pairs(cfg)
     print(f"{written} pairs written, {kept} kept, in {cfg.out_dir}")
 

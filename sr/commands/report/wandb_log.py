@@ -9,8 +9,8 @@ to a new W&B run whose files go to ``<results dir>/wandb`` (the run or sweep fol
 from collections.abc import Sequence
 from pathlib import Path
 
-from sr.report.runs import Run, table_rows
-from sr.report.table import image_count, metric_columns, setting_columns
+from sr.commands.report.runs import Run, table_rows
+from sr.commands.report.table import image_count, metric_columns, setting_columns
 
 PROJECT = "stablesr"
 

@@ -5,7 +5,7 @@ Driven by ``eval.py`` (config ``conf/eval.yaml``); a Hydra multirun makes one ru
     <run_dir>/images/<name>.png   SR outputs (8-bit PNG), written atomically one by one
     <run_dir>/timings.json        {name: seconds} of every sampled image (kept across resumes and re-scores)
     <run_dir>/baselines/<baseline>/<name>.png, fingerprint.json   the no-diffusion baselines' images (below)
-    <run_dir>/scores.json         sr.report.runs.write_run_scores: settings, per-image and aggregate metrics, status,
+    <run_dir>/scores.json         sr.commands.report.runs.write_run_scores: settings, per-image and aggregate metrics, status,
                                   the baselines' settings and scores
 
 Resume and caching: an image already in ``images/`` is not sampled again unless ``overwrite``; a run whose
@@ -21,7 +21,7 @@ Baselines (``baselines``, default both): every run also scores, with the same me
 - ``lr_latent``: ``StableSRPipeline.reconstruct`` at the run's ``w``, ``color_fix`` and VAE tiles, the LR's latent
   decoded without diffusion (the VAE + CFW ceiling).
 
-They cost no sampling. Each baseline's images are kept while their own fingerprint (``sr.fingerprint.
+They cost no sampling. Each baseline's images are kept while their own fingerprint (``sr.commands.fingerprint.
 baseline_components``: only what decides them) is unchanged and remade otherwise (also with ``overwrite``, and with
 ``rescore``, which builds the model only when lr_latent images must be made); the run's scores fingerprint includes
 theirs, so a changed baseline list or setting re-scores the run without re-sampling it.
@@ -41,9 +41,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from sr.data.datasets import PairedImageDataset
-from sr.errors import describe, traceback_wanted
-from sr.fingerprint import (
+from sr.commands.fingerprint import (
     FINGERPRINT_FILE,
     WEIGHT_KEYS,
     baseline_components,
@@ -55,11 +53,9 @@ from sr.fingerprint import (
     weights_identity,
     write_fingerprint,
 )
-from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic, write_image
-from sr.metrics import MetricSuite
-from sr.launcher import job_device
-from sr.report.build import build_report
-from sr.report.runs import (
+from sr.commands.launch import job_device
+from sr.commands.report.build import build_report
+from sr.commands.report.runs import (
     BASELINES_DIR,
     IMAGES_DIR,
     METHOD,
@@ -68,7 +64,11 @@ from sr.report.runs import (
     read_run,
     write_run_scores,
 )
-from sr.report.wandb_log import log_to_wandb
+from sr.commands.report.wandb_log import log_to_wandb
+from sr.data.datasets import PairedImageDataset
+from sr.errors import describe, traceback_wanted
+from sr.io import read_image, remove_stale_temporaries, write_bytes_atomic, write_image
+from sr.metrics import MetricSuite
 from sr.pipelines import SamplingSettings, StableSRPipeline, resolved_settings, use_scheduler
 from sr.reproducibility import check_mode
 from sr.utils.provenance import command_line
@@ -95,7 +95,8 @@ def model_config(cfg: DictConfig) -> DictConfig:
 
 def load_model(cfg: DictConfig, weights: dict | None = None) -> StableSRPipeline:
     """The StableSR pipeline of ``cfg`` on ``cfg.device``, built from the weights whose identities (``model.<key>``:
-    ``sr.fingerprint.weights_identity``, content hashes) the run records in ``weights`` (default: as they are now).
+    ``sr.commands.fingerprint.weights_identity``, content hashes) the run records in ``weights`` (default: as they are
+    now).
 
     The last model built is kept: a sweep run in one process (Hydra's basic launcher) varies only sampling settings,
     so its jobs share one model instead of loading the weights once per job. The cache is keyed on the weights'
@@ -119,7 +120,7 @@ def load_model(cfg: DictConfig, weights: dict | None = None) -> StableSRPipeline
 
 
 def weights_components(model_cfg: DictConfig) -> dict:
-    """The ``model.<weights key>`` components of ``model_cfg`` (``sr.fingerprint.sampling_components``)."""
+    """The ``model.<weights key>`` components of ``model_cfg`` (``sr.commands.fingerprint.sampling_components``)."""
     return {f"model.{key}": weights_identity(model_cfg.get(key)) for key in WEIGHT_KEYS}
 
 
@@ -145,7 +146,7 @@ def run_settings(cfg: DictConfig, resolved: SamplingSettings | None = None) -> d
 
 
 # The table columns of each baseline: the run settings its images and scores depend on (the settings behind
-# sr.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
+# sr.commands.fingerprint.BASELINE_COMPONENTS, plus the test set and crop_border of the scores).
 BASELINE_SETTINGS = {
     "bicubic": ("scale", "crop_border", "lr_dir", "hr_dir", "reproducible"),
     "lr_latent": ("model", "w", "color_fix", "scale", "input_size", "vae_tile.size", "vae_tile.overlap",

@@ -8,7 +8,7 @@ The release recipe (:func:`release_steps`), every stage on the bundled training 
 
     prior     train.py experiment=release_tiny_prior      VAE (L1 + KL, GAN late) then UNet, from scratch
     stage1    train.py experiment=release_tiny_stage1     time-aware encoder + SFT on the frozen prior
-    cfw_data  python -m sr.cfw.generate ...               CFW_DATA: pairs sampled by the stage-1 model
+    cfw_data  python -m sr.commands.cfw_generate ...               CFW_DATA: pairs sampled by the stage-1 model
     cfw       train.py experiment=release_tiny_cfw        CFW on those pairs
     package   prior + stage 1 + CFW -> one pipeline folder (safetensors) + release.json
 
@@ -26,15 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sr.cfw.dataset import sample_files
-from sr.cfw.generate import sample_name
-from sr.config import RELEASED_DIR, find_project_root
+from sr.commands.cfw_generate import sample_name
+from sr.commands.config import RELEASED_DIR, find_project_root
+from sr.data.cfw import sample_files
 from sr.reproducibility import subprocess_environment
 
 TRAIN_DIR = Path("data") / "samples" / "train"
 RELEASE_NAME = "stablesr_tiny"
 RELEASE_FILE = "release.json"
-# The CFW training pairs of the recipe (python -m sr.cfw.generate keys): 128 px GT crops, 20 respaced DDPM steps.
+# The CFW training pairs of the recipe (python -m sr.commands.cfw_generate keys): 128 px GT crops, 20 respaced DDPM
+# steps.
 CFW_DATA = {"num_samples": 128, "crop_size": 128, "steps": 20, "seed": 10000}
 # Losses reported in release.json: the mean of the last LOSS_WINDOW logged values of each loss column.
 LOSS_WINDOW = 5
@@ -116,7 +117,7 @@ def release_steps(
             "cfw_data",
             cfw_data,
             [path for name in names for path in sample_files(cfw_data, name).values()],
-            [sys.executable, "-m", "sr.cfw.generate", f"model.pretrained={prior_dir}",
+            [sys.executable, "-m", "sr.commands.cfw_generate", f"model.pretrained={prior_dir}",
              f"model.stage1_weights={stage1_weights}", f"out={cfw_data}", f"hydra.run.dir={runs / 'cfw_data_log'}",
              f"source_dirs=[{TRAIN_DIR}]", *(f"{key}={value}" for key, value in cfw_data_settings.items())],
         ),
@@ -161,7 +162,7 @@ def package(runs: Path, out: Path, cfw_data_settings: dict, overwrite: bool = Fa
     step's git revision and command, final losses, parameter counts)."""
     from hydra.utils import instantiate
 
-    from sr.config import compose
+    from sr.commands.config import compose
     from sr.io import write_bytes_atomic
 
     root = find_project_root()

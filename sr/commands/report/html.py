@@ -1,12 +1,12 @@
 """``index.html``: the sweep report as one page to open in a browser, without a network.
 
-The page holds the table of :func:`sr.report.table.table_layout` (click a header to sort by that column, again to
-reverse), a comparison view per compared image, then the plots. In a comparison view two menus pick any two of LR
+The page holds the table of :func:`sr.commands.report.table.table_layout` (click a header to sort by that column, again
+to reverse), a comparison view per compared image, then the plots. In a comparison view two menus pick any two of LR
 (enlarged nearest-neighbour by the browser), ``bicubic``, each ``lr_latent``, each run's output and HR; a slider (or a
 drag on the divider) moves the split between them; the mouse wheel or the buttons zoom and a drag pans, the same
 crop of both images at once.
 
-Self-contained: the CSS and the vanilla JavaScript (``sr/report/assets``) are inlined, nothing is loaded from
+Self-contained: the CSS and the vanilla JavaScript (``sr/commands/report/assets``) are inlined, nothing is loaded from
 another host. The images are files beside the page, referenced by relative paths: the plots the report already
 writes, and copies of the compared images under ``compare/<image>/`` (a sweep's images run to megabytes; inlined
 as base64 they would add a third and make the page one unreadable blob). TIFF files, which browsers do not show,
@@ -24,12 +24,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from sr.commands.report.plots import settings_label, varying_settings
+from sr.commands.report.portable import display_path
+from sr.commands.report.runs import METHOD, METHODS, Run, status_counts
+from sr.commands.report.strips import find_image
+from sr.commands.report.table import footnote_marker, table_layout
 from sr.io import image_size
-from sr.report.plots import settings_label, varying_settings
-from sr.report.portable import display_path
-from sr.report.runs import METHOD, METHODS, Run, status_counts
-from sr.report.strips import find_image
-from sr.report.table import footnote_marker, table_layout
 
 PAGE = "index.html"
 COMPARE_DIR = "compare"
@@ -80,7 +80,7 @@ def browser_image(source: Path) -> bytes:
 
 
 def _asset(name: str) -> str:
-    return resources.files("sr.report").joinpath("assets", name).read_text(encoding="utf-8")
+    return resources.files("sr.commands.report").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def _text(value) -> str:

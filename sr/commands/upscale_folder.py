@@ -2,7 +2,7 @@
 
 Guarantees of :func:`run`:
 
-- **Outputs carry their settings.** The run config records the settings' components (``sr.fingerprint``: model
+- **Outputs carry their settings.** The run config records the settings' components (``sr.commands.fingerprint``: model
   weights by content, sampling settings, seed); an existing output is kept and reused when it was made with the
   same settings, and reported (exit status 1) when it was made with others, naming what differs
   (``overwrite=true`` replaces it).
@@ -21,8 +21,8 @@ Guarantees of :func:`run`:
   naming host and pid); two runs into one folder at once divide the images, each computed once; an image another
   live run claimed or wrote meanwhile is reported as left to it (not a failure).
 - **Memory guard.** Before an image is read in full, its peak memory is estimated from its output size
-  (:mod:`sr.memory`); an image whose estimate exceeds the available memory or ``max_memory`` is skipped with one
-  line that says how much it needs and which settings lower the estimate, by how much (``sr.memory.memory_levers``).
+  (:mod:`sr.commands.memory`); an image whose estimate exceeds the available memory or ``max_memory`` is skipped with one
+  line that says how much it needs and which settings lower the estimate, by how much (``sr.commands.memory.memory_levers``).
 - **Provenance.** ``<output>/upscale_config.yaml`` is the resolved config and git revision of the run that wrote the
   most recent outputs, with the names it wrote; a run that writes nothing leaves the folder's config alone. The
   config of an earlier (or concurrent) run that wrote outputs is kept as ``upscale_config-<n>.yaml``, one per run.
@@ -43,11 +43,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from sr.commands.fingerprint import differences, sampling_components
 from sr.errors import ConfigError, describe, traceback_wanted
-from sr.fingerprint import differences, sampling_components
 from sr.io import ImageReadError, holding_claim, image_size, read_image, release_claim, remove_stale_temporaries, \
     scan_images, try_claim, write_bytes_atomic, write_image
-from sr.memory import available_memory, estimate_upscale_peak, format_bytes, memory_levers
+from sr.commands.memory import available_memory, estimate_upscale_peak, format_bytes, memory_levers
 from sr.pipelines import SamplingSettings, StableSRPipeline, use_scheduler
 from sr.utils.provenance import git_revision
 from sr.validation import parse_memory, validate_upscale

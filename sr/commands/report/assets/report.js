@@ -1,4 +1,4 @@
-// The report page's behaviour (sr/report/html.py): a sortable table and the comparison views. Vanilla JS, no network.
+// The report page's behaviour (sr/commands/report/html.py): a sortable table and the comparison views. Vanilla JS, no network.
 "use strict";
 
 // Table: a header click sorts the rows by that column (numbers by value, before text; empty cells last); a second

@@ -1,14 +1,14 @@
-"""``python -m sr.app``: a local web demo (Gradio, the ``[app]`` extra) that upscales one uploaded image.
+"""``python -m sr.commands.app``: a local web demo (Gradio, the ``[app]`` extra) that upscales one uploaded image.
 
-    python -m sr.app [--model stablesr_tiny | <preset> | <pipeline folder>] [--host 127.0.0.1] [--port 7860]
+    python -m sr.commands.app [--model stablesr_tiny | <preset> | <pipeline folder>] [--host 127.0.0.1] [--port 7860]
                      [--max-memory 12GB] [--device cpu]
 
 The page takes an image and the settings of ``upscale.py`` (scale, w, steps, seed, colour fix, latent tile size and
 overlap), shows the result beside the input on a before/after slider (the input enlarged nearest-neighbour) with a
 progress bar over the sampling steps, and offers the PNG for download. Each request is the ``upscale.py`` run with
 the same settings: its config is composed from ``conf/upscale.yaml`` with the same overrides, validated by
-``sr.validation``, checked by the memory guard and sampled and written by ``sr.upscale_folder`` (the model is built
-once, at start), so the PNG is byte-identical to ``python upscale.py model=<preset> input=<image> ...``.
+``sr.validation``, checked by the memory guard and sampled and written by ``sr.commands.upscale_folder`` (the model is
+built once, at start), so the PNG is byte-identical to ``python upscale.py model=<preset> input=<image> ...``.
 
 One job runs at a time; further requests wait in the queue. A file that is not a readable image, settings out of
 range and an image whose estimated peak memory exceeds what is available (or ``--max-memory``) each give their one
@@ -22,7 +22,7 @@ from sr.errors import one_line_errors
 from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
-    with one_line_errors("sr.app"):
+    with one_line_errors("sr.commands.app"):
         configure_cpu(reproducible_requested())  # STABLESR_REPRODUCIBLE: the mode of upscale.py, so the same bytes
 
 import argparse
@@ -35,12 +35,12 @@ import gradio as gr
 from hydra.utils import instantiate
 from PIL import Image
 
-from sr.config import compose
+from sr.commands.config import compose
+from sr.commands.upscale_folder import bind_upscale, memory_problem, output_path, upscale_file
 from sr.errors import ConfigError, describe
 from sr.io import ImageReadError
 from sr.pipelines import StableSRPipeline
 from sr.sampling.settings import COLOR_FIXES
-from sr.upscale_folder import bind_upscale, memory_problem, output_path, upscale_file
 from sr.validation import parse_memory, validate_upscale
 
 DEFAULT_MODEL = "stablesr_tiny"
@@ -168,7 +168,7 @@ def build_demo(upscaler: Upscaler) -> gr.Blocks:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sr.app", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sr.commands.app", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model preset or pipeline folder (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-memory", help="refuse images whose estimated peak memory exceeds this (e.g. 12GB)")
     args = parser.parse_args(argv)
     # the outputs of the server's lifetime, removed when it stops
-    with tempfile.TemporaryDirectory(prefix="sr-app-") as work_dir, one_line_errors("sr.app"):
+    with tempfile.TemporaryDirectory(prefix="sr-app-") as work_dir, one_line_errors("sr.commands.app"):
         demo = build_demo(Upscaler(args.model, Path(work_dir), args.device, args.max_memory))
         demo.queue(default_concurrency_limit=1)   # one job at a time; the others wait their turn
         demo.launch(server_name=args.host, server_port=args.port, allowed_paths=[work_dir], show_error=True,

@@ -24,9 +24,9 @@ a fresh process above the RSS before the call, as ``benchmarks/sampling.py --mem
 upscales to 256^2 / 512^2 / 1024^2 took 63-97 / 242 / 810 MB with the default untiled VAE (estimates 133 / 305 /
 991 MB) and 97 / 472 / 828 MB with 256 px VAE tiles in estimate mode (estimates 133 / 380 / 1066 MB: the 512^2
 tiled case is the one the formula underestimates, by 20%). ``tests/test_faults.py`` measures the default 512^2 case
-again and checks ``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.upscale_folder`` skips an
-image whose estimate exceeds :func:`available_memory` or ``max_memory``, naming the settings that lower the estimate
-(:func:`memory_levers`).
+again and checks ``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.commands.upscale_folder``
+skips an image whose estimate exceeds :func:`available_memory` or ``max_memory``, naming the settings that lower the
+estimate (:func:`memory_levers`).
 """
 
 import os

@@ -1,7 +1,7 @@
 """Machine-independent text for reports: paths, commands and messages without this machine's absolute paths.
 
 A committed report must read the same whoever builds it, so every path it shows goes through :func:`display_path`:
-below the project root (``sr.config.find_project_root()``) it is shown relative to the root, elsewhere as
+below the project root (``sr.commands.config.find_project_root()``) it is shown relative to the root, elsewhere as
 ``<outside>/<name>`` (the folder holding it is this machine's business). Free text (error messages, n/a reasons)
 has each absolute path inside it replaced the same way (:func:`portable_text`); commands also show ``python`` for
 the interpreter's path (:func:`portable_command`).
@@ -11,7 +11,7 @@ import re
 import shlex
 from pathlib import Path
 
-from sr.config import find_project_root
+from sr.commands.config import find_project_root
 
 OUTSIDE = "<outside>"
 # An absolute POSIX path inside free text: a "/" that does not continue a word, a relative path, a URL ("://") or

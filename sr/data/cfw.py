@@ -5,7 +5,7 @@
     <root>/latents/<id>.npy   scaled stage-1 sample latent [1,4,h,w] -> "latent" [4, h, w]
     <root>/samples/<id>.png   plain-decoder preview (not used for training)
 
-An id is part of the set when its input, GT and latent all exist (what ``sr.cfw.generate`` writes last-to-first
+An id is part of the set when its input, GT and latent all exist (what ``sr.commands.cfw_generate`` writes last-to-first
 guarantees that a finished id has all four files).
 """
 
@@ -43,7 +43,7 @@ class GeneratedCFWDataset(Dataset):
         self.root = Path(root)
         latents = self.root / "latents"
         if not latents.is_dir():
-            raise FileNotFoundError(f"{latents}: no latents/ folder; generate the set with `python -m sr.cfw.generate`")
+            raise FileNotFoundError(f"{latents}: no latents/ folder; generate the set with `python -m sr.commands.cfw_generate`")
         self.ids = sorted(
             path.stem for path in latents.glob("*.npy")
             if all(sample_files(self.root, path.stem)[folder].is_file() for folder in ("inputs", "gts"))

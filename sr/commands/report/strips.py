@@ -5,9 +5,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from sr.commands.report.plots import REFERENCE, figure_png, report_style
+from sr.commands.report.runs import METHOD, Run, sort_key
 from sr.io import IMAGE_SUFFIXES, read_image
-from sr.report.plots import REFERENCE, figure_png, report_style
-from sr.report.runs import METHOD, Run, sort_key
 
 
 def find_image(folder: Path | None, name: str) -> Path | None:

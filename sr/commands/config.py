@@ -13,12 +13,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from sr import launcher
-from sr.utils.launch import run_stamp
+from sr.commands import launch
+from sr.commands.launch import run_stamp
 
-CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Model folders shipped inside the package (``${released:<name>}`` in a model preset): the released tiny StableSR.
-RELEASED_DIR = Path(__file__).resolve().parent / "released"
+RELEASED_DIR = Path(__file__).resolve().parents[1] / "released"
 PROJECT_ROOT_ENV = "PROJECT_ROOT"
 
 
@@ -27,7 +27,7 @@ def find_project_root() -> Path:
     beside ``sr/``); else, for an installed ``sr``, the current directory. ``runs/`` and ``data/`` live below it."""
     if os.environ.get(PROJECT_ROOT_ENV):
         return Path(os.environ[PROJECT_ROOT_ENV])
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file():
         return checkout
     return Path.cwd()
@@ -50,9 +50,9 @@ def wandb_default_mode() -> str:
 def register_resolvers() -> None:
     """What the YAML files' interpolations need (idempotent): ``$PROJECT_ROOT`` for ``${oc.env:PROJECT_ROOT}``
     (found once, see :func:`find_project_root`), ``${wandb_mode:}``, ``${run_stamp:<log dir>,<parent>}`` (the claimed
-    time stamp of a run dir, the same on every rank: ``sr.utils.launch``) and the SLURM job sizes of
-    ``conf/hydra/launcher/slurm.yaml`` (``sr.launcher``) and ``${released:<name>}``, the folder of a model shipped
-    in the package (:data:`RELEASED_DIR`); and the sampling settings' schema as Hydra configs
+    time stamp of a run dir, the same on every rank: ``sr.commands.launch``) and the SLURM job sizes of
+    ``conf/hydra/launcher/slurm.yaml`` (``sr.commands.launch``) and ``${released:<name>}``, the folder of a model
+    shipped in the package (:data:`RELEASED_DIR`); and the sampling settings' schema as Hydra configs
     (``sr.sampling.settings.register_configs``: the ``sampling`` group, the presets' ``sampling`` blocks).
 
     ``run_stamp`` is cached like Hydra's ``now``: one value per process, copied into every job of a sweep.
@@ -60,8 +60,8 @@ def register_resolvers() -> None:
     os.environ[PROJECT_ROOT_ENV] = str(find_project_root())
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
-    for name, function in (("slurm_tasks_per_node", launcher.tasks_per_node),
-                           ("slurm_gpus_per_node", launcher.gpus_per_node), ("slurm_mem_gb", launcher.mem_gb_per_node)):
+    for name, function in (("slurm_tasks_per_node", launch.tasks_per_node),
+                           ("slurm_gpus_per_node", launch.gpus_per_node), ("slurm_mem_gb", launch.mem_gb_per_node)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
     if not OmegaConf.has_resolver("released"):

@@ -1,10 +1,10 @@
 """One run's result file: write ``<run_dir>/scores.json``, read it back, and collect every run below a sweep.
 
-``scores.json`` holds ``SCORES_KEYS``; ``fingerprints`` (``{"images", "scores"}``, see ``sr.fingerprint``) says which
-settings produced the images and the scores. ``baselines`` holds ``{name: {"settings", "per_image", "aggregate",
+``scores.json`` holds ``SCORES_KEYS``; ``fingerprints`` (``{"images", "scores"}``, see ``sr.commands.fingerprint``) says
+which settings produced the images and the scores. ``baselines`` holds ``{name: {"settings", "per_image", "aggregate",
 "fingerprint"}}`` for each no-diffusion baseline the run scored beside its own images (``bicubic``, ``lr_latent``:
-``sr.evaluation``), images in ``<run_dir>/baselines/<name>/``; ``fingerprint`` identifies the baseline's scores, so
-runs sharing a baseline's settings share its row in a report (:func:`table_rows`). ``git_modified`` lists the
+``sr.commands.evaluation``), images in ``<run_dir>/baselines/<name>/``; ``fingerprint`` identifies the baseline's
+scores, so runs sharing a baseline's settings share its row in a report (:func:`table_rows`). ``git_modified`` lists the
 tracked files that differed from ``git_revision`` when the run was scored.
 """
 
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr.fingerprint import BASELINE_COMPONENTS, FINGERPRINT_FILE
+from sr.commands.fingerprint import BASELINE_COMPONENTS, FINGERPRINT_FILE
 from sr.io import write_bytes_atomic
 from sr.utils.provenance import command_line, git_state
 

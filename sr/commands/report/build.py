@@ -4,12 +4,12 @@ compare/ images."""
 from collections.abc import Sequence
 from pathlib import Path
 
+from sr.commands.report.html import COMPARE_DIR, PAGE, browser_image, comparison_candidates, render_html
+from sr.commands.report.plots import PLOT_AXES, plot_metric
+from sr.commands.report.runs import METHOD, Run, collect_sweep, table_rows
+from sr.commands.report.strips import comparison_strip
+from sr.commands.report.table import metric_columns, render_csv, render_markdown
 from sr.io import write_bytes_atomic
-from sr.report.html import COMPARE_DIR, PAGE, browser_image, comparison_candidates, render_html
-from sr.report.plots import PLOT_AXES, plot_metric
-from sr.report.runs import METHOD, Run, collect_sweep, table_rows
-from sr.report.strips import comparison_strip
-from sr.report.table import metric_columns, render_csv, render_markdown
 
 
 def build_report(
@@ -22,7 +22,7 @@ def build_report(
     overwrite: bool = False,
     timings: bool = False,
 ) -> dict[str, list[Path]]:
-    """Write table.md, table.csv, plots/*.png, strips/*.png and index.html (``sr.report.html``) with its compared
+    """Write table.md, table.csv, plots/*.png, strips/*.png and index.html (``sr.commands.report.html``) with its compared
     images under compare/ for the sweep; returns the written paths by kind. The first ``strip_images`` images (by
     name) get a strip and a comparison view.
 

@@ -1,6 +1,6 @@
 """Preview a degradation pipeline: a PNG grid of ``n`` LR samples of one HR image (one seeded generator).
 
-    python -m sr.data.preview degradation=realesrgan [image=... n=16 seed=0 out=... overwrite=true]
+    python -m sr.commands.preview degradation=realesrgan [image=... n=16 seed=0 out=... overwrite=true]
 
 Each sample is degraded separately (batch of one) so that per-batch choices vary across the grid; LR samples are
 shown nearest-neighbour upsampled by ``ceil(scale)`` so that pixels stay visible.
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid
 from tqdm import tqdm
 
-from sr.config import CONFIG_DIR
+from sr.commands.config import CONFIG_DIR
 from sr.data.degradations import DegradationPipeline
 from sr.errors import ConfigError, one_line_errors
 from sr.io import read_image, write_image
@@ -35,7 +35,7 @@ def degradation_grid(pipeline: DegradationPipeline, hr: torch.Tensor, count: int
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="preview")
 def main(cfg: DictConfig) -> None:
-    with one_line_errors("sr.data.preview", cfg.get("debug", False)):
+    with one_line_errors("sr.commands.preview", cfg.get("debug", False)):
         if not isinstance(cfg.n, int) or cfg.n < 1:
             raise ConfigError(f"n={cfg.n!r}: must be an integer >= 1")
         image = read_image(cfg.image).rgb

@@ -1,4 +1,4 @@
-"""Weights & Biases identity of a training run: one W&B run per job (the eval table: ``sr.report.wandb_log``).
+"""Weights & Biases identity of a training run: one W&B run per job (the eval table: ``sr.commands.report.wandb_log``).
 
 Training (``logger=wandb``): :func:`wandb_run_identity` names each job's W&B run from its Hydra overrides, groups the
 jobs of one sweep, and derives the run id from the run dir, so that every sweep job gets its own W&B run (also

@@ -15,9 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from sr.commands.report.runs import METHOD, Run
+from sr.commands.report.table import display_setting, setting_columns
 from sr.metrics.registry import LOWER_IS_BETTER
-from sr.report.runs import METHOD, Run
-from sr.report.table import display_setting, setting_columns
 
 PLOT_AXES = ("w", "tile.overlap", "num_inference_steps")
 LOG_AXES = ("num_inference_steps",)   # drawn on a log scale (5 ... 200)

@@ -1,6 +1,6 @@
 """Turn the released StableSR checkpoints into this project's model folder (docs/method.md#components, docs/method.md#text-conditioning, docs/method.md#cfw, docs/method.md#checkpoints).
 
-    python -m sr.convert stablesr --ckpt stablesr_000117.ckpt --vqgan vqgan_cfw_00011.ckpt --variant 512 --out FOLDER
+    python -m sr.commands.convert stablesr --ckpt stablesr_000117.ckpt --vqgan vqgan_cfw_00011.ckpt --variant 512 --out FOLDER
 
 Every tensor of the source files goes to exactly one place, or is dropped by one of these documented rules:
 
@@ -61,7 +61,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from sr.config import compose
+from sr.commands.config import compose
 from sr.errors import one_line_errors
 from sr.models.cfw import CFW
 from sr.models.encoder import TimeAwareEncoder
@@ -584,7 +584,7 @@ def convert_stablesr(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sr.convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sr.commands.convert", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     stablesr = commands.add_parser("stablesr", help="released stablesr_*.ckpt (+ vqgan_cfw_*.ckpt) -> model folder")
     stablesr.add_argument(
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.warn(
             f"{args.ckpt}: the file name suggests --variant {guessed}, converting as {args.variant}", stacklevel=1
         )
-    with one_line_errors("sr.convert", args.debug, debug_flag="--debug"):
+    with one_line_errors("sr.commands.convert", args.debug, debug_flag="--debug"):
         for checkpoint in (args.ckpt, args.vqgan):  # before any work starts: empty, truncated, foreign files
             if checkpoint is not None:
                 check_checkpoint_file(checkpoint)

@@ -1,15 +1,15 @@
 """The sweep table as markdown (``table.md``, for people) and CSV (``table.csv``, for machines).
 
-Rows (:func:`sr.report.runs.table_rows`): each distinct baseline once (``bicubic`` first, then ``lr_latent``), then
-one per run (``stablesr``). Columns: ``method``, the settings, the metrics, ``images``, ``status``; the seconds per
+Rows (:func:`sr.commands.report.runs.table_rows`): each distinct baseline once (``bicubic`` first, then ``lr_latent``),
+then one per run (``stablesr``). Columns: ``method``, the settings, the metrics, ``images``, ``status``; the seconds per
 image only when asked for (``timings``): they depend on the machine, so a committed table leaves them out and two
 builds from the same runs are byte-identical.
 
 In ``table.md``, a column whose value is the same on every row moves to one "Fixed settings" line above the table
 (cells of a setting a row does not have, such as ``num_inference_steps`` on a baseline, shown ``–``, do not count); ``method`` and
 the metrics always stay. A metric that is n/a shows ``n/a¹`` and its reason once, as a footnote below the table.
-Every path, command and message is shown by :mod:`sr.report.portable` (no absolute path of this machine), and the
-git revisions name the modified tracked files when a tree was dirty. ``table.csv`` keeps every column.
+Every path, command and message is shown by :mod:`sr.commands.report.portable` (no absolute path of this machine), and
+the git revisions name the modified tracked files when a tree was dirty. ``table.csv`` keeps every column.
 """
 
 import csv
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sr.commands.report.portable import display_path, portable_command, portable_text
+from sr.commands.report.runs import LEADING_SETTINGS, METHOD, Run, status_counts
 from sr.metrics.registry import LOWER_IS_BETTER, METRIC_NAMES
-from sr.report.portable import display_path, portable_command, portable_text
-from sr.report.runs import LEADING_SETTINGS, METHOD, Run, status_counts
 from sr.utils.provenance import command_line, git_state
 
 METRIC_DECIMALS = {"psnr": 2, "psnr_y": 2, "psnr_ycbcr": 2, "fid": 2, "fid_patch": 2, "musiq": 2, "niqe": 3}
@@ -176,7 +176,7 @@ def footnote_marker(index: int) -> str:
 
 def render_markdown(name: str, sweep_dir: Path, runs: Sequence[Run], rows: Sequence[Run], out_dir: Path,
                     timings: bool = False) -> str:
-    """``table.md`` of ``rows`` (:func:`sr.report.runs.table_rows` of ``runs``; module docstring)."""
+    """``table.md`` of ``rows`` (:func:`sr.commands.report.runs.table_rows` of ``runs``; module docstring)."""
     layout = table_layout(rows, timings)
     report_git = git_state(ignore=(out_dir,))
     commands = sorted({portable_command(run.record["command"]) for run in runs if run.record["command"]})

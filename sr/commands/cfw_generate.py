@@ -1,4 +1,4 @@
-"""Generate CFW training data with the finetuned stage-1 model (docs/method.md#cfw-data): ``python -m sr.cfw.generate [overrides]``.
+"""Generate CFW training data with the finetuned stage-1 model (docs/method.md#cfw-data): ``python -m sr.commands.cfw_generate [overrides]``.
 
 Per sample id ``i`` (``i = 0 .. num_samples-1``, this shard's ids are ``i % num_shards == shard``)::
 
@@ -21,7 +21,7 @@ from sr.errors import one_line_errors
 from sr.reproducibility import configure_cpu, reproducible_requested
 
 if __name__ == "__main__":  # before the imports below: importing the models runs tensor operations
-    with one_line_errors("sr.cfw.generate"):
+    with one_line_errors("sr.commands.cfw_generate"):
         configure_cpu(reproducible_requested(sys.argv[1:]))  # the CPU mode (sr/reproducibility.py)
 
 import logging
@@ -36,13 +36,13 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from sr.cfw.dataset import sample_files
+from sr.commands.config import CONFIG_DIR, register_resolvers
+from sr.data.cfw import sample_files
 from sr.data.datasets import HRImageDataset
-from sr.io import write_bytes_atomic, write_image
-from sr.config import CONFIG_DIR, register_resolvers
 from sr.errors import ConfigError
-from sr.validation import device_problem
+from sr.io import write_bytes_atomic, write_image
 from sr.pipelines import StableSRPipeline, use_scheduler
+from sr.validation import device_problem
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def build_generator(cfg: DictConfig) -> CFWDataGenerator:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="cfw_generate")
 def main(cfg: DictConfig) -> None:
-    with one_line_errors("sr.cfw.generate", cfg.get("debug", False)):
+    with one_line_errors("sr.commands.cfw_generate", cfg.get("debug", False)):
         if cfg.seed is None:
             raise ConfigError("seed must be set (every sample is seeded from it)")
         if problem := device_problem(cfg.device, allow_auto=True):  # auto: build_generator resolves it
