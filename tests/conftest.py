@@ -21,6 +21,9 @@ from sr.reproducibility import configure_cpu  # noqa: E402
 
 configure_cpu(reproducible=True)
 
+# Lightning gives its loggers a StreamHandler on the sys.stderr of its first import: imported here, that is the
+# session's stream, not one test's capsys/capfd stream, closed after that test ("--- Logging error ---" later on).
+import lightning  # noqa: E402, F401
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

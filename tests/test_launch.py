@@ -113,7 +113,7 @@ def test_a_failed_job_records_its_one_line_error_and_a_requeue_passes():
     assert isinstance(failure, JobFailed) and str(failure) == "module.lr='abc': must be a number"
     assert str(job_failure(SystemExit(3))) == "exited with status 3"
     assert job_failure(SystemExit(-1)) is None  # submitit requeued the job: no result now
-    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nsr.launcher.JobFailed: no prior at /p\n'
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nsr.commands.launch.JobFailed: no prior at /p\n'
     assert failure_message(trace) == "no prior at /p"
     assert failure_message("Traceback ...\nRuntimeError: boom\n\n") == "RuntimeError: boom"
 

@@ -118,11 +118,12 @@ def test_the_mode_is_part_of_the_generation_fingerprint_and_of_the_report(monkey
     from sr.commands.config import compose
     from sr.commands.fingerprint import fingerprint, generation_components
     from sr.commands.report.table import mode_text, setting_columns
+    from sr.sampling.settings import resolved_settings
 
     cfg = compose("eval", ["model=tiny"])
-    reproducible = fingerprint(generation_components(cfg, cfg.model, 16, 8))
+    reproducible = fingerprint(generation_components(cfg, cfg.model, resolved_settings(cfg)))
     monkeypatch.setattr(sr.commands.fingerprint, "reproducible_active", lambda: False)
-    assert fingerprint(generation_components(cfg, cfg.model, 16, 8)) != reproducible
+    assert fingerprint(generation_components(cfg, cfg.model, resolved_settings(cfg))) != reproducible
 
     def run(mode):
         return SimpleNamespace(settings={"w": 0.5, "reproducible": mode})
