@@ -1,5 +1,6 @@
 """Test-session environment: offline, quiet, and nothing written outside temporary folders."""
 
+import logging
 import os
 import tempfile
 
@@ -38,6 +39,23 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """Every logger as before the test. An in-process Hydra run (``eval.main()`` in a test) configures logging with
+    handlers on that test's captured stdout; left in place, a later test's log calls write to a closed file."""
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    saved = {logger: (list(logger.handlers), logger.level, logger.disabled, logger.propagate) for logger in loggers}
+    yield
+    for logger in [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]:
+        handlers, level, disabled, propagate = saved.get(logger, ([], logging.NOTSET, False, True))
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.disabled, logger.propagate = disabled, propagate
 
 
 @pytest.fixture(scope="session")
