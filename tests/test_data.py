@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from sr.compat.basicsr import USMSharp
+from sr.data.augment import colour_jitter, hue_rotation_matrix
 from sr.data.datamodule import EpochSeededSampler, SRDataModule
 from sr.data.datasets import HRImageDataset, PairedImageDataset, pad_to_min_size
 from sr.data.degradations import DegradationPipeline
@@ -53,6 +54,39 @@ def test_crops_have_crop_size_and_are_reproducible(tmp_path):
         assert 0 <= item["gt"].min() and item["gt"].max() <= 1
         assert torch.equal(item["gt"], dataset[(index, 11)]["gt"])
     assert not all(torch.equal(dataset[(0, s)]["gt"], dataset[(0, 11)]["gt"]) for s in range(12, 20))
+
+
+def test_hue_rotation_by_a_third_turn_permutes_the_channels_and_keeps_grey_and_intensity():
+    """120 degrees about the grey axis maps R -> G -> B -> R (an oracle independent of Rodrigues' formula)."""
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    rotated = torch.einsum("ij,jhw->ihw", hue_rotation_matrix(2 * np.pi / 3), image)
+    torch.testing.assert_close(rotated, image[[2, 0, 1]], rtol=0, atol=1e-6)
+    angle = 0.7
+    rotation = hue_rotation_matrix(angle)
+    torch.testing.assert_close(rotation @ rotation.T, torch.eye(3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(rotation @ torch.ones(3), torch.ones(3), rtol=0, atol=1e-6)
+
+
+def test_colour_jitter_keeps_grey_grey_is_seeded_and_changes_colour():
+    grey = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(1)).expand(3, -1, -1)
+    jittered = colour_jitter(grey, np.random.default_rng(5))
+    torch.testing.assert_close(jittered[0], jittered[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(jittered[1], jittered[2], rtol=0, atol=1e-6)
+    red = torch.zeros(3, 4, 4)
+    red[0] = 0.8
+    outputs = [colour_jitter(red, np.random.default_rng(seed)) for seed in range(8)]
+    assert torch.equal(outputs[3], colour_jitter(red, np.random.default_rng(3)))
+    dominant = {int(output.mean(dim=(1, 2)).argmax()) for output in outputs}
+    assert dominant == {0, 1, 2}  # hues all round the circle: red also becomes green- and blue-dominant
+    assert all(0 <= float(output.min()) and float(output.max()) <= 1 for output in outputs)
+
+
+def test_colour_jitter_option_of_the_training_crops(tmp_path):
+    write_png(tmp_path / "a.png", 40, 40)
+    plain = HRImageDataset([str(tmp_path)], crop_size=32, seed=3)
+    jittered = HRImageDataset([str(tmp_path)], crop_size=32, seed=3, use_colour_jitter=True)
+    assert not torch.equal(plain[(0, 4)]["gt"], jittered[(0, 4)]["gt"])
+    assert torch.equal(jittered[(0, 4)]["gt"], jittered[(0, 4)]["gt"])
 
 
 def test_small_image_is_reflect_padded(tmp_path):

@@ -45,6 +45,8 @@ def test_recipe_trains_every_stage_and_packages_a_loadable_release(tmp_path, cap
     assert len(release["training_photos"]) == len(list((ROOT / "data/samples/train").glob("*.png")))
     assert str(ROOT) not in (out / RELEASE_FILE).read_text()
     assert all(file.endswith(".safetensors") for file in release["files"])
+    assert set(release["wall_seconds"]) == {"prior", "stage1", "cfw_data", "cfw"}
+    assert all(seconds > 0 for seconds in release["wall_seconds"].values())
 
     capsys.readouterr()
     run_chain(release_steps(runs, out, overrides=SMOKE), set(), "test")  # a rerun skips every finished step

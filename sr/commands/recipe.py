@@ -39,6 +39,9 @@ RELEASE_FILE = "release.json"
 CFW_DATA = {"num_samples": 128, "crop_size": 128, "steps": 20, "seed": 10000}
 # Losses reported in release.json: the mean of the last LOSS_WINDOW logged values of each loss column.
 LOSS_WINDOW = 5
+# Each command step's wall time in seconds, summed over its attempts (a resumed step adds to it), by step name, in
+# the parent folder of the run dirs.
+WALL_TIME_FILE = "recipe_wall_seconds.json"
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,25 @@ def run_step(step: Step, force: bool, log_prefix: str) -> None:
     missing = [str(path) for path in step.outputs if not path.exists()]
     if missing:
         sys.exit(f"[{log_prefix}] {step.name} finished but did not write {', '.join(missing)}")
-    print(f"[{log_prefix}] {step.name}: done in {time.monotonic() - started:.0f} s; run dir {step.run_dir}")
+    seconds = time.monotonic() - started
+    if step.action is None:
+        add_wall_time(step.run_dir.parent, step.name, seconds)
+    print(f"[{log_prefix}] {step.name}: done in {seconds:.0f} s; run dir {step.run_dir}")
+
+
+def add_wall_time(runs: Path, name: str, seconds: float) -> None:
+    """Add ``seconds`` to step ``name``'s wall time in ``runs`` / :data:`WALL_TIME_FILE`."""
+    from sr.io import write_bytes_atomic
+
+    times = wall_times(runs)
+    times[name] = round(times.get(name, 0.0) + seconds, 1)
+    write_bytes_atomic(runs / WALL_TIME_FILE, json.dumps(times, indent=2).encode(), overwrite=True)
+
+
+def wall_times(runs: Path) -> dict[str, float]:
+    """The recorded wall time of each step run under ``runs`` (empty when none)."""
+    path = runs / WALL_TIME_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def run_chain(steps: list[Step], force: set[str], log_prefix: str) -> None:
@@ -185,6 +206,7 @@ def package(runs: Path, out: Path, cfw_data_settings: dict, overwrite: bool = Fa
             name: {**_provenance(runs / name), "final_losses": final_losses(runs / name)}
             for name in ("prior", "stage1", "cfw")
         },
+        "wall_seconds": wall_times(runs),
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                        for name in ("unet", "vae", "time_aware_encoder", "sft", "cfw")},
         "files": {str(path.relative_to(out)): sha256(path) for path in sorted(out.rglob("*.safetensors"))},

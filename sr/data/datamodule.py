@@ -135,6 +135,7 @@ class SRDataModule(L.LightningDataModule):
         use_rot: bool = False,
         min_file_bytes: int = 0,
         val_batch_size: int = 1,
+        use_colour_jitter: bool = False,
     ):
         super().__init__()
         self.train_dirs = [train_dirs] if isinstance(train_dirs, str) else list(train_dirs)
@@ -146,7 +147,7 @@ class SRDataModule(L.LightningDataModule):
         self.seed = seed
         self.val_lr_dir, self.val_hr_dir = val_lr_dir, val_hr_dir
         self.upsample_lq = upsample_lq
-        self.use_hflip, self.use_rot = use_hflip, use_rot
+        self.use_hflip, self.use_rot, self.use_colour_jitter = use_hflip, use_rot, use_colour_jitter
         self.min_file_bytes = min_file_bytes
         self.val_batch_size = val_batch_size
         self.pool = TrainingPairPool(pool_size, batch_size)
@@ -162,7 +163,7 @@ class SRDataModule(L.LightningDataModule):
         if self.train_dataset is None:
             self.train_dataset = HRImageDataset(
                 self.train_dirs, self.crop_size, self.meta_info, self.use_hflip, self.use_rot, self.min_file_bytes,
-                self.seed,
+                self.seed, self.use_colour_jitter,
             )
             self._rank, world_size = rank_and_world_size()
             self.sampler = EpochSeededSampler(len(self.train_dataset), self.seed, rank=self._rank,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sr.data.augment import colour_jitter
 from sr.io import ImageReadError, list_images, read_image
 
 
@@ -48,10 +49,12 @@ def pad_to_min_size(image: torch.Tensor, min_size: int) -> torch.Tensor:
 
 
 def random_crop_augment(
-    image: torch.Tensor, crop_size: int, rng: np.random.Generator, use_hflip: bool, use_rot: bool
+    image: torch.Tensor, crop_size: int, rng: np.random.Generator, use_hflip: bool, use_rot: bool,
+    use_colour_jitter: bool = False,
 ) -> torch.Tensor:
     """Pad (see :func:`pad_to_min_size`), crop a random ``crop_size``² window of a ``[C, H, W]`` image, flip/rotate
-    as in basicsr ``augment``."""
+    as in basicsr ``augment``, then (``use_colour_jitter``) a random hue/saturation/brightness
+    (:func:`sr.data.augment.colour_jitter`)."""
     image = pad_to_min_size(image, crop_size)
     top = int(rng.integers(0, image.shape[-2] - crop_size + 1))
     left = int(rng.integers(0, image.shape[-1] - crop_size + 1))
@@ -63,6 +66,8 @@ def random_crop_augment(
             image = image.flip(-2)
         if rng.uniform() < 0.5:
             image = image.transpose(-2, -1)
+    if use_colour_jitter:
+        image = colour_jitter(image, rng)
     return image.contiguous()
 
 
@@ -85,6 +90,7 @@ class HRImageDataset(Dataset):
         use_rot: bool = False,
         min_file_bytes: int = 0,
         seed: int = 0,
+        use_colour_jitter: bool = False,
     ):
         if isinstance(roots, str):
             roots = [roots]
@@ -99,6 +105,7 @@ class HRImageDataset(Dataset):
         self.crop_size = crop_size
         self.use_hflip = use_hflip
         self.use_rot = use_rot
+        self.use_colour_jitter = use_colour_jitter
         self.seed = seed
         self.bad_files: set[str] = set()
 
@@ -118,7 +125,8 @@ class HRImageDataset(Dataset):
                 self.bad_files.add(str(path))
                 warnings.warn(f"{error}; unreadable image skipped ({len(self.bad_files)} bad so far)", stacklevel=2)
                 continue
-            crop = random_crop_augment(image, self.crop_size, rng, self.use_hflip, self.use_rot)
+            crop = random_crop_augment(image, self.crop_size, rng, self.use_hflip, self.use_rot,
+                                       self.use_colour_jitter)
             return {"gt": crop, "path": str(path)}
         raise RuntimeError(f"none of the {len(self.paths)} training images can be read")
 
