@@ -201,6 +201,23 @@ def test_interrupted_run_resumes_without_resampling_present_images(sweep, test_s
     assert len(sampled) == 1
 
 
+def test_the_released_model_is_the_default_and_random_weights_are_named_once(test_set, tmp_path, monkeypatch,
+                                                                             capsys):
+    default = compose("eval", [])
+    assert default.model.name == "stablesr_tiny" and default.experiment_name == "stablesr_tiny"
+    assert OmegaConf.to_container(default.model, resolve=True) == \
+        OmegaConf.to_container(compose("eval", ["model=stablesr_tiny"]).model, resolve=True)
+    one_run = ["num_inference_steps=1", "tile.size=16", "progress=false", "metrics=[psnr_y]", "baselines=[]",
+               "report=false", *data_overrides(test_set)]
+    for model in ("tiny", "stablesr_tiny"):
+        monkeypatch.setattr(sr.commands.evaluation, "_model_cache", {})   # built here, not reused from another test
+        assert run_eval(monkeypatch, f"model={model}", *one_run, f"hydra.run.dir={tmp_path / model}") == 0
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]
+        assert warnings == ([("warning: model=tiny has random weights (model.pretrained is null): the output is noise; "
+                              "use model=stablesr_tiny (the released tiny model) or a trained model")]
+                            if model == "tiny" else [])
+
+
 def cubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> np.ndarray:
     """``[size_out, size_in]`` weights of Keys' cubic convolution (a = -0.75) with half-pixel centres and the edge
     pixels repeated: the bicubic upscale written out in numpy."""
