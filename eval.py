@@ -2,7 +2,7 @@
 
     python eval.py model=sd21_base ckpt=<stage1.safetensors> cfw_ckpt=<cfw.safetensors> data=realsr w=0.5 \
         tile.overlap=32
-    python eval.py -m model=tiny data=samples_heldout w=0,0.25,0.5,0.75,1 tile.overlap=0,16,32,48 \
+    python eval.py -m model=stablesr_tiny data=samples_heldout w=0,0.25,0.5,0.75,1 tile.overlap=0,16,32,48 \
         [hydra/launcher=slurm] [report_dir=experiments/<name>]
     python eval.py rescore=true hydra.run.dir=<run dir> [metrics=[psnr_y,ssim_y,lpips_alex]]
 

@@ -1,6 +1,6 @@
 """Upscale an image or a folder of images with a StableSR model (config: conf/upscale.yaml, logic: sr/commands/upscale_folder.py).
 
-    python upscale.py input=<image or folder> output=<folder> model=tiny scale=4 num_inference_steps=200 w=0.5 \
+    python upscale.py input=<image or folder> output=<folder> model=stablesr_tiny scale=4 num_inference_steps=200 w=0.5 \
         color_fix=adain tile.size=64 tile.overlap=32 tile.batch_size=4 seed=42 scheduler=ddpm [overwrite=true] \
         [format=input] [max_memory=12GB] [debug=true]
 

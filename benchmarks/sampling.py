@@ -36,7 +36,7 @@ from sr.sampling import TileFusion, denoise  # noqa: E402
 
 def load(overrides: list[str]):
     """(run config, pipeline sampling with the config's scheduler) of ``conf/upscale.yaml`` + ``overrides``."""
-    cfg = compose("upscale", ["input=unset", "output=unset", "progress=false", *overrides])
+    cfg = compose("upscale", ["input=unset", "output=unset", "model=tiny", "progress=false", *overrides])
     pipe = use_scheduler(instantiate(cfg.model), instantiate(cfg.scheduler))
     pipe.set_progress_bar_config(disable=True)
     return cfg, pipe

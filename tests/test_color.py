@@ -1,10 +1,18 @@
-"""Colour correction against an independent numpy computation (index clipping instead of padding + conv)."""
+"""Colour correction against an independent numpy computation (index clipping instead of padding + conv), and grey in,
+grey out against the metrics' own Y."""
 
 import numpy as np
 import pytest
 import torch
 
-from sr.ops.color import adain_color_fix, color_fix, wavelet_color_fix
+from sr.ops.color import (
+    adain_color_fix,
+    color_fix,
+    grey_items,
+    keep_grey,
+    luma,
+    wavelet_color_fix,
+)
 
 
 def _numpy_adain(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -104,3 +112,41 @@ def test_color_fix_dispatch_and_errors():
         color_fix(x, ref[..., :4], "wavelet")
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
         color_fix(x[0], ref[0], "wavelet")
+
+
+def _ycbcr_y(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 YCbCr Y of ``[B, 3, H, W]`` in [0, 1] written as pyiqa's ``ycbcr`` (studio range): Y = 16/255 +
+    (65.481 R + 128.553 G + 24.966 B) / 255, an affine map of the luma the Y metrics score."""
+    return 16 / 255 + np.einsum("c,bchw->bhw", np.array([65.481, 128.553, 24.966]) / 255, rgb)
+
+
+def test_keep_grey_makes_grey_inputs_luma_and_keeps_their_y():
+    output = torch.rand(3, 3, 5, 7, generator=torch.Generator().manual_seed(0))   # tinted, as the model's outputs
+    grey = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    colour = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    source = torch.cat([grey.expand(-1, 3, -1, -1), colour, grey.expand(-1, 3, -1, -1)])  # grey, colour, grey
+    assert grey_items(source).tolist() == [True, False, True]
+    kept = keep_grey(output, source)
+    assert kept.shape == output.shape
+    for index in (0, 2):   # grey sources: three exactly equal channels, the luma 0.299 R + 0.587 G + 0.114 B
+        assert torch.equal(kept[index, 0], kept[index, 1]) and torch.equal(kept[index, 1], kept[index, 2])
+        expected = np.einsum("c,chw->hw", np.array([0.299, 0.587, 0.114]), output[index].double().numpy())
+        np.testing.assert_allclose(kept[index, 0].double().numpy(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(kept[1], output[1])   # a colour source is untouched
+    # the Y that PSNR-Y / SSIM-Y score, computed another way (studio-range YCbCr), does not move
+    np.testing.assert_allclose(_ycbcr_y(kept.double().numpy()), _ycbcr_y(output.double().numpy()), rtol=0, atol=1e-6)
+    # a one-channel source gives one channel, the same luma; an already grey output comes back bit for bit
+    assert torch.equal(keep_grey(output[:1], grey), kept[:1, :1])
+    assert torch.equal(keep_grey(kept, source), kept) and torch.equal(luma(kept[:1]), kept[:1, :1])
+
+
+def test_keep_grey_needs_exactly_equal_channels_and_an_rgb_output():
+    source = torch.full((1, 3, 2, 2), 0.5)
+    source[0, 2, 1, 1] = 0.5 + 2**-20   # one pixel a hair off grey: a colour image
+    assert grey_items(source).tolist() == [False]
+    output = torch.rand(1, 3, 4, 4)
+    assert torch.equal(keep_grey(output, source), output)
+    with pytest.raises(ValueError, match="RGB output"):
+        keep_grey(output[:, :1], source)
+    with pytest.raises(ValueError, match="RGB output"):
+        keep_grey(output, source.expand(2, -1, -1, -1))

@@ -201,6 +201,23 @@ def test_interrupted_run_resumes_without_resampling_present_images(sweep, test_s
     assert len(sampled) == 1
 
 
+def test_the_released_model_is_the_default_and_random_weights_are_named_once(test_set, tmp_path, monkeypatch,
+                                                                             capsys):
+    default = compose("eval", [])
+    assert default.model.name == "stablesr_tiny" and default.experiment_name == "stablesr_tiny"
+    assert OmegaConf.to_container(default.model, resolve=True) == \
+        OmegaConf.to_container(compose("eval", ["model=stablesr_tiny"]).model, resolve=True)
+    one_run = ["num_inference_steps=1", "tile.size=16", "progress=false", "metrics=[psnr_y]", "baselines=[]",
+               "report=false", *data_overrides(test_set)]
+    for model in ("tiny", "stablesr_tiny"):
+        monkeypatch.setattr(sr.commands.evaluation, "_model_cache", {})   # built here, not reused from another test
+        assert run_eval(monkeypatch, f"model={model}", *one_run, f"hydra.run.dir={tmp_path / model}") == 0
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]
+        assert warnings == ([("warning: model=tiny has random weights (model.pretrained is null): the output is noise; "
+                              "use model=stablesr_tiny (the released tiny model) or a trained model")]
+                            if model == "tiny" else [])
+
+
 def cubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> np.ndarray:
     """``[size_out, size_in]`` weights of Keys' cubic convolution (a = -0.75) with half-pixel centres and the edge
     pixels repeated: the bicubic upscale written out in numpy."""
@@ -299,6 +316,10 @@ def test_lr_latent_at_w0_is_the_plain_vae_decode_of_the_encoded_lr(heldout_sweep
             upscaled = F.interpolate(lr * 2 - 1, size=(384, 384), mode="bicubic", align_corners=False).clamp(-1, 1)
             decoded = vae.decode(vae.encode(upscaled).latent_dist.mode()).sample   # 384 px: no padding, one tile
         expected = ((decoded[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).double().numpy() * 255
+        grey = bool((lr[0, 0] == lr[0, 1]).all() and (lr[0, 1] == lr[0, 2]).all())
+        assert grey == (name == "camera")   # a grey photo stored as RGB: grey in, grey out (its luma)
+        if grey:
+            expected = np.repeat(expected @ LUMA[:, None], 3, axis=2)
         # the saved 8-bit PNG: rounding (0.5 levels) and float noise apart, the same image
         assert np.abs(rgb_array(folder / f"{name}.png") - expected).max() <= 0.51
 

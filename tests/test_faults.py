@@ -33,7 +33,7 @@ from sr.validation import validate_train
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT_HR = REPO / "data" / "samples" / "heldout_pairs" / "hr"
 EVAL_FAST = ["model=tiny", "num_inference_steps=1", "tile.size=16", "progress=false", "metrics=[psnr_y]"]
-UPSCALE_FAST = ["num_inference_steps=1", "tile.size=16", "progress=false"]
+UPSCALE_FAST = ["model=tiny", "num_inference_steps=1", "tile.size=16", "progress=false"]
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

@@ -242,14 +242,14 @@ def test_changed_weights_are_reloaded_and_the_recorded_hash_is_of_the_weights_us
 
     # weights replaced while the run loads them: refused, not recorded under a hash they do not have
     sr.commands.evaluation._model_cache.clear()
-    real_instantiate = sr.commands.evaluation.instantiate
+    real_build = sr.commands.evaluation.build_model
 
-    def replaced_during_load(config, *args, **kwargs):
-        pipe = real_instantiate(config, *args, **kwargs)
+    def replaced_during_load(config):
+        pipe = real_build(config)
         save_file({name: (tensor * 2).contiguous() for name, tensor in retrained.items()}, weights)
         return pipe
 
-    monkeypatch.setattr(sr.commands.evaluation, "instantiate", replaced_during_load)
+    monkeypatch.setattr(sr.commands.evaluation, "build_model", replaced_during_load)
     with pytest.raises(RuntimeError, match="model weights changed on disk while the run loaded them "
                                            r"\(model.stage1_weights: sha256:"):
         sr.commands.evaluation.load_model(cfg, recorded)

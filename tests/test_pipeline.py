@@ -140,6 +140,29 @@ def test_pil_grey_and_numpy_inputs(pipe):
     assert array.shape == (1, 24, 36, 3) and 0 <= array.min() and array.max() <= 1
 
 
+def test_grey_in_grey_out_per_image_in_a_batch_and_in_the_baselines(pipe):
+    """An RGB input with three equal channels gives three exactly equal channels, the one-channel input's output;
+    in a mixed batch the colour image keeps its colour (docs/method.md#colour-correction)."""
+    settings = dict(MULTI_TILE, num_inference_steps=1)
+    grey = lr_image(6, 9, 1, seed=4)
+    colour = lr_image(6, 9, 3, seed=5)
+    batch = torch.cat([grey.expand(-1, 3, -1, -1), colour])
+    # one generator per image: each output is what the image gives alone
+    generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+    out = pipe(batch, generator=generators, output_type="pt", **settings).images
+    assert out.shape == (2, 3, 24, 36)
+    assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 1], out[0, 2])
+    assert (out[1, 0] - out[1, 1]).abs().max() > 1e-2 and (out[1, 1] - out[1, 2]).abs().max() > 1e-2
+    one_channel = pipe(grey, generator=torch.Generator().manual_seed(0), output_type="pt", **settings).images
+    assert one_channel.shape == (1, 1, 24, 36) and torch.equal(out[:1], one_channel.expand(-1, 3, -1, -1))
+    alone = pipe(colour, generator=torch.Generator().manual_seed(1), output_type="pt", **settings).images
+    assert torch.equal(out[1:], alone)
+    # the lr_latent baseline goes through the same output path
+    reconstructed = pipe.reconstruct(batch, w=0.5, color_fix="adain", scale=4, output_type="pt").images
+    assert torch.equal(reconstructed[0, 0], reconstructed[0, 2]) and torch.equal(reconstructed[0, 1], reconstructed[0, 2])
+    assert (reconstructed[1, 0] - reconstructed[1, 2]).abs().max() > 1e-2
+
+
 def test_untrained_cfw_warns_on_the_path_users_run(pipe):
     pipe.register_to_config(cfw_trained=False)
     try:

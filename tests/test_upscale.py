@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
+from test_faults import run_entry_point
 
+from sr.commands.config import RELEASED_DIR, random_weights_warning
+from sr.commands.config import compose as compose_config
 from sr.commands.upscale_folder import output_path, run
 from sr.errors import ConfigError
 from sr.models.stablesr import StableSR
@@ -22,7 +26,7 @@ from sr.sampling import output_size, reflect_pad_to, round_up
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-FAST = ["num_inference_steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
+FAST = ["model=tiny", "num_inference_steps=1", "tile.size=16", "tile.batch_size=4", "progress=false"]
 
 
 def upscale_config(*overrides: str):
@@ -128,10 +132,9 @@ def test_gray_input_gives_gray_output(tiny_model):
     lr = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     out = upscale(tiny_model, lr, 5)
     assert out.shape == (1, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
-    # grey is the RGB result of the grey replicated to three channels, weighted to luma (0.299, 0.587, 0.114)
+    # the grey replicated to three channels gives three equal channels, each the one-channel output (its luma)
     rgb = upscale(tiny_model, lr.expand(-1, 3, -1, -1), 5)
-    luma = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    torch.testing.assert_close(out, luma, rtol=0, atol=1e-6)
+    assert torch.equal(rgb, out.expand(-1, 3, -1, -1))
 
 
 def test_colour_fix_adain_matches_the_upsampled_lr_statistics(tiny_model):
@@ -222,6 +225,42 @@ def test_missing_input_and_output_naming(tiny_model, tmp_path, capsys):
     assert output_path(Path("a/photo.jpg"), Path("o"), "input") == Path("o/photo.jpg")
     with pytest.raises(ValueError, match="unknown output format"):
         output_path(Path("a/photo.jpg"), Path("o"), "gif")
+
+
+def test_the_released_model_is_the_default_and_model_tiny_is_explicit():
+    def model(*overrides):
+        return OmegaConf.to_container(compose_config("upscale", ["input=a", "output=b", *overrides]).model, resolve=True)
+
+    released = model("model=stablesr_tiny")
+    assert model() == released and released["name"] == "stablesr_tiny"
+    assert released["pretrained"] == str(RELEASED_DIR / "stablesr_tiny")
+    assert upscale_config().model.name == "tiny" and upscale_config().model.pretrained is None   # FAST says model=tiny
+    assert random_weights_warning(upscale_config().model) == (
+        "warning: model=tiny has random weights (model.pretrained is null): the output is noise; use "
+        "model=stablesr_tiny (the released tiny model) or a trained model")
+    assert random_weights_warning(compose_config("upscale", ["input=a", "output=b"]).model) is None
+
+
+def test_a_grey_png_comes_out_grey_and_the_random_model_is_named_on_stderr(tmp_path, monkeypatch, capsys):
+    """upscale.py (in this process, Hydra's argv parsing included) on an 8-bit grey photo stored as RGB and a 16-bit
+    one-channel PNG: equal channels / a 16-bit grey PNG out, with either model; one warning line for model=tiny only."""
+    grey = np.random.default_rng(4).integers(0, 256, (12, 16), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "rgb_grey.png", np.repeat(grey[..., None], 3, axis=2))
+    cv2.imwrite(str(tmp_path / "in" / "grey16.png"), grey.astype(np.uint16) * 257)
+    for model in ("tiny", "stablesr_tiny"):
+        out = tmp_path / model
+        assert run_entry_point(monkeypatch, "upscale", f"input={tmp_path / 'in'}", f"output={out}", *FAST,
+                               f"model={model}") == 0
+        with Image.open(out / "rgb_grey.png") as image:
+            assert image.mode == "RGB" and image.size == (64, 48)
+            rgb = np.asarray(image)
+        assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+        assert rgb[..., 0].std() > 5   # an image, not a flat field
+        grey16 = cv2.imread(str(out / "grey16.png"), cv2.IMREAD_UNCHANGED)
+        assert grey16.dtype == np.uint16 and grey16.shape == (48, 64)
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "random weights" in line]
+        assert warnings == ([random_weights_warning(upscale_config("model=tiny").model)] if model == "tiny" else [])
 
 
 @pytest.mark.slow

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-from hydra.utils import instantiate
 from PIL import Image
 
-from sr.commands.config import compose
+from sr.commands.config import RELEASED_MODEL, build_model, compose
 from sr.commands.upscale_folder import bind_upscale, memory_problem, output_path, upscale_file
 from sr.errors import ConfigError, describe
 from sr.io import ImageReadError
@@ -43,7 +42,7 @@ from sr.pipelines import StableSRPipeline
 from sr.sampling.settings import COLOR_FIXES
 from sr.validation import parse_memory, validate_upscale
 
-DEFAULT_MODEL = "stablesr_tiny"
+DEFAULT_MODEL = RELEASED_MODEL
 
 
 def model_overrides(model: str) -> list[str]:
@@ -86,7 +85,7 @@ class Upscaler:
             self.base.append(f"max_memory={max_memory}")
         self.work_dir = work_dir
         self.defaults = compose("upscale", self.base + ["input=-", "output=-"])
-        self.pipe: StableSRPipeline = instantiate(self.defaults.model)
+        self.pipe: StableSRPipeline = build_model(self.defaults.model)
         self.jobs = 0
 
     def config(self, source: Path, output: Path, request: Request):

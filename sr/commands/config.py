@@ -1,5 +1,5 @@
-"""Where the Hydra configs live, where a project's runs and data live, and the OmegaConf resolvers: the one place
-that decides these.
+"""Where the Hydra configs live, where a project's runs and data live, the OmegaConf resolvers, and how a command
+builds its model from a preset (:func:`build_model`): the one place that decides these.
 
 The config tree ships inside the package (``sr/conf``; the checkout's top-level ``conf`` is a link to it), so an
 installed ``sr`` composes its configs outside the checkout too. ``paths.root_dir`` is ``${oc.env:PROJECT_ROOT}``,
@@ -9,9 +9,10 @@ nothing.
 """
 
 import os
+import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sr.commands import launch
 from sr.commands.launch import run_stamp
@@ -20,6 +21,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Model folders shipped inside the package (``${released:<name>}`` in a model preset): the released tiny StableSR.
 RELEASED_DIR = Path(__file__).resolve().parents[1] / "released"
 PROJECT_ROOT_ENV = "PROJECT_ROOT"
+# The trained model the commands default to (conf/upscale.yaml, conf/eval.yaml, the web demo), shipped in the package.
+RELEASED_MODEL = "stablesr_tiny"
 
 
 def find_project_root() -> Path:
@@ -82,3 +85,22 @@ def compose(config_name: str, overrides: list[str] | None = None, return_hydra_c
     register_resolvers()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name, overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+
+
+def random_weights_warning(model_cfg: DictConfig) -> str | None:
+    """The warning for a model preset without trained weights, or None. A preset whose ``pretrained`` is null (``tiny``,
+    kept for tests and training from scratch) builds its UNet and VAE with random weights: its outputs are noise."""
+    if model_cfg.get("pretrained") is not None:
+        return None
+    return (f"warning: model={model_cfg.get('name')} has random weights (model.pretrained is null): the output is "
+            f"noise; use model={RELEASED_MODEL} (the released tiny model) or a trained model")
+
+
+def build_model(model_cfg: DictConfig):
+    """The ``StableSRPipeline`` a command samples with (``upscale.py``, ``eval.py``, the web demo): the preset
+    ``model_cfg`` instantiated, after :func:`random_weights_warning` (if any) is printed as one line on stderr."""
+    from hydra.utils import instantiate  # here: it imports the models (torch)
+
+    if warning := random_weights_warning(model_cfg):
+        print(warning, file=sys.stderr)
+    return instantiate(model_cfg)

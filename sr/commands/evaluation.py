@@ -41,6 +41,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from sr.commands.config import build_model
 from sr.commands.fingerprint import (
     FINGERPRINT_FILE,
     WEIGHT_KEYS,
@@ -110,7 +111,7 @@ def load_model(cfg: DictConfig, weights: dict | None = None) -> StableSRPipeline
                      sort_keys=True, default=str)
     if key not in _model_cache:
         _model_cache.clear()
-        pipe = instantiate(config).to(cfg.device)
+        pipe = build_model(config).to(cfg.device)
         now = weights_components(config)
         if now != weights:
             changed = "; ".join(differences(weights, now))

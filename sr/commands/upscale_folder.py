@@ -43,6 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from sr.commands.config import build_model
 from sr.commands.fingerprint import differences, sampling_components
 from sr.errors import ConfigError, describe, traceback_wanted
 from sr.io import ImageReadError, holding_claim, image_size, read_image, release_claim, remove_stale_temporaries, \
@@ -237,7 +238,7 @@ def bind_upscale(cfg: DictConfig, pipe: StableSRPipeline) -> tuple[StableSRPipel
 def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     """Upscale ``cfg.input`` into ``cfg.output``; returns the exit code (0, or 1 if any image failed).
 
-    ``pipe``: an already built ``StableSRPipeline`` (tests, notebooks); otherwise ``instantiate(cfg.model)``. Raises
+    ``pipe``: an already built ``StableSRPipeline`` (tests, notebooks); otherwise ``build_model(cfg.model)``. Raises
     ``ConfigError`` (one line) for settings that cannot work, before anything is built or written.
     """
     check_named_paths(cfg)
@@ -258,7 +259,7 @@ def run(cfg: DictConfig, pipe: StableSRPipeline | None = None) -> int:
     output_folder.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temporaries(output_folder):
         print(f"upscale: removed {stale.name}, left by an interrupted run", file=sys.stderr)
-    pipe, resolved, upscale = bind_upscale(cfg, instantiate(cfg.model) if pipe is None else pipe)
+    pipe, resolved, upscale = bind_upscale(cfg, build_model(cfg.model) if pipe is None else pipe)
     components = sampling_components(cfg, cfg.model, resolved)
     run_id = uuid.uuid4().hex
 

@@ -17,6 +17,10 @@ Wavelet (the a-trous decomposition used by sd-webui-stablesr), with the 3x3 bino
     out     = high(x) + low_levels(ref)
 
 so the fine detail comes from ``x`` and the coarse colour from ``ref``.
+
+Grey in, grey out (:func:`keep_grey`, after the colour fix): the model invents chroma (green/magenta tints) even for a
+grey input, so an output whose input is grey is replaced by its ITU-R BT.601 luma ``Y' = 0.299 R + 0.587 G + 0.114 B``,
+the Y that PSNR-Y / SSIM-Y score.
 """
 
 from typing import Literal
@@ -25,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 ADAIN_EPS = 1e-5
+# ITU-R BT.601 luma weights of R, G, B: the Y of the Y-channel metrics (sr.metrics, pyiqa's ``psnry``)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 BINOMIAL_KERNEL_3X3 = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 
 ColorFixMethod = Literal["adain", "wavelet", "none"]
@@ -83,3 +89,46 @@ def color_fix(x: torch.Tensor, ref: torch.Tensor, method: ColorFixMethod) -> tor
         _check_pair(x, ref)
         return x
     raise ValueError(f"unknown colour fix method {method!r}; expected 'adain', 'wavelet' or 'none'")
+
+
+def luma(image: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of ``[B, 3, H, W]`` as ``[B, 1, H, W]``: ``Y' = 0.299 R + 0.587 G + 0.114 B``.
+
+    Evaluated as ``G + 0.299 (R - G) + 0.114 (B - G)`` (the same in exact arithmetic, as 0.587 = 1 - 0.299 - 0.114):
+    in floats it returns a grey pixel's value exactly, so ``luma`` of an image whose channels are equal is that
+    channel, bit for bit.
+    """
+    red, green, blue = image.unbind(dim=1)
+    red_weight, _, blue_weight = LUMA_WEIGHTS
+    return (green + red_weight * (red - green) + blue_weight * (blue - green)).unsqueeze(1)
+
+
+def grey_items(images: torch.Tensor) -> torch.Tensor:
+    """Which images of a ``[B, C, H, W]`` batch are grey (bool ``[B]``): one channel, or all channels exactly equal."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+    return (images == images[:, :1]).flatten(1).all(dim=1)
+
+
+def keep_grey(output: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Grey in, grey out: ``output`` ``[B, 3, H, W]`` with every image whose ``source`` ``[B, C, h, w]`` is grey
+    (:func:`grey_items`: ``C = 1``, or three exactly equal channels) replaced by its luma.
+
+    Per image ``b`` with a grey source::
+
+        Y'_b = 0.299 R_b + 0.587 G_b + 0.114 B_b        (:func:`luma` of the output)
+        out_b = Y'_b                   if C = 1  (one channel: a grey file stays a grey file)
+        out_b = (Y'_b, Y'_b, Y'_b)     if C = 3
+
+    and ``out_b = output_b`` for a colour source, so a batch may mix grey and colour images. Why ``Y'``: it is the Y
+    that PSNR-Y / SSIM-Y score, so a grey image's scores are unchanged and only the chroma the model invented (which
+    a grey input cannot hold) is dropped; the channel mean ``(R + G + B) / 3`` would instead move Y wherever the
+    output is tinted. Idempotent: an output that is already grey is returned bit for bit (:func:`luma`).
+    """
+    if output.ndim != 4 or output.shape[1] != 3 or source.ndim != 4 or source.shape[0] != output.shape[0]:
+        raise ValueError(f"keep_grey expects an RGB output [B, 3, H, W] and its source [B, C, h, w], got shapes "
+                         f"{tuple(output.shape)} and {tuple(source.shape)}")
+    if source.shape[1] == 1:
+        return luma(output)
+    grey = grey_items(source).to(output.device).view(-1, 1, 1, 1)
+    return torch.where(grey, luma(output).expand_as(output), output)

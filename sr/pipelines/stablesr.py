@@ -15,7 +15,11 @@ One call, for ``lr [B, C, h, w]`` in [0, 1] (C = 1 or 3), ``work = round((h, w) 
     z_lr, f = encode(up)                                       diffusion-space latent, CFW features (VAE tiles)
     x_0    = progressive aggregation from x_T (sr.sampling)    latent tiles fused at every step
     image  = decode(x_0, f, w)[:work] -> colour fix vs up -> (image + 1) / 2 -> antialiased resize to
-             round(h, w * scale) when input_size raised the working size -> grey back to one channel (luma)
+             round(h, w * scale) when input_size raised the working size -> grey in, grey out (luma)
+
+Grey in, grey out (``sr.ops.color.keep_grey``): an image whose input is grey (one channel, or three exactly equal
+channels) comes out as the BT.601 luma ``Y' = 0.299 R + 0.587 G + 0.114 B`` of its output, one channel for a
+one-channel input, three equal channels otherwise; per image, so a batch may mix grey and colour images.
 
 Two no-diffusion baselines share these steps (eval.py scores them beside every run): ``StableSRPipeline.bicubic``
 (``up`` at the output size, no model) and ``StableSRPipeline.reconstruct`` (``z_lr`` from the posterior mode decoded
@@ -58,6 +62,7 @@ from sr.models.prompt import PromptEmbedding
 from sr.models.sft import SFTAdapter
 from sr.models.stablesr import StableSR
 from sr.ops.color import color_fix as apply_color_fix
+from sr.ops.color import keep_grey
 from sr.sampling.aggregation import denoise
 from sr.sampling.padding import output_size, reflect_pad_to, round_up, working_scale
 from sr.sampling.respacing import check_respacing, set_sampling_timesteps
@@ -70,7 +75,6 @@ from sr.sampling.settings import (
 
 PIXEL_PAD_MULTIPLE = 64
 VAE_FACTOR = 8
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "latent")
 PIPELINE_INDEX = "model_index.json"
@@ -372,7 +376,7 @@ class StableSRPipeline(DiffusionPipeline):
                 output_type: str = "pil") -> StableSRPipelineOutput:
         """The ``bicubic`` baseline (no model): the LR resized to the output size ``round((h, w) * scale)`` by the
         resize a call applies before encoding (``upsample_lr``), then made an output as a call's image is, without
-        colour fix (grey back to one channel). ``output_type`` one of ``pil``, ``np``, ``pt``."""
+        colour fix (grey in, grey out). ``output_type`` one of ``pil``, ``np``, ``pt``."""
         if output_type not in IMAGE_OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {IMAGE_OUTPUT_TYPES}")
         settings = SamplingSettings(scale=scale, color_fix="none")
@@ -416,15 +420,13 @@ class StableSRPipeline(DiffusionPipeline):
 
     @staticmethod
     def _postprocess(image, upsampled, settings: SamplingSettings, target, lr: torch.Tensor) -> torch.Tensor:
-        """Colour fix against the upsampled input, [0, 1], resize to the target, grey back to one channel."""
+        """Colour fix against the upsampled input, [0, 1], resize to the target, grey in, grey out (``keep_grey``:
+        the one place a call, ``reconstruct`` and ``bicubic`` make a grey input's output grey)."""
         image = apply_color_fix(image.float(), upsampled.float(), settings.color_fix)
         image = ((image + 1) / 2).clamp(0, 1)
         if tuple(image.shape[-2:]) != target:
             image = F.interpolate(image, size=target, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        if lr.shape[1] == 1:
-            luma = torch.tensor(LUMA_WEIGHTS, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
-            image = (image * luma).sum(dim=1, keepdim=True)
-        return image.to(lr.device)
+        return keep_grey(image, lr).to(lr.device)
 
 
 def upsample_lr(lr: torch.Tensor, size: tuple[int, int], device=None, dtype=None) -> torch.Tensor:
