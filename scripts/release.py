@@ -1,6 +1,7 @@
 """Train the released tiny StableSR from scratch on CPU and package it (the recipe: ``sr/commands/recipe.py``).
 
     python scripts/release.py [--runs runs/release] [--out runs/release/stablesr_tiny] [--force STEP] [--overwrite]
+        [--reproducible]
 
 Steps: prior, stage1, cfw_data, cfw, package (finished steps are skipped; ``--force all`` redoes every step). About an
 hour on 2 CPU cores. Replacing the committed release is explicit:
@@ -21,10 +22,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="the packaged model folder [<runs>/stablesr_tiny]")
     parser.add_argument("--force", action="append", default=[], help="redo this step (repeatable; `all`)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--reproducible", action="store_true",
+                        help="train in reproducible mode (bit-identical across CPUs, about 2x slower)")
     args = parser.parse_args(argv)
     runs = args.runs.resolve()
     out = (args.out or runs / "stablesr_tiny").resolve()
-    run_chain(release_steps(runs, out, args.overwrite), set(args.force), "release")
+    run_chain(release_steps(runs, out, args.overwrite, reproducible=args.reproducible), set(args.force), "release")
     print(f"[release] model folder: {out}")
 
 

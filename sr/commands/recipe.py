@@ -12,7 +12,11 @@ The release recipe (:func:`release_steps`), every stage on the bundled training 
     cfw       train.py experiment=release_tiny_cfw        CFW on those pairs
     package   prior + stage 1 + CFW -> one pipeline folder (safetensors) + release.json
 
-Every step runs in reproducible mode (:mod:`sr.reproducibility`): the recipe makes committed tables.
+A step runs in reproducible mode (:mod:`sr.reproducibility`) unless it says otherwise: the demo's steps make committed
+tables. The release's training steps run in the default fast mode (``reproducible=True`` of :func:`release_steps` or
+``scripts/release.py --reproducible``, pins them): the pins cost about 2x on CPU, which would push the recipe past its
+3-hour budget on 2 cores; without them the weights are repeatable on one machine (``trainer.deterministic``, a fixed
+thread count) but may differ in the last bits on another CPU.
 """
 
 import hashlib
@@ -55,14 +59,17 @@ class Step:
     command: list[str] = field(default_factory=list)
     action: Callable[[], None] | None = None
     resumable: bool = False  # a train.py step: continue from run_dir/checkpoints/last.ckpt after an interruption
+    reproducible: bool = True  # run in reproducible mode (sr.reproducibility)
 
     def done(self) -> bool:
         return all(path.exists() for path in self.outputs)
 
 
-def train_step(name: str, experiment: str, run_dir: Path, outputs: list[Path], *overrides: str) -> Step:
+def train_step(
+    name: str, experiment: str, run_dir: Path, outputs: list[Path], *overrides: str, reproducible: bool = True
+) -> Step:
     command = [sys.executable, "train.py", f"experiment={experiment}", f"hydra.run.dir={run_dir}", *overrides]
-    return Step(name, run_dir, outputs, command, resumable=True)
+    return Step(name, run_dir, outputs, command, resumable=True, reproducible=reproducible)
 
 
 def run_step(step: Step, force: bool, log_prefix: str) -> None:
@@ -82,7 +89,8 @@ def run_step(step: Step, force: bool, log_prefix: str) -> None:
         if step.resumable and last_checkpoint.exists():
             command.append(f"ckpt_path={last_checkpoint}")
         print(f"[{log_prefix}] {step.name}: {' '.join(map(str, command))}", flush=True)
-        result = subprocess.run(command, check=False, cwd=find_project_root(), env=subprocess_environment(reproducible=True))
+        result = subprocess.run(command, check=False, cwd=find_project_root(),
+                                env=subprocess_environment(step.reproducible))
         if result.returncode != 0:
             sys.exit(f"[{log_prefix}] {step.name} failed (exit code {result.returncode}); logs in {step.run_dir}")
     missing = [str(path) for path in step.outputs if not path.exists()]
@@ -118,10 +126,12 @@ def run_chain(steps: list[Step], force: set[str], log_prefix: str) -> None:
 
 
 def release_steps(
-    runs: Path, out: Path, overwrite: bool = False, overrides: dict[str, list[str]] | None = None
+    runs: Path, out: Path, overwrite: bool = False, overrides: dict[str, list[str]] | None = None,
+    reproducible: bool = False,
 ) -> list[Step]:
     """The recipe's chain (module docstring): run dirs under ``runs``, the packaged model folder at ``out``;
-    ``overrides`` adds command-line overrides per step name (the tests' smoke run shrinks every stage with it)."""
+    ``overrides`` adds command-line overrides per step name (the tests' smoke run shrinks every stage with it);
+    ``reproducible`` runs the training and sampling steps in reproducible mode (2x slower on CPU)."""
     extra = overrides or {}
     cfw_data_settings = CFW_DATA | dict(item.split("=", 1) for item in extra.get("cfw_data", []))
     prior_dir = runs / "prior" / "model"
@@ -131,9 +141,9 @@ def release_steps(
     names = [sample_name(i) for i in range(int(cfw_data_settings["num_samples"]))]
     return [
         train_step("prior", "release_tiny_prior", runs / "prior", [prior_dir / "unet", prior_dir / "vae"],
-                   *extra.get("prior", [])),
+                   *extra.get("prior", []), reproducible=reproducible),
         train_step("stage1", "release_tiny_stage1", runs / "stage1", [stage1_weights], f"model.pretrained={prior_dir}",
-                   *extra.get("stage1", [])),
+                   *extra.get("stage1", []), reproducible=reproducible),
         Step(
             "cfw_data",
             cfw_data,
@@ -141,11 +151,12 @@ def release_steps(
             [sys.executable, "-m", "sr.commands.cfw_generate", f"model.pretrained={prior_dir}",
              f"model.stage1_weights={stage1_weights}", f"out={cfw_data}", f"hydra.run.dir={runs / 'cfw_data_log'}",
              f"source_dirs=[{TRAIN_DIR}]", *(f"{key}={value}" for key, value in cfw_data_settings.items())],
+            reproducible=reproducible,
         ),
         train_step("cfw", "release_tiny_cfw", runs / "cfw", [cfw_weights], f"model.pretrained={prior_dir}",
-                   f"data.root={cfw_data}", *extra.get("cfw", [])),
+                   f"data.root={cfw_data}", *extra.get("cfw", []), reproducible=reproducible),
         Step("package", out, [out / "model_index.json", out / RELEASE_FILE],
-             action=lambda: package(runs, out, cfw_data_settings, overwrite=overwrite)),
+             action=lambda: package(runs, out, cfw_data_settings, overwrite, reproducible)),
     ]
 
 
@@ -177,7 +188,9 @@ def _provenance(run_dir: Path) -> dict:
     return {key: provenance[key] for key in ("git_revision", "command") if key in provenance}
 
 
-def package(runs: Path, out: Path, cfw_data_settings: dict, overwrite: bool = False) -> Path:
+def package(
+    runs: Path, out: Path, cfw_data_settings: dict, overwrite: bool = False, reproducible: bool = False
+) -> Path:
     """Assemble the release folder ``out``: the prior with the stage-1 and CFW weights loaded, saved with
     ``StableSRPipeline.save_pretrained`` (safetensors), and ``release.json`` (recipe, data list with SHA-256, each
     step's git revision and command, final losses, parameter counts)."""
@@ -202,6 +215,7 @@ def package(runs: Path, out: Path, cfw_data_settings: dict, overwrite: bool = Fa
         "recipe": "python scripts/release.py (make release-train); configs sr/conf/experiment/release_tiny_*.yaml",
         "training_photos": {str(path.relative_to(root)): sha256(path) for path in photos},
         "cfw_data": cfw_data_settings,
+        "reproducible_mode": reproducible,
         "steps": {
             name: {**_provenance(runs / name), "final_losses": final_losses(runs / name)}
             for name in ("prior", "stage1", "cfw")
