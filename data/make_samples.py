@@ -9,7 +9,7 @@ Nothing is downloaded; licences are in ``data/samples/LICENSE.md``. ``train`` an
 them 3-channel).
 
 ``colour_pairs/{hr,lr}`` is a second evaluation set of strongly coloured images never trained on: ``COLOUR_SIDE`` px
-crops (HR) of scikit-learn 1.9.1's two sample photos and scikit-image's colour wheel, and their LR, the HR reduced
+crops (HR) of scikit-learn 1.9.1's two sample photos, and their LR, the HR reduced
 ``COLOUR_SCALE`` times by PIL's bicubic resize (antialiased, as MATLAB's ``imresize``: the classic bicubic-degradation
 benchmark; no degradation beyond it). scikit-learn is not a dependency of this project (the ``samples`` extra installs
 it): the photos are read from its installed package folder without importing it, and without it the colour set is
@@ -57,13 +57,14 @@ COLOUR_SCALE = 4
 SKLEARN_VERSION = "1.9.1"
 # file stem -> (package, image, (top, left) of the COLOUR_SIDE crop); package "sklearn": a file in
 # sklearn/datasets/images, "skimage": a skimage.data function. Crops chosen for saturated colour: the pagoda's red
-# and green (a building), lake and trees (blue, green), the dahlia (orange, yellow), the colour wheel's centre (every
-# hue at full saturation).
+# and green (a building), lake and trees (blue, green), the dahlia (orange, yellow), a second dahlia before teal
+# leaves. Photos only: a smooth synthetic image (scikit-image's colour wheel) lets bicubic reach 54 dB and would set
+# the set's mean.
 COLOUR = {
     "china_pagoda": ("sklearn", "china.jpg", (120, 60)),
     "china_lake": ("sklearn", "china.jpg", (171, 384)),
     "flower_dahlia": ("sklearn", "flower.jpg", (85, 180)),
-    "colorwheel": ("skimage", "colorwheel", (57, 57)),
+    "flower_leaves": ("sklearn", "flower.jpg", (171, 300)),
 }
 
 

@@ -247,8 +247,8 @@ def test_bundled_colour_pairs_match_make_samples(tmp_path):
     assert bundled == written and len(bundled) == 2 * len(script.COLOUR)
     for relative in bundled:
         assert (tmp_path / relative).read_bytes() == (samples / relative).read_bytes(), relative
-    assert read_image(tmp_path / "colour_pairs/hr/colorwheel.png").image.shape == (3, 256, 256)
-    assert read_image(tmp_path / "colour_pairs/lr/colorwheel.png").image.shape == (3, 64, 64)
+    assert read_image(tmp_path / "colour_pairs/hr/flower_leaves.png").image.shape == (3, 256, 256)
+    assert read_image(tmp_path / "colour_pairs/lr/flower_leaves.png").image.shape == (3, 64, 64)
 
 
 def test_make_samples_without_sklearn_says_what_to_install(tmp_path, monkeypatch, capsys):
