@@ -270,6 +270,29 @@ def test_bundled_heldout_pairs_match_generator(tmp_path):
     assert make_test_pairs(cfg) == (0, written) and (out / "lr" / "camera.png").stat().st_mtime_ns == stamp  # kept
 
 
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                    reason="the colour set's photos ship with scikit-learn: pip install scikit-learn==1.9.1")
+def test_bundled_colour_pairs_match_make_samples(tmp_path):
+    script = load_script("make_samples")
+    assert script.main(["--dest", str(tmp_path)]) == 0
+    samples = ROOT / "data/samples"
+    bundled = sorted(path.relative_to(samples) for path in (samples / "colour_pairs").rglob("*.png"))
+    written = sorted(path.relative_to(tmp_path) for path in (tmp_path / "colour_pairs").rglob("*.png"))
+    assert bundled == written and len(bundled) == 2 * len(script.COLOUR)
+    for relative in bundled:
+        assert (tmp_path / relative).read_bytes() == (samples / relative).read_bytes(), relative
+    assert read_image(tmp_path / "colour_pairs/hr/flower_leaves.png").image.shape == (3, 256, 256)
+    assert read_image(tmp_path / "colour_pairs/lr/flower_leaves.png").image.shape == (3, 64, 64)
+
+
+def test_make_samples_without_sklearn_says_what_to_install(tmp_path, monkeypatch, capsys):
+    script = load_script("make_samples")
+    monkeypatch.setattr(script, "sklearn_images", lambda: None)
+    assert script.main(["--dest", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().endswith("pip install scikit-learn==1.9.1")
+    assert (tmp_path / "heldout" / "coffee.png").is_file() and not (tmp_path / "colour_pairs").exists()
+
+
 def test_prepare_datasets_lays_out_and_reports_problems(tmp_path, capsys):
     script = load_script("prepare_datasets")
     downloads, dest = tmp_path / "downloads", tmp_path / "datasets"
