@@ -22,7 +22,9 @@ from sr.pipelines.build import from_configs
 from wandb_offline import offline_run
 from sr.commands.train import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
 from sr.training.callbacks import NonFiniteLossError
-from sr.training.stage1 import Stage1Module, batch_seed, diffusion_target
+from sr.training.stage1 import Stage1Module, diffusion_target
+from sr.data.datamodule import EpochSeededSampler
+from sr.utils.distributed import derived_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -86,9 +88,11 @@ def test_diffusion_target_eps_and_v_match_the_formulas(tiny_model):
 
 
 def test_batch_seeds_differ_across_batches_and_ranks_and_repeat():
-    seeds = {batch_seed(23, rank, index) for rank in range(4) for index in range(50)}
+    """Every seed of a run comes from ``derived_seed`` (stage 1's batches, the sampler's epochs, each crop)."""
+    seeds = {derived_seed(23, rank, index) for rank in range(4) for index in range(50)}
     assert len(seeds) == 200 and all(0 <= seed < 2**63 for seed in seeds)
-    assert batch_seed(23, 1, 7) == batch_seed(23, 1, 7)
+    assert derived_seed(23, 1, 7) == derived_seed(23, 1, 7)
+    assert EpochSeededSampler(5, 23).augmentation_seed() == derived_seed(23, 0)
 
 
 def test_stage1_loss_is_the_spec_objective(tiny_model):

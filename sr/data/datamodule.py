@@ -51,7 +51,7 @@ class EpochSeededSampler(DistributedSampler):
         self._skip = (epoch, count)
 
     def augmentation_seed(self) -> int:
-        return int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        return derived_seed(self.seed, self.epoch)
 
     def order(self) -> list[int]:
         """The index order of the current epoch."""

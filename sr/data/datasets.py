@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from sr.data.augment import colour_jitter
 from sr.io import ImageReadError, list_images, read_image
+from sr.utils.distributed import derived_seed
 
 
 def read_meta_info(meta_info: str | Path) -> list[Path]:
@@ -114,7 +115,7 @@ class HRImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, augmentation_seed = key if isinstance(key, tuple) else (key, self.seed)
-        rng = np.random.default_rng([augmentation_seed, index])
+        rng = np.random.default_rng(derived_seed(augmentation_seed, index))
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
             if str(path) in self.bad_files:

@@ -31,11 +31,6 @@ from sr.utils.distributed import derived_seed, gather_to_rank_zero, own_rank_ent
 STAGE1_WEIGHTS_FILE = "stage1.safetensors"
 
 
-def batch_seed(seed: int, rank: int, batch_index: int) -> int:
-    """A 63-bit seed for one training batch: ``derived_seed(seed, rank, batch_index)`` (independent streams)."""
-    return derived_seed(seed, rank, batch_index)
-
-
 def diffusion_target(
     scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
@@ -151,7 +146,7 @@ class Stage1Module(TrainableOnlyCheckpoint):
 
     def batch_generator(self, batch_index: int) -> torch.Generator:
         """CPU generator of one training batch (CPU so the numbers do not depend on the accelerator)."""
-        return torch.Generator().manual_seed(batch_seed(self.seed, self.global_rank, batch_index))
+        return torch.Generator().manual_seed(derived_seed(self.seed, self.global_rank, batch_index))
 
     def stage1_loss(self, lq: torch.Tensor, gt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The docs/method.md#stage-1-objective objective (module docstring) for one batch; all randomness from ``generator``."""
