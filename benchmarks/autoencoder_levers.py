@@ -34,6 +34,11 @@ LEVERS = {
     "colour8": ({"latent_channels": 8}, True),
     "colour16_wide": ({"latent_channels": 16, "block_out_channels": [64, 64, 128, 128]}, True),
     "wide16": ({"latent_channels": 16, "block_out_channels": [64, 64, 128, 128]}, False),
+    # 32 GroupNorm groups on 32 channels normalise every feature map on its own (instance normalisation): the
+    # decoder then cannot carry an image's mean colour and contrast; 8 groups keep 4 to 8 channels per group.
+    "groups8": ({"norm_num_groups": 8}, False),
+    "colour_groups8": ({"norm_num_groups": 8}, True),
+    "colour16_groups8": ({"latent_channels": 16, "norm_num_groups": 8}, True),
 }
 
 
