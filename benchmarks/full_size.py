@@ -18,9 +18,10 @@ step. Stages:
 Levers (``sr.models.memory``; ``bf16``: ``torch.autocast(bfloat16)``, what ``trainer.precision=bf16-mixed`` runs):
 ``none`` is every lever off with classic attention; each lever alone; ``all`` every lever that applies to the stage.
 Then FLOPs (``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions) of one inference tile call and of
-one training step, the machine's fp32 matmul peak (a timed ``--matmul-size`` square matmul) and the achieved FLOP/s
-of the all-off runs as a fraction of it, and a PROJECTION of the largest stage-1 batch per GPU at 24/40/80 GB from the
-activation memory per sample (peak at batch 2 minus batch 1) and the batch-1 peak.
+one training step, the machine's fp32 matmul peak (a timed ``--matmul-size`` square matmul, before and after the
+runs, the better of the two) and the achieved FLOP/s of the all-off runs as a fraction of it, and a PROJECTION of the
+largest stage-1 batch per GPU at 24/40/80 GB from the activation memory per sample (peak at batch 2 minus batch 1)
+and the batch-1 peak.
 """
 
 import argparse
@@ -36,8 +37,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-from acceleration import peak_bytes, peak_bytes_reset  # noqa: E402  (benchmarks/acceleration.py, beside this file)
 
 STAGE_LEVERS = {
     "stage1": ("unet_checkpointing", "encoder_checkpointing", "sdpa", "channels_last", "bf16"),
@@ -136,6 +135,9 @@ def synchronize(device: str) -> None:
 def child(args) -> dict:
     """Measure one (stage, lever, batch) in this process; the parent starts one process per configuration."""
 
+    # benchmarks/acceleration.py, beside this file
+    from acceleration import peak_bytes, peak_bytes_reset
+
     torch.set_num_threads(args.threads)
     stage, lever, batch = args.child.split(":")
     memory, bf16 = stage_levers(stage, lever)
@@ -182,12 +184,12 @@ def flops(args) -> dict[str, int]:
 
 
 def matmul_peak(size: int, device: str, threads: int) -> float:
-    """FLOP/s of a timed fp32 ``size x size`` matmul (``2 size^3`` FLOPs), best of 3 after a warm-up."""
+    """FLOP/s of a timed fp32 ``size x size`` matmul (``2 size^3`` FLOPs), best of 5 after a warm-up."""
     torch.set_num_threads(threads)
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
     a @ b
     best = math.inf
-    for _ in range(3):
+    for _ in range(5):
         synchronize(device)
         start = time.perf_counter()
         a @ b
@@ -208,23 +210,26 @@ def report(args) -> str:
     unknown = sorted(set(levers) - set(ALL_LEVERS))
     if unknown:
         raise SystemExit(f"full_size: unknown lever {unknown[0]!r}; expected some of {','.join(ALL_LEVERS)}")
-    lines = [f"preset `{args.preset}`, device {args.device}, crop {args.crop} px, latent tile {args.tile}, "
-             f"{args.threads} threads, median of {args.steps} steps, batch 1, random weights", ""]
+    lines = [(f"preset `{args.preset}`, device {args.device}, crop {args.crop} px, latent tile {args.tile}, "
+              f"{args.threads} threads, median of {args.steps} steps, batch 1, random weights"), ""]
     results = {}
+    # before and after the runs, the best of both: a busy moment must not lower the roofline
+    peak = matmul_peak(args.matmul_size, args.device, args.threads)
     for stage, applicable in STAGE_LEVERS.items():
         unit = "s per tile step" if stage == "inference" else "s per step"
-        lines += [f"### {stage}", "", f"| lever | peak memory (MB) | step peak over resident (MB) | {unit} | "
-                  "memory vs none | time vs none |", "|---|---|---|---|---|---|"]
+        lines += [f"### {stage}", "", (f"| lever | peak memory (MB) | step peak over resident (MB) | {unit} | "
+                                       "memory vs none | time vs none |"), "|---|---|---|---|---|---|"]
         for lever in [lever for lever in levers if lever in ("none", "all") or lever in applicable]:
             results[stage, lever] = result = run_child(args, stage, lever)
             none = results.get((stage, "none"), result)
-            lines.append(f"| {lever} | {result['peak_bytes'] / 1e6:.1f} | "
-                         f"{(result['peak_bytes'] - result['before_bytes']) / 1e6:.1f} | {result['seconds']:.4f} | "
-                         f"{result['peak_bytes'] / none['peak_bytes']:.3f} | {result['seconds'] / none['seconds']:.3f} |")
+            step_peak = result["peak_bytes"] - result["before_bytes"]
+            lines.append(f"| {lever} | {result['peak_bytes'] / 1e6:.1f} | {step_peak / 1e6:.1f} | "
+                         f"{result['seconds']:.4f} | {result['peak_bytes'] / none['peak_bytes']:.3f} | "
+                         f"{result['seconds'] / none['seconds']:.3f} |")
         lines.append("")
 
     counted = flops(args)
-    peak = matmul_peak(args.matmul_size, args.device, args.threads)
+    peak = max(peak, matmul_peak(args.matmul_size, args.device, args.threads))
     lines += ["### FLOPs and roofline ratio (all levers off, fp32)", "",
               f"measured fp32 matmul peak ({args.matmul_size}^2): {peak / 1e9:.2f} GFLOP/s", "",
               "| call | GFLOP | s | achieved GFLOP/s | fraction of matmul peak |", "|---|---|---|---|---|"]
@@ -246,8 +251,8 @@ def report(args) -> str:
         batches = [largest_batch(gb, one["peak_bytes"], per_sample) for gb in GPU_MEMORY_GB]
         lines.append(f"| {lever} | {one['peak_bytes'] / 1e6:.1f} | {per_sample / 1e6:.1f} | "
                      + " | ".join(str(b) for b in batches) + " |")
-    lines += ["", "The projection assumes memory grows linearly with the batch from the measured batch-1 and "
-              "batch-2 peaks; on the CPU the peak is the process RSS, on a GPU the allocator's peak."]
+    lines += ["", ("The projection assumes memory grows linearly with the batch from the measured batch-1 and "
+                   "batch-2 peaks; on the CPU the peak is the process RSS, on a GPU the allocator's peak.")]
     return "\n".join(lines)
 
 

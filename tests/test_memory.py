@@ -6,10 +6,11 @@ the parameters whose true gradient is zero and whose computed one is float round
 one-channel-per-group GroupNorm):
 - gradient checkpointing recomputes the same operations in the same order: bit-exact on the CPU, asserted to 1e-6;
 - SDPA vs classic attention and NHWC convolutions sum in another order (fused kernels, other reductions): float32
-  rounding carried through the network's GroupNorms; observed up to 1.1e-5 in stage 1, asserted to 1e-4;
-- the same in the CFW stage, whose L1 pixel loss has a gradient of sign(output - target): a pixel whose output meets
-  its target within rounding flips sign, which moves the gradients by more than rounding; observed up to 5.8e-4,
-  asserted to 2e-3.
+  rounding carried through the network's GroupNorms; observed up to 9.5e-6 in stage 1, asserted to 1e-4;
+- the CFW generator loss (L1 + the stand-in perceptual net) has kinks: sign(output - target), ReLU and max-pool
+  switch where a value meets its neighbour within rounding, which moves its gradients by more than rounding (observed
+  up to 5.8e-4; a mean squared error alone moves by 1.7e-6). Its gradients are asserted to 2e-3 for those levers; the
+  gradients of that smooth loss on the same decoded image to 1e-4, as in stage 1.
 """
 
 import copy
@@ -29,7 +30,7 @@ from sr.training.stage2 import CFWModule
 
 CHECKPOINTING_TOLERANCE = 1e-6
 REORDERING_TOLERANCE = 1e-4
-CFW_REORDERING_TOLERANCE = 2e-3
+GENERATOR_LOSS_TOLERANCE = 2e-3
 STAGE1_LEVERS = {
     "gradient_checkpointing_unet": ({"gradient_checkpointing_unet": True}, CHECKPOINTING_TOLERANCE),
     "gradient_checkpointing_encoder": ({"gradient_checkpointing_encoder": True}, CHECKPOINTING_TOLERANCE),
@@ -40,10 +41,10 @@ STAGE1_LEVERS = {
 }
 CFW_LEVERS = {
     "gradient_checkpointing_vae": ({"gradient_checkpointing_vae": True}, CHECKPOINTING_TOLERANCE),
-    "classic_attention": ({"attention": "classic"}, CFW_REORDERING_TOLERANCE),
-    "channels_last": ({"channels_last": True}, CFW_REORDERING_TOLERANCE),
+    "classic_attention": ({"attention": "classic"}, REORDERING_TOLERANCE),
+    "channels_last": ({"channels_last": True}, REORDERING_TOLERANCE),
     "all": ({"gradient_checkpointing_vae": True, "attention": "classic", "channels_last": True},
-            CFW_REORDERING_TOLERANCE),
+            REORDERING_TOLERANCE),
 }
 
 
@@ -71,8 +72,9 @@ def _stage1_step(pipe, memory: dict) -> tuple[torch.Tensor, dict[str, torch.Tens
     return loss.detach(), {name: p.grad for name, p in module.named_parameters() if p.requires_grad}
 
 
-def _cfw_step(pipe, memory: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One CFW generator step at w = 1 (the module's decode and generator loss): loss and fusion-layer gradients."""
+def _cfw_step(pipe, memory: dict) -> tuple[tuple, tuple]:
+    """One CFW generator step at w = 1 (the module's decode and generator loss): (loss, fusion-layer gradients) of the
+    generator loss and of the mean squared error of the same decoded image (smooth, module docstring)."""
     loss_fn = AutoencoderLoss(perceptual="stand_in", disc_channels=8)
     model = CFWModule(copy.deepcopy(pipe), loss_fn, memory=memory).model
     loss_fn.discriminator.requires_grad_(False)  # the generator step, as toggled_optimizer sets it
@@ -80,9 +82,13 @@ def _cfw_step(pipe, memory: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]
     latent = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         _, features = encoder_features(model.vae, lq)
-    loss, _ = loss_fn.generator_loss(gt, Reconstruction(model.decode(latent, features, w=1.0)), step=0)
-    loss.backward()
-    return loss.detach(), {name: p.grad for name, p in model.cfw.named_parameters()}
+    output = model.decode(latent, features, w=1.0)
+    steps = []
+    for loss in (loss_fn.generator_loss(gt, Reconstruction(output), step=0)[0], ((output - gt) ** 2).mean()):
+        model.cfw.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        steps.append((loss.detach(), {name: p.grad for name, p in model.cfw.named_parameters()}))
+    return tuple(steps)
 
 
 def _assert_same_step(step, reference, tolerance: float) -> None:
@@ -116,7 +122,10 @@ def test_stage1_step_with_a_lever_equals_the_step_without(perturbed_pipe, stage1
 @pytest.mark.parametrize("lever", CFW_LEVERS)
 def test_cfw_step_with_a_lever_equals_the_step_without(tiny_pipe, cfw_reference, lever):
     memory, tolerance = CFW_LEVERS[lever]
-    _assert_same_step(_cfw_step(tiny_pipe, memory), cfw_reference, tolerance)
+    generator_step, smooth_step = _cfw_step(tiny_pipe, memory)
+    _assert_same_step(smooth_step, cfw_reference[1], tolerance)
+    loss_tolerance = CHECKPOINTING_TOLERANCE if tolerance == CHECKPOINTING_TOLERANCE else GENERATOR_LOSS_TOLERANCE
+    _assert_same_step(generator_step, cfw_reference[0], loss_tolerance)
 
 
 def test_plain_diffusers_unet_checkpointing_would_lose_the_sft_hooks(perturbed_pipe):

@@ -24,6 +24,7 @@ recomputation would run the unmodulated block and the gradients of the SFT / CFW
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from typing import Self
 
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch import nn
@@ -50,7 +51,7 @@ class TemporaryHooks:
     def live(self) -> bool:
         return self in _LIVE
 
-    def __enter__(self) -> "TemporaryHooks":
+    def __enter__(self) -> Self:
         if self.live:
             raise RuntimeError("these hooks are already installed")
         self.handles = self.install()
