@@ -18,6 +18,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from sr.models.memory import TemporaryHooks
 from sr.models.rrdb import RRDB
 
 # (encoder down block, decoder up block) per fusion layer, for a 4-level VAE
@@ -124,11 +125,12 @@ def decode_latent(
 
         return pre_hook
 
-    handles = [
-        vae.decoder.up_blocks[up].upsamplers[0].register_forward_pre_hook(fuse(name))
-        for name, (_, up) in FUSION_SITES.items()
-    ]
-    with _hooks(handles):
+    def install():
+        return [vae.decoder.up_blocks[up].upsamplers[0].register_forward_pre_hook(fuse(name))
+                for name, (_, up) in FUSION_SITES.items()]
+
+    # TemporaryHooks: a checkpointed decoder block (module.memory.gradient_checkpointing_vae) fuses in its recomputation
+    with TemporaryHooks(install):
         return _plain_decode(vae, z)
 
 

@@ -85,6 +85,7 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.gradient_checkpointing = gradient_checkpointing
+        self.use_sdpa = True  # the memory lever ``attention`` (sr.models.memory): False runs ``classic_attention``
         self.norm = GroupNorm32(norm_groups, channels)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
@@ -100,9 +101,15 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(tokens))
         head_dim = c // self.num_heads
         q, k, v = qkv.reshape(b * self.num_heads, 3 * head_dim, -1).transpose(1, 2).split(head_dim, dim=2)
-        h = F.scaled_dot_product_attention(q, k, v)
+        h = F.scaled_dot_product_attention(q, k, v) if self.use_sdpa else classic_attention(q, k, v)
         h = h.transpose(1, 2).reshape(b, c, -1)
         return (tokens + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+def classic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` with the attention matrix materialised (what SDPA computes without it)."""
+    weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+    return weights @ v
 
 
 class Downsample(nn.Module):
@@ -122,6 +129,10 @@ class TimeAwareEncoder(ModelMixin, ConfigMixin):
     One feature per level of ``channel_mult``: the input of each downsampling step, then the middle block's output,
     each passed through its own ``fea_tran`` ResBlock to ``out_channels``. For the SD-2.1 configuration and a 64x64
     latent the widths are 64, 32, 16 and 8, the resolutions of the UNet's 22 modulated ResBlocks.
+
+    ``gradient_checkpointing`` (config, as released) checkpoints the attention blocks; ``checkpoint_blocks`` (the
+    training lever ``module.memory.gradient_checkpointing_encoder``, not part of the architecture) checkpoints every
+    block, so that only block inputs are kept for the backward pass.
     """
 
     @register_to_config
@@ -171,6 +182,7 @@ class TimeAwareEncoder(ModelMixin, ConfigMixin):
         self.fea_tran = nn.ModuleList(
             ResBlock(c, emb_channels, out_channels, dropout, norm_num_groups) for c in feature_channels
         )
+        self.checkpoint_blocks = False
 
     def forward(self, z_lr: torch.Tensor, timesteps: torch.Tensor) -> dict[int, torch.Tensor]:
         if timesteps.ndim == 0:
@@ -181,6 +193,11 @@ class TimeAwareEncoder(ModelMixin, ConfigMixin):
         for block in self.input_blocks:
             if isinstance(block[0], Downsample):
                 collected.append(h)
-            h = block(h, emb)
-        collected.append(self.middle_block(h, emb))
-        return {feature.shape[-1]: tran(feature, emb) for feature, tran in zip(collected, self.fea_tran)}
+            h = self._run(block, h, emb)
+        collected.append(self._run(self.middle_block, h, emb))
+        return {feature.shape[-1]: self._run(tran, feature, emb) for feature, tran in zip(collected, self.fea_tran)}
+
+    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)

@@ -14,7 +14,8 @@ features)`` registers a forward hook on each ``conv2`` for the duration of one `
 features reach the hooks through that block's closure, so nothing is left set after a call. Not diffusers'
 ``HookRegistry`` registered once: it replaces ``module.forward`` with a partial over closures that ``copy.deepcopy``
 shares, so a deep copy of the UNet (tests, training) would run the original module's ``conv2`` weights. UNet gradient
-checkpointing would recompute blocks outside the ``with`` block; it is not used (the UNet is frozen in every stage).
+checkpointing (``module.memory.gradient_checkpointing_unet``) recomputes blocks in the backward pass, after the
+``with`` block: the hooks are ``sr.models.memory.TemporaryHooks``, which its checkpointing function re-installs there.
 SPADE is not identity at initialisation (as released).
 """
 
@@ -27,6 +28,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from sr.models.encoder import GroupNorm32
+from sr.models.memory import TemporaryHooks
 
 
 class SPADE(nn.Module):
@@ -89,18 +91,16 @@ class SFTAdapter(ModelMixin, ConfigMixin):
 
     @contextmanager
     def applied(self, unet: nn.Module, features: dict[int, torch.Tensor]):
-        """Within the ``with`` block, ``unet``'s residual blocks are modulated with ``features`` (by width)."""
-        handles = []
-        try:
-            for path in self.config.resnet_paths:
-                conv2 = unet.get_submodule(path).conv2
-                handles.append(conv2.register_forward_hook(
-                    lambda _module, _inputs, h, path=path: self(path, h, features)
-                ))
+        """Within the ``with`` block, ``unet``'s residual blocks are modulated with ``features`` (by width); and in the
+        recomputation of a block checkpointed by ``sr.models.memory.checkpoint_with_hooks``."""
+
+        def install():
+            return [unet.get_submodule(path).conv2.register_forward_hook(
+                lambda _module, _inputs, h, path=path: self(path, h, features)
+            ) for path in self.config.resnet_paths]
+
+        with TemporaryHooks(install):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def _set_nested(root: nn.Module, path: str, module: nn.Module) -> None:

@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler
 from omegaconf import OmegaConf
 
 from sr.metrics.full_reference import psnr, ssim
+from sr.models.memory import apply_memory_levers, memory_levers
 from sr.pipelines import StableSRPipeline
 from sr.training.callbacks import log_image
 from sr.utils.distributed import derived_seed, gather_to_rank_zero, own_rank_entry
@@ -110,6 +111,7 @@ class Stage1Module(TrainableOnlyCheckpoint):
     the current weights through the pipeline itself, with ``validation`` as its sampling arguments (unset ones: the
     pipeline's defaults) and a fixed ``val_seed``; it logs PSNR/SSIM on the Y channel (``sr.metrics.full_reference``)
     and LR | SR | HR grids for the first ``val_logged_batches`` batches.
+    ``memory``: the memory levers (``sr.models.memory.MemoryLevers``; ``module.memory`` in the configs).
     """
 
     def __init__(
@@ -123,9 +125,12 @@ class Stage1Module(TrainableOnlyCheckpoint):
         validation: dict | None = None,
         val_seed: int = 0,
         val_logged_batches: int = 2,
+        memory: dict | None = None,
     ):
         super().__init__()
         betas = tuple(float(beta) for beta in betas)  # plain floats: checkpoints must load with weights_only=True
+        levers = memory_levers(memory)
+        memory = levers.as_dict()  # a plain dict in the checkpoint's hyperparameters
         # plain containers: the nested tile groups must not reach the checkpoint as DictConfigs (weights_only=True)
         validation = OmegaConf.to_container(OmegaConf.create(dict(validation or {})), resolve=True)
         # resolved (and refused when bad) now, not at the first validation
@@ -135,6 +140,7 @@ class Stage1Module(TrainableOnlyCheckpoint):
         self.pipeline.set_progress_bar_config(disable=True)
         self.model = model.model
         self.model.freeze_except("stage1")
+        apply_memory_levers(self.model, levers)
         self.seed = seed
 
     # ------------------------------------------------------------------ training

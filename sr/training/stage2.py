@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sr.models.memory import apply_memory_levers, memory_levers
 from sr.pipelines import StableSRPipeline
 from sr.training.losses import AutoencoderLoss, Reconstruction
 from sr.training.stage1 import TrainableOnlyCheckpoint
@@ -69,7 +70,7 @@ class UpdateCounter(TrainableOnlyCheckpoint):
 
 class CFWModule(UpdateCounter):
     """Trains ``model.cfw`` (and ``loss.discriminator``) on generated ``{lq, gt, latent}`` batches; ``export(run_dir)``
-    writes ``run_dir/cfw.safetensors``."""
+    writes ``run_dir/cfw.safetensors``. ``memory``: the memory levers (``sr.models.memory.MemoryLevers``)."""
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class CFWModule(UpdateCounter):
         w_sampling: str = "fixed",
         accumulate_grad_batches: int = 1,
         max_updates: int | None = None,
+        memory: dict | None = None,
     ):
         super().__init__(max_updates)
         if w_sampling not in W_SAMPLING:
@@ -93,6 +95,7 @@ class CFWModule(UpdateCounter):
         self.w, self.w_sampling = w, w_sampling
         self.accumulate_grad_batches = accumulate_grad_batches
         self.model.freeze_except("stage2")
+        apply_memory_levers(self.model, memory_levers(memory))
         loss.discriminator.requires_grad_(True)
 
     def configure_optimizers(self):
