@@ -1,10 +1,13 @@
 """Which levers make the tiny prior's autoencoder generalise and keep colours: trained side by side, equal budgets.
 
-    python benchmarks/autoencoder_levers.py [--updates 300] [--levers baseline,colour,colour16,...] [--eval DIR ...]
+    python benchmarks/autoencoder_levers.py [--updates 300] [--levers baseline,colour,colour16,...] [--lr 1e-3]
+        [--eval DIR ...]
 
 Each lever trains a fresh VAE (the ``tiny`` preset's, with the changes the lever names) for ``--updates`` updates of
-L1 + KL (the prior's first phase without the GAN) on random ``--window`` px windows of the bundled training photos,
-batch 8, one seed; then scores the HR photos of every ``--eval`` folder (never trained on), encoded then decoded with
+L1 + KL (the prior's first phase without the GAN; Adam at ``--lr``, betas (0.5, 0.9) as the prior) on random
+``--window`` px windows of the bundled training photos,
+batch 8, one seed; then scores 256 px centre crops of the training photos (the fit) and of the HR photos of every
+``--eval`` folder (never trained on: how it generalises), encoded then decoded with
 no colour fix: PSNR-Y (8-bit, as eval.py scores), and the largest per-channel mean colour difference to the HR in
 8-bit levels. Prints one markdown row per lever with its parameter count and seconds per update (measured here, in
 this run, side by side).
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--levers", default=",".join(LEVERS))
     parser.add_argument("--eval", type=Path, nargs="+",
                         default=[ROOT / "data" / "samples" / "heldout_pairs" / "hr"])
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").vae)
     photos = load_rgb(ROOT / "data" / "samples" / "train")
-    eval_sets = {folder: load_rgb(folder, 256) for folder in args.eval}
+    # the training photos themselves (256 px centre crops) first: how well the autoencoder fits, then how it generalises
+    eval_sets = {folder: load_rgb(folder, 256) for folder in [ROOT / "data" / "samples" / "train", *args.eval]}
     header = " | ".join(f"{folder.parent.name}/{folder.name} PSNR-Y / colour diff" for folder in eval_sets)
     print(f"| lever | VAE parameters | s / update | final L1 | {header} |")
     print("|---|---|---|---|" + "---|" * len(eval_sets))
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(args.seed)
         vae = AutoencoderKL(**(tiny_vae | changes))
         loss_fn = AutoencoderLoss(perceptual_weight=0.0, kl_weight=1e-6, disc_start=10**9)
-        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, betas=(0.5, 0.9))
+        optimizer = torch.optim.Adam(vae.parameters(), lr=args.lr, betas=(0.5, 0.9))
         rng, generator = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
         started = time.perf_counter()
         for step in range(args.updates):
