@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# demo, demo-report and the recipe run every command in reproducible mode (sr/reproducibility.py: pinned CPU
-# numerics, 2 threads), so the scores equal the committed tables; the commands' default mode is faster.
+# demo and demo-report run every command in reproducible mode (sr/reproducibility.py: pinned CPU numerics, 2 threads),
+# so the scores equal the committed tables; the recipe trains in the faster default mode (scripts/release.py
+# --reproducible pins it too, about 2x slower).
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
