@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sr.commands.config import find_project_root
 from sr.commands.report.runs import collect_sweep
+from sr.io import write_bytes_atomic
 from sr.reproducibility import subprocess_environment
 
 ROOT = find_project_root()
@@ -70,9 +71,9 @@ def main(argv: list[str] | None = None) -> None:
          "metrics=[psnr_y,ssim_y,niqe]", "baselines=[bicubic]", "progress=false", "report=false",
          f"hydra.sweep.dir={args.runs}"])
     run([sys.executable, "-m", "sr.commands.report", str(args.runs), "--name", "steps_tiny", "--out", str(args.out),
-         "--overwrite", "--timings"])
+         "--overwrite", "--timings", "--require-clean"])
     text = summary(args.runs, args.tolerance_db)
-    (args.out / "summary.md").write_text(text)
+    write_bytes_atomic(args.out / "summary.md", text.encode(), overwrite=True)
     print(text)
 
 
