@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,7 @@ def _finite(cells: list[str]) -> bool:
     return all(math.isfinite(float(cell)) for cell in cells)
 
 
+@pytest.mark.slow  # ~50 s: a fresh child process per configuration, each importing torch and diffusers
 def test_full_size_benchmark_prints_finite_tables_on_tiny():
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run(
