@@ -6,8 +6,9 @@
 ``--sets`` takes the bundled sets by name (``heldout``: ``data/samples/heldout_pairs``, Real-ESRGAN-degraded;
 ``colour``: ``data/samples/colour_pairs``, strongly coloured, bicubic LR; both never trained on) or any folder with
 ``hr/`` and ``lr/`` images of the same names. For each set one markdown table: a row per output below, a column per
-image with ``PSNR-Y / SSIM-Y / NIQE / colour`` (8-bit images, crop border 0, ``MetricSuite`` as eval.py scores;
-``colour``: :func:`largest_channel_mean_difference`), then the means. Rows:
+image with ``PSNR-Y / SSIM-Y / NIQE / colour / chroma`` (8-bit images, crop border 0, ``MetricSuite`` as eval.py
+scores; ``colour``: :func:`largest_channel_mean_difference`, a global cast; ``chroma``: :func:`mean_chroma_error`,
+local colour, which a colour fix toward the LR's channel means cannot restore), then the means. Rows:
 
 - ``autoencoder (HR, w=0, no colour fix)``: the HR itself encoded and decoded by the plain decoder
   (``reconstruct`` at scale 1, w = 0, colour fix ``none``): the honest autoencoder number, what the plain decoder
@@ -53,6 +54,19 @@ def largest_channel_mean_difference(output: torch.Tensor, hr: torch.Tensor) -> f
     hold). 0 when every channel keeps the HR's mean; a colour cast of one level per pixel in one channel gives 1."""
     means = [quantize_8bit(image.double()).mean(dim=(-2, -1)) for image in (output, hr)]
     return float((means[0] - means[1]).abs().max() * 255)
+
+
+# ITU-R BT.601 full-range chroma rows (Cb, Cr) of the RGB -> YCbCr matrix; each row sums to 0, so grey has no chroma
+CHROMA = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float64)
+
+
+def mean_chroma_error(output: torch.Tensor, hr: torch.Tensor) -> float:
+    """The mean per-pixel chroma distance of two RGB images ``[3, H, W]`` in [0, 1], in 8-bit levels:
+    ``mean_p || C q(output)_p - C q(hr)_p || * 255`` with ``C`` the BT.601 (Cb, Cr) rows (:data:`CHROMA`) and
+    ``q(x) = round(255 x) / 255``. A change of brightness alone (the same offset on R, G and B) scores 0; washing
+    saturated colours toward grey scores high even when every channel mean is kept."""
+    difference = quantize_8bit(output.double()) - quantize_8bit(hr.double())
+    return float(torch.einsum("kc,chw->khw", CHROMA, difference).norm(dim=0).mean() * 255)
 
 
 def read_pairs(folder: Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -104,30 +118,32 @@ def cell(value: float | str, digits: int) -> str:
 
 def score_set(pipe: StableSRPipeline, suite: MetricSuite, pairs: list[tuple[str, torch.Tensor, torch.Tensor]],
               steps: int | None, seed: int, label: str) -> tuple[list[str], dict[str, list[dict]]]:
-    """(image names, {row: [per-image scores]}) of one pair set, the scores being ``METRICS`` plus ``colour``."""
+    """(image names, {row: [per-image scores]}) of one pair set, the scores being ``METRICS``, ``colour`` and
+    ``chroma``."""
     rows: dict[str, list[dict]] = {}
     for name, hr, lr in tqdm(pairs, desc=label, unit="image"):
         for label, image in outputs(pipe, hr, lr, steps, seed).items():
             scores = suite.score_image(image[None], hr[None], name)
             scores["colour"] = largest_channel_mean_difference(image, hr)
+            scores["chroma"] = mean_chroma_error(image, hr)
             rows.setdefault(label, []).append(scores)
     return [name for name, _, _ in pairs], rows
 
 
 def table(names: list[str], rows: dict[str, list[dict]]) -> list[str]:
     """The markdown lines of one set's table, its n/a reasons and its bicubic gap."""
-    lines = [f"| output | {' | '.join(names)} | mean PSNR-Y | mean SSIM-Y | mean NIQE | mean colour |",
-             "|---|" + "---|" * (len(names) + 4)]
+    lines = [f"| output | {' | '.join(names)} | mean PSNR-Y | mean SSIM-Y | mean NIQE | mean colour | mean chroma |",
+             "|---|" + "---|" * (len(names) + 5)]
     reasons = set()
     means = {}
     for label, values in rows.items():
         cells = [f"{cell(v['psnr_y'], 2)} / {cell(v['ssim_y'], 3)} / {cell(v['niqe'], 2)} / {cell(v['colour'], 1)}"
-                 for v in values]
-        means[label] = {key: mean([v[key] for v in values]) for key in (*METRICS, "colour")}
+                 f" / {cell(v['chroma'], 1)}" for v in values]
+        means[label] = {key: mean([v[key] for v in values]) for key in (*METRICS, "colour", "chroma")}
         reasons |= {v[key] for v in values for key in METRICS if isinstance(v[key], str)}
         lines.append(f"| {label} | {' | '.join(cells)} | {cell(means[label]['psnr_y'], 2)} | "
                      f"{cell(means[label]['ssim_y'], 4)} | {cell(means[label]['niqe'], 2)} | "
-                     f"{cell(means[label]['colour'], 1)} |")
+                     f"{cell(means[label]['colour'], 1)} | {cell(means[label]['chroma'], 1)} |")
     lines += sorted(reasons)
     gap = means[FIDELITY]["psnr_y"] - means[BICUBIC]["psnr_y"]
     per_image = ", ".join(f"{name} {fidelity['psnr_y'] - bicubic['psnr_y']:+.2f}"
@@ -157,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     suite = MetricSuite(METRICS, crop_border=0, seed=args.seed)
     steps = pipe.sampling_settings(num_inference_steps=args.steps).num_inference_steps
     print(f"model {args.model.name}, {steps} steps, seed {args.seed}; cells: PSNR-Y (dB) / SSIM-Y / NIQE (lower: "
-          f"sharper) / colour (largest channel-mean difference to the HR, 8-bit levels)")
+          f"sharper) / colour (largest channel-mean difference to the HR, 8-bit levels) / chroma (mean per-pixel "
+          f"Cb-Cr distance to the HR, 8-bit levels)")
     for name, pairs in sets.items():
         start = time.perf_counter()
         names, rows = score_set(pipe, suite, pairs, args.steps, args.seed, name)

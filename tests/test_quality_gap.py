@@ -31,6 +31,17 @@ def test_largest_channel_mean_difference_in_8bit_levels():
     assert quality_gap.largest_channel_mean_difference(hr, hr) == 0.0
 
 
+def test_mean_chroma_error_in_8bit_levels():
+    hr = torch.stack([torch.full((4, 4), level / 255) for level in (100, 50, 200)])
+    brighter = hr + 10 / 255                          # the same offset on R, G, B: no chroma change
+    assert quality_gap.mean_chroma_error(brighter, hr) == pytest.approx(0.0, abs=1e-9)
+    redder = hr.clone()
+    redder[0] += 10 / 255                             # R +10 levels: (Cb, Cr) moves by 10 * (-0.168736, 0.5)
+    assert quality_gap.mean_chroma_error(redder, hr) == pytest.approx(10 * math.hypot(0.168736, 0.5), abs=1e-6)
+    grey = hr.mean(dim=0, keepdim=True).expand(3, -1, -1)
+    assert quality_gap.mean_chroma_error(grey, hr) > 10   # washed to grey, channel means aside: high
+
+
 def test_main_prints_every_row_with_finite_scores(tmp_path, capsys):
     # one 192 px crop of a bundled colour pair (NIQE's smallest size), the released model at 1 step
     for side, size in (("hr", 192), ("lr", 48)):
@@ -46,7 +57,7 @@ def test_main_prints_every_row_with_finite_scores(tmp_path, capsys):
     for label, cells in rows.items():
         per_image = [float(value) for value in cells[0].split(" / ")]
         means = [float(value) for value in cells[1:]]
-        assert len(per_image) == 4 and all(math.isfinite(value) for value in per_image), label
+        assert len(per_image) == 5 and all(math.isfinite(value) for value in per_image), label
         assert means == pytest.approx(per_image, abs=1e-2), label   # one image: the mean is that image's score
         assert 0 <= per_image[3] < 255, label
     assert float(rows["bicubic"][0].split(" / ")[3]) < 1   # bicubic of a bicubic LR keeps the channel means
