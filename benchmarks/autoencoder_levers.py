@@ -24,6 +24,8 @@ from omegaconf import OmegaConf
 
 from sr.data.datasets import random_crop_augment
 from sr.io import list_images, read_image
+from sr.metrics import quantize_8bit
+from sr.metrics.colour import largest_channel_mean_difference
 from sr.metrics.full_reference import psnr
 from sr.training.losses import AutoencoderLoss, reconstruct
 
@@ -55,24 +57,15 @@ def training_windows(
                         for index in indices]) * 2 - 1
 
 
-def max_channel_mean_difference(output: torch.Tensor, target: torch.Tensor) -> float:
-    """``max_c |mean(output_c) - mean(target_c)| * 255`` on 8-bit quantised ``[3, H, W]`` images in [0, 1]."""
-    def levels(image):
-        return (image.clamp(0, 1) * 255).round()
-
-    return float((levels(output).mean(dim=(-2, -1)) - levels(target).mean(dim=(-2, -1))).abs().max())
-
-
 def evaluate(vae: AutoencoderKL, images: list[torch.Tensor]) -> tuple[float, float]:
     """Mean PSNR-Y and the worst colour difference of the HR images encoded (posterior mean) and decoded."""
     scores, colours = [], []
     with torch.no_grad():
         for image in images:
             decoded = vae.decode(vae.encode(image[None] * 2 - 1).latent_dist.mode()).sample[0]
-            output = ((decoded + 1) / 2).clamp(0, 1)
-            quantised = [(x.clamp(0, 1) * 255).round()[None] / 255 for x in (output, image)]
-            scores.append(float(psnr(*quantised, 0, "y")))
-            colours.append(max_channel_mean_difference(output, image))
+            output = (decoded + 1) / 2
+            scores.append(float(psnr(quantize_8bit(output)[None], quantize_8bit(image)[None], 0, "y")))
+            colours.append(largest_channel_mean_difference(output, image))
     return sum(scores) / len(scores), max(colours)
 
 

@@ -7,7 +7,8 @@
 ``colour``: ``data/samples/colour_pairs``, strongly coloured, bicubic LR; both never trained on) or any folder with
 ``hr/`` and ``lr/`` images of the same names. For each set one markdown table: a row per output below, a column per
 image with ``PSNR-Y / SSIM-Y / NIQE / colour / chroma`` (8-bit images, crop border 0, ``MetricSuite`` as eval.py
-scores; ``colour``: :func:`largest_channel_mean_difference`, a global cast; ``chroma``: :func:`mean_chroma_error`,
+scores; ``colour``: ``sr.metrics.colour.largest_channel_mean_difference``, a global cast; ``chroma``:
+``sr.metrics.colour.mean_chroma_error``,
 local colour, which a colour fix toward the LR's channel means cannot restore), then the means. Rows:
 
 - ``autoencoder (HR, w=0, no colour fix)``: the HR itself encoded and decoded by the plain decoder
@@ -36,7 +37,8 @@ from tqdm.auto import tqdm
 
 from sr.commands.evaluation import baseline_image
 from sr.io import ImageReadError, list_images, read_image
-from sr.metrics import MetricSuite, quantize_8bit
+from sr.metrics import MetricSuite
+from sr.metrics.colour import largest_channel_mean_difference, mean_chroma_error
 from sr.pipelines import StableSRPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,27 +48,6 @@ METRICS = ("psnr_y", "ssim_y", "niqe")
 AUTOENCODER = "autoencoder (HR, w=0, no colour fix)"
 BICUBIC = "bicubic"
 FIDELITY = "sampler w=1"
-
-
-def largest_channel_mean_difference(output: torch.Tensor, hr: torch.Tensor) -> float:
-    """The largest per-channel mean colour difference of two RGB images ``[3, H, W]`` in [0, 1], in 8-bit levels:
-    ``max_c |mean(q(output)_c) - mean(q(hr)_c)| * 255`` with ``q(x) = round(255 x) / 255`` (the values their PNGs
-    hold). 0 when every channel keeps the HR's mean; a colour cast of one level per pixel in one channel gives 1."""
-    means = [quantize_8bit(image.double()).mean(dim=(-2, -1)) for image in (output, hr)]
-    return float((means[0] - means[1]).abs().max() * 255)
-
-
-# ITU-R BT.601 full-range chroma rows (Cb, Cr) of the RGB -> YCbCr matrix; each row sums to 0, so grey has no chroma
-CHROMA = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=torch.float64)
-
-
-def mean_chroma_error(output: torch.Tensor, hr: torch.Tensor) -> float:
-    """The mean per-pixel chroma distance of two RGB images ``[3, H, W]`` in [0, 1], in 8-bit levels:
-    ``mean_p || C q(output)_p - C q(hr)_p || * 255`` with ``C`` the BT.601 (Cb, Cr) rows (:data:`CHROMA`) and
-    ``q(x) = round(255 x) / 255``. A change of brightness alone (the same offset on R, G and B) scores 0; washing
-    saturated colours toward grey scores high even when every channel mean is kept."""
-    difference = quantize_8bit(output.double()) - quantize_8bit(hr.double())
-    return float(torch.einsum("kc,chw->khw", CHROMA, difference).norm(dim=0).mean() * 255)
 
 
 def read_pairs(folder: Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -122,11 +103,11 @@ def score_set(pipe: StableSRPipeline, suite: MetricSuite, pairs: list[tuple[str,
     ``chroma``."""
     rows: dict[str, list[dict]] = {}
     for name, hr, lr in tqdm(pairs, desc=label, unit="image"):
-        for label, image in outputs(pipe, hr, lr, steps, seed).items():
+        for row, image in outputs(pipe, hr, lr, steps, seed).items():
             scores = suite.score_image(image[None], hr[None], name)
             scores["colour"] = largest_channel_mean_difference(image, hr)
             scores["chroma"] = mean_chroma_error(image, hr)
-            rows.setdefault(label, []).append(scores)
+            rows.setdefault(row, []).append(scores)
     return [name for name, _, _ in pairs], rows
 
 

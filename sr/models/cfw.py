@@ -11,8 +11,6 @@ plain decoder (the fusion is skipped; ``plain_decoder`` is that rule, applied by
 stays an unmodified ``AutoencoderKL`` whose weights load from any SD folder.
 """
 
-from contextlib import contextmanager
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -81,25 +79,16 @@ class CFW(ModelMixin, ConfigMixin):
         self.fusion_layer_2 = FusionBlock(channels[1], growth_channels, num_rrdb, norm_groups)
 
 
-@contextmanager
-def _hooks(handles):
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def encoder_features(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run the VAE encoder on ``x`` ([-1, 1]); return the posterior moments and the CFW features ``[f1, f2]``."""
     captured: dict[str, torch.Tensor] = {}
-    handles = [
-        vae.encoder.down_blocks[down].resnets[-1].register_forward_hook(
+
+    def install():
+        return [vae.encoder.down_blocks[down].resnets[-1].register_forward_hook(
             lambda _m, _i, out, name=name: captured.__setitem__(name, out)
-        )
-        for name, (down, _) in FUSION_SITES.items()
-    ]
-    with _hooks(handles):
+        ) for name, (down, _) in FUSION_SITES.items()]
+
+    with TemporaryHooks(install):
         moments = vae.quant_conv(vae.encoder(x)) if vae.quant_conv is not None else vae.encoder(x)
     return moments, [captured["fusion_layer_1"], captured["fusion_layer_2"]]
 
