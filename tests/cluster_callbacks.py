@@ -1,11 +1,12 @@
-"""Callbacks the cluster tests put into SLURM jobs (``+callbacks.<name>._target_=cluster_callbacks.<Class>``; the jobs
-find this folder on ``PYTHONPATH``)."""
+"""Callbacks the cluster and multi-node tests put into the runs they start (``+callbacks.<name>._target_=
+cluster_callbacks.<Class>``; the runs find this folder on ``PYTHONPATH``)."""
 
 import json
 import time
 from pathlib import Path
 
 import lightning as L
+from safetensors.torch import save_file
 
 
 class SlowUntilRequeued(L.Callback):
@@ -45,3 +46,13 @@ class KillAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step:
             raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+class RankWeights(L.Callback):
+    """Each rank writes the trainable weights it holds at the end of training to
+    ``<run dir>/rank<r>_weights.safetensors``: under DDP every rank must hold the same ones."""
+
+    def on_train_end(self, trainer, pl_module):
+        weights = {name: parameter.detach().cpu().contiguous() for name, parameter in pl_module.named_parameters()
+                   if parameter.requires_grad}
+        save_file(weights, Path(trainer.default_root_dir) / f"rank{trainer.global_rank}_weights.safetensors")
