@@ -1,6 +1,7 @@
 """Stage 2: CFW data generation (resume, shards, files), the generated dataset, and CFW training through train()."""
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,9 @@ def test_gradients_reach_only_cfw_then_only_the_discriminator(generated, generat
     item = GeneratedCFWDataset(generated)[0]
     lq, gt, latent = (item[k][None] for k in ("lq", "gt", "latent"))
     _, features = encoder_features(model.vae, lq)
-    output = model.decode(latent, features, w=1.0)
+    with warnings.catch_warnings():  # decoding through the fusion layers being trained raises no "untrained" warning
+        warnings.simplefilter("error")
+        output = model.decode(latent, features, w=1.0)
     loss_g, _ = loss.generator_loss(gt, Reconstruction(output), step=0)
     loss.discriminator.requires_grad_(False)  # what toggled_optimizer does for the generator step
     loss_g.backward()

@@ -95,6 +95,9 @@ class CFWModule(UpdateCounter):
         self.w, self.w_sampling = w, w_sampling
         self.accumulate_grad_batches = accumulate_grad_batches
         self.model.freeze_except("stage2")
+        # the fusion layers are what this module trains: decoding through their initial values is intended here, so
+        # the model's "never loaded or trained" warning (meant for upscaling) would only repeat every batch
+        self.model.cfw_trained = True
         apply_memory_levers(self.model, memory_levers(memory))
         loss.discriminator.requires_grad_(True)
 
