@@ -1,6 +1,7 @@
 # Two entry points: `make demo` (the released tiny model on the bundled held-out photos) and `make test` (the suite);
 # `make demo-train` retrains every stage first; `make release-train` trains and packages the tiny release under
 # runs/release; `make demo-report` rewrites experiments/demo_tiny from a clean tree;
+# `make test-full` runs the full-size paths on random weights (about an hour);
 # `make test-cluster` (as root) starts a one-node SLURM cluster, runs the cluster tests on it and stops it again.
 # `make test-browser` (as root) installs Debian's chromium and chromium-driver when missing and runs the browser tests
 # (the report page and the web demo in headless Chromium).
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: demo demo-train demo-report release-train test test-slow test-cluster test-browser install
+.PHONY: demo demo-train demo-report release-train test test-slow test-full test-cluster test-browser install
 
 install: $(STAMP)
 
@@ -43,7 +44,12 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m 'slow and not full'
+
+# The full-size SD-2.1 stage 1 (512 and 768v), CFW and upscale/eval commands with random weights (tests/test_full_size.py):
+# up to an hour and 20 GB peak RSS on 2 CPU cores; prints each command's wall time and peak RSS.
+test-full: $(STAMP)
+	$(PY) -m pytest -q -s -m full tests/test_full_size.py
 
 test-cluster: $(STAMP)
 	scripts/slurm_local.sh start
