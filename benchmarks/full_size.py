@@ -2,7 +2,7 @@
 
     python benchmarks/full_size.py [--preset tiny|sd21_base|sd21_768v] [--crop 512] [--steps 3] [--threads N]
         [--levers none,unet_checkpointing,encoder_checkpointing,vae_checkpointing,sdpa,channels_last,bf16,all]
-        [--tile 64] [--matmul-size 4096]
+        [--stages stage1,cfw,inference] [--tile 64] [--matmul-size 4096] [--measure-batches]
 
 Random weights (``model.pretrained=null``), batch 1 unless said. Every (stage, lever) runs in a fresh child process
 that reads its own peak: the RSS high-water mark (``VmHWM`` of ``/proc/self/status``, reset after the model is built
@@ -16,12 +16,16 @@ step. Stages:
 - ``inference``: one encoder + SFT + UNet call on a ``--tile`` latent tile (one sampling step of one tile).
 
 Levers (``sr.models.memory``; ``bf16``: ``torch.autocast(bfloat16)``, what ``trainer.precision=bf16-mixed`` runs):
-``none`` is every lever off with classic attention; each lever alone; ``all`` every lever that applies to the stage.
+``none`` is every lever off with classic attention; each lever alone; ``all`` every lever that applies to the stage
+(bf16 only where the device computes it natively: :func:`native_bf16`).
 Then FLOPs (``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions) of one inference tile call and of
 one training step, the machine's fp32 matmul peak (a timed ``--matmul-size`` square matmul, before and after the
 runs, the better of the two) and the achieved FLOP/s of the all-off runs as a fraction of it, and a PROJECTION of the
 largest stage-1 batch per GPU at 24/40/80 GB from the activation memory per sample (peak at batch 2 minus batch 1)
-and the batch-1 peak.
+and the batch-1 peak. On a GPU, ``--measure-batches`` adds a measurement beside the projection: the largest batch
+whose training step runs with the process's allocator capped at 24 / 40 / 80 GB
+(``torch.cuda.set_per_process_memory_fraction``; caps above the card's memory are left out), found by doubling the
+batch until it runs out of memory and bisecting.
 """
 
 import argparse
@@ -56,9 +60,19 @@ GPU_MEMORY_GB = (24, 40, 80)
 GB = 1e9
 
 
-def stage_levers(stage: str, lever: str) -> tuple[dict, bool]:
-    """``module.memory`` switches and whether bf16 autocast is on, for ``lever`` in ``stage``."""
-    names = STAGE_LEVERS[stage] if lever == "all" else (() if lever == "none" else (lever,))
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes in bf16 natively (a GPU; a CPU with AVX512-BF16 or AMX). Elsewhere autocast
+    emulates it: a full-size stage-1 step took over 10 minutes instead of 73 s on this project's AVX2 machine."""
+    return device.startswith("cuda") or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def stage_levers(stage: str, lever: str, device: str) -> tuple[dict, bool]:
+    """``module.memory`` switches and whether bf16 autocast is on, for ``lever`` in ``stage``; ``all`` leaves bf16
+    out where it is emulated (:func:`native_bf16`)."""
+    if lever == "all":
+        names = tuple(name for name in STAGE_LEVERS[stage] if name != "bf16" or native_bf16(device))
+    else:
+        names = () if lever == "none" else (lever,)
     memory = {"attention": "classic"}
     for name in names:
         memory.update(LEVER_SWITCHES[name])
@@ -140,7 +154,9 @@ def child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     stage, lever, batch = args.child.split(":")
-    memory, bf16 = stage_levers(stage, lever)
+    if batch == "search":
+        return {"stage": stage, "lever": lever, "batches": measured_batches(args, stage, lever)}
+    memory, bf16 = stage_levers(stage, lever, args.device)
     module = build(args.preset, stage, memory, args.device)
     step = step_function(stage, module, args.crop, args.tile, int(batch), args.device, bf16)
     step()  # warm-up: allocator, optimizer state, kernels
@@ -157,7 +173,7 @@ def child(args) -> dict:
             "peak_bytes": peak, "before_bytes": before}
 
 
-def run_child(args, stage: str, lever: str, batch: int = 1) -> dict:
+def run_child(args, stage: str, lever: str, batch: int | str = 1) -> dict:
     command = [sys.executable, __file__, "--child", f"{stage}:{lever}:{batch}", "--preset", args.preset,
                "--crop", str(args.crop), "--steps", str(args.steps), "--threads", str(args.threads),
                "--tile", str(args.tile), "--device", args.device]
@@ -167,14 +183,15 @@ def run_child(args, stage: str, lever: str, batch: int = 1) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def flops(args) -> dict[str, int]:
-    """FLOPs of one inference tile call and of one stage-1 training step (all levers off), batch 1."""
+def flops(args, stages: list[str]) -> dict[str, int]:
+    """FLOPs of one inference tile call and of one stage-1 training step (all levers off), batch 1, for those of
+    them in ``stages``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.threads)
     counted = {}
-    for stage in ("inference", "stage1"):
-        memory, _ = stage_levers(stage, "none")
+    for stage in [stage for stage in ("inference", "stage1") if stage in stages]:
+        memory, _ = stage_levers(stage, "none", args.device)
         step = step_function(stage, build(args.preset, stage, memory, args.device), args.crop, args.tile, 1,
                              args.device, False)
         with FlopCounterMode(display=False) as counter:
@@ -198,6 +215,52 @@ def matmul_peak(size: int, device: str, threads: int) -> float:
     return 2 * size**3 / best
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def fits(args, module, stage: str, batch: int, bf16: bool) -> bool:
+    """Whether one training step at ``batch`` runs within the allocator's cap."""
+    try:
+        step_function(stage, module, args.crop, args.tile, batch, args.device, bf16)()
+        synchronize(args.device)
+        return True
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        return False
+    finally:
+        module.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+
+
+def measured_batches(args, stage: str, lever: str, limit: int = 1024) -> dict[int, int]:
+    """MEASURED on a GPU: the largest batch whose ``stage`` step fits each cap of :data:`GPU_MEMORY_GB` that the card
+    has, raising the cap in order so each search starts at the last fitting batch."""
+    torch.set_num_threads(args.threads)
+    memory, bf16 = stage_levers(stage, lever, args.device)
+    module = build(args.preset, stage, memory, args.device)
+    total = torch.cuda.get_device_properties(args.device).total_memory
+    largest, found = 0, {}
+    for gb in GPU_MEMORY_GB:
+        if gb * GB > total:
+            continue
+        torch.cuda.set_per_process_memory_fraction(gb * GB / total, args.device)
+        low, high = largest, None  # low fits (0: nothing known), high does not
+        batch = max(1, 2 * largest)
+        while high is None and batch <= limit:
+            if fits(args, module, stage, batch, bf16):
+                low, batch = batch, 2 * batch
+            else:
+                high = batch
+        high = high or limit + 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if fits(args, module, stage, middle, bf16) else (low, middle)
+        found[gb] = largest = low
+    return found
+
+
 def largest_batch(memory_gb: float, peak_batch1: float, per_sample: float) -> int:
     """PROJECTION: ``floor((memory - (peak_1 - per_sample)) / per_sample)``, the batch whose projected peak fits."""
     if per_sample <= 0:
@@ -205,17 +268,34 @@ def largest_batch(memory_gb: float, peak_batch1: float, per_sample: float) -> in
     return max(0, math.floor((memory_gb * GB - (peak_batch1 - per_sample)) / per_sample))
 
 
+class PrintedLines(list):
+    """The report's lines, each printed as it is added: a run stopped by a time budget keeps what it measured."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+    def __iadd__(self, lines):
+        for line in lines:
+            self.append(line)
+        return self
+
+
 def report(args) -> str:
     levers = [lever for lever in args.levers.split(",") if lever]
     unknown = sorted(set(levers) - set(ALL_LEVERS))
     if unknown:
         raise SystemExit(f"full_size: unknown lever {unknown[0]!r}; expected some of {','.join(ALL_LEVERS)}")
-    lines = [(f"preset `{args.preset}`, device {args.device}, crop {args.crop} px, latent tile {args.tile}, "
+    stages = [stage for stage in args.stages.split(",") if stage]
+    if not stages or set(stages) - set(STAGE_LEVERS):
+        raise SystemExit(f"full_size: --stages takes some of {','.join(STAGE_LEVERS)}, got {args.stages!r}")
+    lines = PrintedLines()
+    lines += [(f"preset `{args.preset}`, device {args.device}, crop {args.crop} px, latent tile {args.tile}, "
               f"{args.threads} threads, median of {args.steps} steps, batch 1, random weights"), ""]
     results = {}
     # before and after the runs, the best of both: a busy moment must not lower the roofline
     peak = matmul_peak(args.matmul_size, args.device, args.threads)
-    for stage, applicable in STAGE_LEVERS.items():
+    for stage, applicable in [(stage, STAGE_LEVERS[stage]) for stage in stages]:
         unit = "s per tile step" if stage == "inference" else "s per step"
         lines += [f"### {stage}", "", (f"| lever | peak memory (MB) | step peak over resident (MB) | {unit} | "
                                        "memory vs none | time vs none |"), "|---|---|---|---|---|---|"]
@@ -228,7 +308,7 @@ def report(args) -> str:
                          f"{result['seconds'] / none['seconds']:.3f} |")
         lines.append("")
 
-    counted = flops(args)
+    counted = flops(args, stages)
     peak = max(peak, matmul_peak(args.matmul_size, args.device, args.threads))
     lines += ["### FLOPs and roofline ratio (all levers off, fp32)", "",
               f"measured fp32 matmul peak ({args.matmul_size}^2): {peak / 1e9:.2f} GFLOP/s", "",
@@ -242,6 +322,17 @@ def report(args) -> str:
                          f"{achieved / peak:.3f} |")
     lines.append("")
 
+    if "stage1" not in stages:
+        return "\n".join(lines)
+    if args.measure_batches:
+        lines += ["### MEASURED: largest stage-1 batch per GPU memory cap", "",
+                  "| levers | " + " | ".join(f"{gb} GB" for gb in GPU_MEMORY_GB) + " |",
+                  "|---|" + "---|" * len(GPU_MEMORY_GB)]
+        for lever in [lever for lever in ("none", "all") if lever in levers]:
+            found = {int(gb): n for gb, n in run_child(args, "stage1", lever, batch="search")["batches"].items()}
+            lines.append(f"| {lever} | " + " | ".join(str(found.get(gb, "n/a (card smaller)"))
+                                                       for gb in GPU_MEMORY_GB) + " |")
+        lines.append("")
     lines += ["### PROJECTION: largest stage-1 batch per GPU (from measured activation memory per sample)", "",
               "| levers | peak batch 1 (MB) | per sample (MB) | " + " | ".join(f"{gb} GB" for gb in GPU_MEMORY_GB)
               + " |", "|---|---|---|" + "---|" * len(GPU_MEMORY_GB)]
@@ -264,16 +355,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after one warm-up)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--levers", default=",".join(ALL_LEVERS))
+    parser.add_argument("--stages", default=",".join(STAGE_LEVERS), help="some of stage1,cfw,inference")
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--measure-batches", action="store_true",
+                        help="GPU only: measure the largest stage-1 batch under 24/40/80 GB caps (module docstring)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure_batches and not args.device.startswith("cuda"):
+        raise SystemExit("full_size: --measure-batches needs a CUDA device (on the CPU the table is projected)")
     if args.crop % 64 or args.crop <= 0:
         raise SystemExit(f"full_size: --crop must be a positive multiple of 64, got {args.crop}")
     if args.child:
         print(json.dumps(child(args)))
         return
-    print(report(args))
+    report(args)
 
 
 if __name__ == "__main__":
