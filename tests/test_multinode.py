@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import SHORT_RUN
+from test_train import SHORT_RUN, assert_same_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -126,12 +126,6 @@ def rank_weights(run_dir: Path) -> list[dict[str, torch.Tensor]]:
     return [load_file(run_dir / f"rank{rank}_weights.safetensors") for rank in range(NODES)]
 
 
-def assert_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
-    assert actual.keys() == expected.keys()
-    for key, tensor in expected.items():
-        torch.testing.assert_close(actual[key], tensor, rtol=0, atol=atol, msg=key)
-
-
 @pytest.mark.slow
 def test_two_nodes_share_one_run_dir_and_resume_exactly_on_every_rank(tmp_path):
     straight = launch_two_nodes(tmp_path / "straight", ["trainer.max_steps=3"])
@@ -144,12 +138,12 @@ def test_two_nodes_share_one_run_dir_and_resume_exactly_on_every_rank(tmp_path):
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
     # the exported weights of the resumed run are those of the uninterrupted one
-    assert_close(load_file(resumed / "stage1.safetensors"), load_file(straight / "stage1.safetensors"))
+    assert_same_tensors(load_file(resumed / "stage1.safetensors"), load_file(straight / "stage1.safetensors"))
     # every rank holds them: the same weights on both ranks, equal to the uninterrupted run's ranks
     reference, again = rank_weights(straight), rank_weights(resumed)
     for rank in range(NODES):
-        assert_close(again[rank], again[0], atol=0)
-        assert_close(again[rank], reference[rank])
+        assert_same_tensors(again[rank], again[0], atol=0)
+        assert_same_tensors(again[rank], reference[rank])
     # every rank took step 3 from its own restored data and random state: its loss as in the uninterrupted run
     straight_losses, resumed_losses = rank_losses(straight), rank_losses(resumed)
     assert [sorted(losses) for losses in resumed_losses] == [["3"]] * NODES

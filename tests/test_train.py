@@ -13,17 +13,22 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 from safetensors.torch import load_file
+from wandb_offline import offline_run
 
 from sr.commands.cfw_generate import build_generator, shard_ids
 from sr.commands.tracking import wandb_run_identity
+from sr.commands.train import (
+    CONFIG_RECORD,
+    PROVENANCE_RECORD,
+    compose_train_config,
+    train,
+)
+from sr.data.datamodule import EpochSeededSampler
 from sr.io import read_image
 from sr.pipelines import StableSRPipeline
 from sr.pipelines.build import from_configs
-from wandb_offline import offline_run
-from sr.commands.train import CONFIG_RECORD, PROVENANCE_RECORD, compose_train_config, train
 from sr.training.callbacks import NonFiniteLossError
 from sr.training.stage1 import Stage1Module, diffusion_target
-from sr.data.datamodule import EpochSeededSampler
 from sr.utils.distributed import derived_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,10 +194,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     resumed = train(compose_train_config(SHORT_RUN + steps + [f"ckpt_path={last}"], tmp_path / "resumed"))
     assert resumed["trainer"].global_step == straight["trainer"].global_step == 2
     reference = load_file(tmp_path / "straight" / "stage1.safetensors")
-    again = load_file(tmp_path / "resumed" / "stage1.safetensors")
-    assert reference.keys() == again.keys()
-    for key, tensor in reference.items():
-        torch.testing.assert_close(again[key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert_same_weights(tmp_path / "resumed", reference)
     # step 2 changed the weights, so the equality above is not trivial
     at_step_1 = {k.replace("model.time_aware_encoder.", "encoder."): v for k, v in checkpoint["state_dict"].items()
                  if k.startswith("model.time_aware_encoder.")}
@@ -208,11 +210,17 @@ def straight_three_steps(tmp_path_factory) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "stage1.safetensors")
 
 
+def assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], atol: float = 1e-6
+                        ) -> None:
+    """The same keys, every tensor within ``atol`` (the resume tests' equality, here and in the full-size and
+    multi-node tests)."""
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(actual[key], tensor, rtol=0, atol=atol, msg=key)
+
+
 def assert_same_weights(run_dir: Path, reference: dict[str, torch.Tensor]) -> None:
-    weights = load_file(run_dir / "stage1.safetensors")
-    assert weights.keys() == reference.keys()
-    for key, tensor in reference.items():
-        torch.testing.assert_close(weights[key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert_same_tensors(load_file(run_dir / "stage1.safetensors"), reference)
 
 
 class SignalAtStep(L.Callback):
