@@ -1,5 +1,6 @@
 """benchmarks/full_size.py on the tiny preset: every table row is there and every figure is a finite number."""
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("full_size", ROOT / "benchmarks" / "full_size.py")
+full_size = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(full_size)
 
 
 def _rows(table: str, heading: str) -> dict[str, list[str]]:
@@ -41,3 +45,12 @@ def test_full_size_benchmark_prints_finite_tables_on_tiny():
     assert all(0 < float(cells[-1]) for cells in flops.values())
     projection = _rows(table, "PROJECTION")
     assert list(projection) == ["none"] and _finite(projection["none"])
+
+
+def test_default_levers_leave_bf16_out_only_where_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(full_size, "native_bf16", lambda device: False)
+    emulated = full_size.default_levers("cpu").split(",")
+    monkeypatch.setattr(full_size, "native_bf16", lambda device: True)
+    native = full_size.default_levers("cuda").split(",")
+    assert native == list(full_size.ALL_LEVERS)
+    assert emulated == [lever for lever in full_size.ALL_LEVERS if lever != "bf16"]
