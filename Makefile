@@ -1,7 +1,7 @@
 # Two entry points: `make demo` (the released tiny model on the bundled held-out photos) and `make test` (the suite);
 # `make demo-train` retrains every stage first; `make release-train` trains and packages the tiny release under
 # runs/release; `make demo-report` rewrites experiments/demo_tiny from a clean tree;
-# `make test-full` runs the full-size paths on random weights (about an hour);
+# `make test-full` runs the full-size paths on random weights (57 minutes on 2 idle cores);
 # `make test-cluster` (as root) starts a one-node SLURM cluster, runs the cluster tests on it and stops it again.
 # `make test-browser` (as root) installs Debian's chromium and chromium-driver when missing and runs the browser tests
 # (the report page and the web demo in headless Chromium).
