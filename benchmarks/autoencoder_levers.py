@@ -45,13 +45,9 @@ LEVERS = {
     "colour_groups8": ({"norm_num_groups": 8}, True),
     "colour16_groups8": ({"latent_channels": 16, "norm_num_groups": 8}, True),
     # one group normalises over all channels at once (a layer norm): the channels' means relative to each other, the
-    # colour, pass through every normalisation; 4 groups sit between
+    # colour, pass through every normalisation
     "groups8_16": ({"latent_channels": 16, "norm_num_groups": 8}, False),
-    "groups4_16": ({"latent_channels": 16, "norm_num_groups": 4}, False),
     "groups1_16": ({"latent_channels": 16, "norm_num_groups": 1}, False),
-    "colour16_groups1": ({"latent_channels": 16, "norm_num_groups": 1}, True),
-    "wide16_groups8": ({"latent_channels": 16, "block_out_channels": [64, 64, 128, 128], "norm_num_groups": 8},
-                       False),
 }
 
 
