@@ -48,6 +48,8 @@ LEVERS = {
     # colour, pass through every normalisation
     "groups8_16": ({"latent_channels": 16, "norm_num_groups": 8}, False),
     "groups1_16": ({"latent_channels": 16, "norm_num_groups": 1}, False),
+    # twice the latent channels again: 6x fewer numbers than pixel values instead of 12x (16) or 48x (4)
+    "groups8_32": ({"latent_channels": 32, "norm_num_groups": 8}, False),
 }
 
 

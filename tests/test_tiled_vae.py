@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 from sr.io import read_image
 from sr.models.cfw import decode_latent, encoder_features
@@ -16,8 +16,7 @@ from sr.pipelines.build import from_configs
 
 @pytest.fixture(scope="module")
 def tiny():
-    with open("conf/model/tiny.yaml") as handle:
-        cfg = yaml.safe_load(handle)
+    cfg = OmegaConf.to_container(OmegaConf.load("conf/model/tiny.yaml"), resolve=True)
     model = from_configs(
         cfg["unet"], cfg["vae"], cfg["encoder"], cfg["cfw"], cfg["scheduler"], cfg["sft"], cfg["prompt_length"], 0
     )
