@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml").vae)
+    tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml"), resolve=True)["vae"]
     photos = load_rgb(ROOT / "data" / "samples" / "train")
     # the training photos themselves (256 px centre crops) first: how well the autoencoder fits, then how it generalises
     eval_sets = {folder: load_rgb(folder, 256) for folder in [ROOT / "data" / "samples" / "train", *args.eval]}

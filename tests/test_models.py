@@ -33,7 +33,7 @@ def tiny(tiny_pipe):
 
 
 def tiny_unet_config():
-    return OmegaConf.to_container(preset("tiny").unet)
+    return OmegaConf.to_container(preset("tiny"), resolve=True)["unet"]
 
 
 def unet_inputs(cross_attention_dim: int, size: int = 16):
@@ -213,10 +213,10 @@ def test_plain_sd_folder_loads_with_its_text_encoder(tmp_path):
     from diffusers import DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    cfg = preset("tiny")
-    UNet2DConditionModel(**OmegaConf.to_container(cfg.unet)).save_pretrained(tmp_path / "unet")
-    AutoencoderKL(**OmegaConf.to_container(cfg.vae)).save_pretrained(tmp_path / "vae")
-    DDPMScheduler(**OmegaConf.to_container(cfg.scheduler)).save_pretrained(tmp_path / "scheduler")
+    cfg = OmegaConf.to_container(preset("tiny"), resolve=True)
+    UNet2DConditionModel(**cfg["unet"]).save_pretrained(tmp_path / "unet")
+    AutoencoderKL(**cfg["vae"]).save_pretrained(tmp_path / "vae")
+    DDPMScheduler(**cfg["scheduler"]).save_pretrained(tmp_path / "scheduler")
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "!": 3}
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "vocab.json").write_text(json.dumps(vocab))
@@ -228,8 +228,7 @@ def test_plain_sd_folder_loads_with_its_text_encoder(tmp_path):
                                  num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1)
     text_encoder = CLIPTextModel(text_config).eval()
     text_encoder.save_pretrained(tmp_path / "text_encoder")
-    pipe = build_pipeline(pretrained=str(tmp_path), encoder=OmegaConf.to_container(cfg.encoder),
-                          cfw=OmegaConf.to_container(cfg.cfw), sft=OmegaConf.to_container(cfg.sft))
+    pipe = build_pipeline(pretrained=str(tmp_path), encoder=cfg["encoder"], cfw=cfg["cfw"], sft=cfg["sft"])
     assert pipe.model.prompt_embeds.shape == (1, 8, 64)
     torch.testing.assert_close(pipe.model.prompt_embeds, embed_prompts(text_encoder, tokenizer, [""]))
     assert len(pipe.sft.config.resnet_paths) == 22 and not pipe.config.cfw_trained
