@@ -3,8 +3,8 @@
     python scripts/release.py [--runs runs/release] [--out runs/release/stablesr_tiny] [--force STEP] [--overwrite]
         [--reproducible]
 
-Steps: prior, stage1, cfw_data, cfw, package (finished steps are skipped; ``--force all`` redoes every step). About half an
-hour on 2 CPU cores. Replacing the committed release is explicit:
+Steps: prior, stage1, cfw_data, cfw, package (finished steps are skipped; ``--force all`` redoes every step). About
+half an hour on 2 CPU cores. Replacing the committed release is explicit:
 ``python scripts/release.py --out sr/released/stablesr_tiny --overwrite``.
 """
 
