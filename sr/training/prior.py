@@ -5,7 +5,7 @@ encoder + SFT (stage 1) and CFW (stage 2). To give the ``tiny`` preset a prior t
 trains, on HR crops (``batch["gt"]``, [-1, 1]), in two phases counted in generator updates:
 
 1. ``vae_updates`` updates of the VAE with :class:`AutoencoderLoss` (L1 + LPIPS + hinge GAN + KL), as LDM trains its
-   first stage; then the latent scale is set as LDM's ``scale_by_std``: ``scaling_factor = 1 / std(z)`` over one batch
+   first stage, at ``vae_lr`` or, with ``vae_lr_final``, on the cosine schedule of :func:`cosine_learning_rate`; then the latent scale is set as LDM's ``scale_by_std``: ``scaling_factor = 1 / std(z)`` over one batch
    of posterior samples, so the diffusion sees unit-variance latents;
 2. ``unet_updates`` updates of the UNet (the plain diffusers UNet: SFT is never applied here) on the SD objective
    ``|| UNet(sqrt(a_t) z + sqrt(1 - a_t) n, t, c_empty) - target ||^2``, ``target = n`` (eps) or
@@ -16,6 +16,7 @@ trains, on HR crops (``batch["gt"]``, [-1, 1]), in two phases counted in generat
 """
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -42,6 +43,15 @@ def random_crop(images: torch.Tensor, size: int | None) -> torch.Tensor:
     return images[..., top : top + size, left : left + size]
 
 
+def cosine_learning_rate(step: int, total: int, start: float, final: float) -> float:
+    """The learning rate of update ``step`` (0-based) of ``total`` on a half cosine from ``start`` to ``final``:
+    ``lr = final + (start - final) * (1 + cos(pi * step / total)) / 2`` (``start`` at step 0, ``final`` at ``total``).
+    A function of the update count alone, so a resumed run continues the schedule where it stopped."""
+    if total <= 0 or not 0 <= step <= total:
+        raise ValueError(f"need 0 <= step <= total with total > 0, got step {step} of {total}")
+    return final + (start - final) * (1 + math.cos(math.pi * step / total)) / 2
+
+
 class PriorModule(UpdateCounter):
     """Phase 1 trains the pipeline's ``vae`` (+ discriminator), phase 2 its ``unet``; stops by itself after
     ``vae_updates + unet_updates`` updates; ``export(run_dir)`` writes ``run_dir/model``."""
@@ -56,6 +66,7 @@ class PriorModule(UpdateCounter):
         unet_lr: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.9),
         vae_crop_size: int | None = None,
+        vae_lr_final: float | None = None,
     ):
         if vae_updates < 0 or unet_updates < 0 or vae_updates + unet_updates == 0:
             raise ValueError(f"need vae_updates, unet_updates >= 0 with a positive sum, got {vae_updates}, {unet_updates}")
@@ -65,6 +76,7 @@ class PriorModule(UpdateCounter):
         self.vae_updates, self.unet_updates = vae_updates, unet_updates
         self.vae_lr, self.unet_lr, self.betas = vae_lr, unet_lr, tuple(betas)
         self.vae_crop_size = vae_crop_size
+        self.vae_lr_final = vae_lr_final
         # 0 until phase 2 sets it; a buffer so that a resumed run keeps the scale it trained the UNet with.
         self.register_buffer("latent_scale", torch.zeros(()))
         self.model.freeze_except(None)
@@ -88,6 +100,9 @@ class PriorModule(UpdateCounter):
     def _vae_step(self, gt: torch.Tensor) -> torch.Tensor:
         optimizer_vae, optimizer_d, _ = self.optimizers()
         step = self.update_step
+        if self.vae_lr_final is not None:
+            for group in optimizer_vae.optimizer.param_groups:
+                group["lr"] = cosine_learning_rate(step, self.vae_updates, self.vae_lr, self.vae_lr_final)
         with self.toggled_optimizer(optimizer_vae):
             reconstruction = reconstruct(self.model.vae, gt)
             loss_g, logs = self.loss.generator_loss(gt, reconstruction, step)
