@@ -155,6 +155,18 @@ def test_cfw_w0_is_exactly_the_plain_decoder_and_w_changes_it(tiny):
     assert not torch.equal(half, fused) and not torch.equal(half, plain)
 
 
+def test_tiny_cfw_widths_follow_the_vae_widths_it_fuses():
+    """CFW fuses the VAE encoder's and decoder's features at H/2 and H/4: a wider VAE (the release recipe's) needs no
+    second edit, and the built pipeline decodes with the fusion on."""
+    wider = ("vae.block_out_channels=[48,48,96,96]", "vae.norm_num_groups=8", "+cfw.norm_groups=16")
+    cfg = OmegaConf.to_container(preset("tiny", *wider), resolve=True)
+    assert cfg["cfw"]["channels"] == [48, 96]
+    model = build_pipeline(**{k: v for k, v in cfg.items() if k not in ("_target_", "_convert_")}).model
+    with torch.no_grad():
+        latent, features = model.encode(torch.rand(1, 3, 32, 32) * 2 - 1, generator=torch.Generator().manual_seed(0))
+        assert model.decode(latent, features, w=1.0).shape == (1, 3, 32, 32)
+
+
 def test_cfw_names_and_sizes_match_the_released_checkpoint():
     official = {k: s for k, s in _manifest("vqgan_cfw_keys.tsv", "decoder.").items() if k.startswith("fusion_layer")}
     with torch.device("meta"):

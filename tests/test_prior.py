@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from sr.commands.config import compose as compose_config
 from sr.commands.train import train
 from sr.pipelines import StableSRPipeline
-from sr.training.prior import random_crop
+from sr.training.prior import cosine_learning_rate, random_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,10 +27,21 @@ def test_random_crop_is_one_window_of_the_batch():
         random_crop(images, 11)
 
 
+def test_cosine_learning_rate_runs_from_start_to_final_through_the_midpoint():
+    assert cosine_learning_rate(0, 100, 2e-4, 2e-5) == pytest.approx(2e-4)
+    assert cosine_learning_rate(50, 100, 2e-4, 2e-5) == pytest.approx(1.1e-4)  # the mean of the two ends
+    assert cosine_learning_rate(100, 100, 2e-4, 2e-5) == pytest.approx(2e-5)
+    rates = [cosine_learning_rate(step, 100, 2e-4, 2e-5) for step in range(101)]
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    with pytest.raises(ValueError, match="step 101 of 100"):
+        cosine_learning_rate(101, 100, 2e-4, 2e-5)
+
+
 def test_prior_phases_train_their_parts_and_the_folder_loads_back(tmp_path):
     overrides = [
         "experiment=prior_tiny", "logger=none", "module.vae_updates=2", "module.unet_updates=2",
         "module.loss.disc_start=1", "module.loss.disc_channels=8", "data.crop_size=64", "data.batch_size=2",
+        "module.vae_lr_final=1e-4",
         "++trainer.enable_model_summary=false", "~callbacks.progress_bar",
     ]
     cfg = compose_config("train", overrides, return_hydra_config=True)
@@ -41,6 +52,8 @@ def test_prior_phases_train_their_parts_and_the_folder_loads_back(tmp_path):
     result = train(cfg)
     module = result["module"]
     assert int(module.updates) == 4 and result["trainer"].state.finished
+    vae_optimizer = module.optimizers()[0].optimizer  # the cosine schedule's rate of the last VAE update, step 1 of 2
+    assert vae_optimizer.param_groups[0]["lr"] == pytest.approx(cosine_learning_rate(1, 2, 1e-3, 1e-4))
 
     loaded = StableSRPipeline.from_pretrained(tmp_path / "model").model
     scale = float(module.latent_scale)

@@ -20,11 +20,14 @@ model's dtype)::
 
 ``c0, c1, c2``: the VAE's ``block_out_channels``; ``u0``: the UNet's first ``block_out_channels``. The constants
 count the live tensors of each kind at the peak. Measured on the ``tiny`` preset (float32, CPU, 1 step, peak RSS of
-a fresh process above the RSS before the call, as ``benchmarks/sampling.py --memory-child`` measures it): 4x
-upscales to 256^2 / 512^2 / 1024^2 took 63-97 / 242 / 810 MB with the default untiled VAE (estimates 133 / 305 /
-991 MB) and 97 / 472 / 828 MB with 256 px VAE tiles in estimate mode (estimates 133 / 380 / 1066 MB: the 512^2
-tiled case is the one the formula underestimates, by 20%). ``tests/test_faults.py`` measures the default 512^2 case
-again and checks ``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.commands.upscale_folder``
+a fresh process above the RSS before the call, as ``benchmarks/sampling.py --memory-child`` measures it, with glibc's
+mmap threshold fixed so that the peak is the live memory's): 4x upscales to 256^2 / 512^2 / 1024^2 took 45 / 182 /
+710 MB with the default untiled VAE and 46 / 157 / 494 MB with 256 px exact VAE tiles (estimates 133 / 305 / 991 MB
+for both). With glibc's default, dynamic threshold, heap fragmentation comes on top and varies from one process to the
+next: the 512^2 case peaked 204-312 MB above its start in fresh processes, up to 2 % above its estimate. An earlier
+measurement with 256 px tiles in estimate mode, under the default threshold, took 97 / 472 / 828 MB (estimates 133 /
+380 / 1066 MB). ``tests/test_faults.py`` measures the default 512^2 case again and checks
+``measured <= estimate <= ESTIMATE_MARGIN * measured``. The guard of ``sr.commands.upscale_folder``
 skips an image whose estimate exceeds :func:`available_memory` or ``max_memory``, naming the settings that lower the
 estimate (:func:`memory_levers`).
 """
