@@ -8,31 +8,28 @@ same settings, shows an error for a file that is not an image and goes on servin
 import csv
 import io
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_support import (
+    REPO,
+    missing_browser,
+    new_chromium,
+    open_app,
+    serving_app,
+    upload,
+    wait_for,
+)
 from PIL import Image
-
 from test_report import _fake_sweep
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# as root in a container: no sandbox; no GPU; nothing the browser would fetch on its own (updates, sync, QUIC)
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1000", "--force-device-scale-factor=1")
-APP_START_SECONDS = 240
 JOB_SECONDS = 240
 # the settings of the app test, as upscale.py keys: a 48 x 48 input to 192 x 192 in 2 x 2 latent tiles, 2 steps
 SETTINGS = {"scale": 4, "w": 0.7, "num_inference_steps": 2, "seed": 7, "color_fix": "adain", "tile.size": 16, "tile.overlap": 8}
@@ -41,35 +38,17 @@ SETTINGS = {"scale": 4, "w": 0.7, "num_inference_steps": 2, "seed": 7, "color_fi
 @pytest.fixture
 def browser(tmp_path_factory):
     """``browser()``: a new headless Chromium (several may be open), logging the console and the network."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
-    if missing:
+    if missing := missing_browser():
         pytest.fail(f"missing {', '.join(missing)}: `make test-browser` installs chromium and chromium-driver")
     drivers = []
 
     def start():
-        options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
-        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-        drivers.append(webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options))
+        drivers.append(new_chromium(tmp_path_factory.mktemp("chromium")))
         return drivers[-1]
 
     yield start
     for driver in drivers:
         driver.quit()
-
-
-def _wait(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if (value := condition()):
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 def _pixels(element) -> np.ndarray:
@@ -92,7 +71,7 @@ def report(tmp_path_factory):
 def _open_report(browser, report):
     driver = browser()
     driver.get((report / "index.html").as_uri())
-    _wait(lambda: driver.execute_script("return document.readyState") == "complete", 30, "the page to load")
+    wait_for(lambda: driver.execute_script("return document.readyState") == "complete", 30, "the page to load")
     return driver
 
 
@@ -193,37 +172,11 @@ def test_comparison_slider_zoom_and_pan_change_the_pixels_shown(browser, report)
 
 # --- the web demo ----------------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """``python -m sr.commands.app`` on the default model, on a free loopback port; yields its URL."""
-    log_dir = tmp_path_factory.mktemp("app")
-    port = _free_port()
-    environment = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(log_dir / "gradio")}
-    with open(log_dir / "app.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "sr.commands.app", "--port", str(port)], cwd=REPO,
-                                  env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-
-    def serving():
-        if server.poll() is not None:
-            raise AssertionError(f"sr.commands.app exited: {(log_dir / 'app.log').read_text()[-2000:]}")
-        try:
-            return urllib.request.urlopen(url, timeout=5).status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait(serving, APP_START_SECONDS, "sr.commands.app to serve")
+    with serving_app(tmp_path_factory.mktemp("app")) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def _noise_image(path: Path, seed: int, size: int = 32) -> Path:
@@ -233,12 +186,7 @@ def _noise_image(path: Path, seed: int, size: int = 32) -> Path:
 
 
 def _open_app(browser, url):
-    from selenium.webdriver.common.by import By
-
-    driver = browser()
-    driver.get(url)
-    _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), 60, "the upload field")
-    return driver
+    return open_app(browser(), url)
 
 
 def _set_number(driver, element_id, value):
@@ -249,22 +197,13 @@ def _set_number(driver, element_id, value):
     field = driver.find_element(By.CSS_SELECTOR, f"#{element_id} input[type=number]")
     field.send_keys(Keys.CONTROL, "a")
     field.send_keys(str(value), Keys.TAB)
-    _wait(lambda: float(field.get_attribute("value")) == float(value), 10, f"{element_id} = {value}")
-
-
-def _upload(driver, image: Path):
-    from selenium.webdriver.common.by import By
-
-    driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(image))
-    # the file list shows the name as stem and suffix in two elements
-    _wait(lambda: image.name in driver.find_element(By.ID, "upload").text.replace("\n", ""), 60,
-          f"{image.name} uploaded")
+    wait_for(lambda: float(field.get_attribute("value")) == float(value), 10, f"{element_id} = {value}")
 
 
 def _submit(driver, image: Path):
     from selenium.webdriver.common.by import By
 
-    _upload(driver, image)
+    upload(driver, image)
     driver.find_element(By.ID, "run").click()
 
 
@@ -278,7 +217,7 @@ def _download(driver) -> tuple[bytes, set[str]]:
         progress.update(re.findall(r"\b\d+/\d+\b", driver.find_element(By.ID, "compare").text))
         return driver.find_elements(By.CSS_SELECTOR, "#download a[href]")
 
-    link = _wait(done, JOB_SECONDS, "the result")
+    link = wait_for(done, JOB_SECONDS, "the result")
     with urllib.request.urlopen(link[0].get_attribute("href"), timeout=30) as response:
         return response.read(), progress
 
@@ -311,11 +250,11 @@ def test_a_bad_file_shows_an_error_and_the_next_upload_works(browser, app, tmp_p
     broken.write_text("not an image\n")
     driver = _open_app(browser, app)
     _submit(driver, broken)
-    _wait(lambda: "notes.png: " in driver.find_element(By.TAG_NAME, "body").text, JOB_SECONDS, "the error message")
+    wait_for(lambda: "notes.png: " in driver.find_element(By.TAG_NAME, "body").text, JOB_SECONDS, "the error message")
     assert not driver.find_elements(By.CSS_SELECTOR, "#download a[href]")
 
     driver.get(app)   # a fresh page on the same server
-    _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), 60, "the upload field")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"), 60, "the upload field")
     _set_number(driver, "num-inference-steps", 8)
     _submit(driver, _noise_image(tmp_path / "good.png", seed=4, size=64))
     result, progress = _download(driver)
@@ -331,7 +270,7 @@ def test_two_uploads_at_once_are_both_answered(browser, app, tmp_path):
     images = [_noise_image(tmp_path / f"photo{index}.png", seed=10 + index, size=24 + 8 * index) for index in range(2)]
     for driver, image in zip(drivers, images):
         _set_number(driver, "num-inference-steps", 4)
-        _upload(driver, image)
+        upload(driver, image)
     for driver in drivers:   # both jobs asked for before either is done
         driver.find_element(By.ID, "run").click()
     results = [Image.open(io.BytesIO(_download(driver)[0])) for driver in drivers]
