@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sr.commands.config import RELEASED_DIR, compose
-from sr.commands.recipe import RELEASE_FILE, RELEASE_NAME, final_losses, release_steps, run_chain
+from sr.commands.recipe import RELEASE_FILE, RELEASE_NAME, WALL_TIME_FILE, final_losses, release_steps, run_chain
 from sr.io import read_image, write_image
 from sr.pipelines import StableSRPipeline
 
@@ -51,6 +51,12 @@ def test_recipe_trains_every_stage_and_packages_a_loadable_release(tmp_path, cap
     capsys.readouterr()
     run_chain(release_steps(runs, out, overrides=SMOKE), set(), "test")  # a rerun skips every finished step
     assert capsys.readouterr().out.count("outputs exist, skipping") == 5
+
+    # a forced step's time is its redo's, not the sum of both runs (an interrupted run resumed still adds up)
+    (runs / WALL_TIME_FILE).write_text(json.dumps(release["wall_seconds"] | {"cfw_data": 1e6}))
+    run_chain(release_steps(runs, out, overrides=SMOKE), {"cfw_data"}, "test")
+    redone = json.loads((runs / WALL_TIME_FILE).read_text())
+    assert 0 < redone["cfw_data"] < 1e6 and redone["prior"] == release["wall_seconds"]["prior"]
 
 
 def test_released_model_loads_from_its_preset():

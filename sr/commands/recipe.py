@@ -77,8 +77,10 @@ def run_step(step: Step, force: bool, log_prefix: str) -> None:
     if step.done() and not force:
         print(f"[{log_prefix}] {step.name}: outputs exist, skipping ({step.outputs[0]}); force it to redo")
         return
-    if force and step.run_dir.exists() and step.command:
-        shutil.rmtree(step.run_dir)
+    if force and step.command:
+        if step.run_dir.exists():
+            shutil.rmtree(step.run_dir)
+        forget_wall_time(step.run_dir.parent, step.name)  # the redo's time replaces the deleted run's
     started = time.monotonic()
     if step.action is not None:
         print(f"[{log_prefix}] {step.name}", flush=True)
@@ -109,6 +111,15 @@ def add_wall_time(runs: Path, name: str, seconds: float) -> None:
     times = wall_times(runs)
     times[name] = round(times.get(name, 0.0) + seconds, 1)
     write_bytes_atomic(runs / WALL_TIME_FILE, json.dumps(times, indent=2).encode(), overwrite=True)
+
+
+def forget_wall_time(runs: Path, name: str) -> None:
+    """Drop step ``name``'s recorded wall time in ``runs`` / :data:`WALL_TIME_FILE` (its run was deleted)."""
+    from sr.io import write_bytes_atomic
+
+    times = wall_times(runs)
+    if times.pop(name, None) is not None:
+        write_bytes_atomic(runs / WALL_TIME_FILE, json.dumps(times, indent=2).encode(), overwrite=True)
 
 
 def wall_times(runs: Path) -> dict[str, float]:
