@@ -4,7 +4,7 @@
         [--reproducible]
 
 Steps: prior, stage1, cfw_data, cfw, package (finished steps are skipped; ``--force all`` redoes every step). About
-half an hour on 2 CPU cores. Replacing the committed release is explicit:
+55 minutes on 2 CPU cores. Replacing the committed release is explicit:
 ``python scripts/release.py --out sr/released/stablesr_tiny --overwrite``.
 """
 
