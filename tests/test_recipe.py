@@ -1,13 +1,15 @@
 """The release recipe (sr/commands/recipe.py) end to end at smoke size, and the released tiny model it produced."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from sr.commands.config import RELEASED_DIR, compose
-from sr.commands.recipe import RELEASE_FILE, RELEASE_NAME, WALL_TIME_FILE, final_losses, release_steps, run_chain
+from sr.commands.recipe import (RELEASE_FILE, RELEASE_NAME, WALL_TIME_FILE, Step, final_losses, release_steps,
+                                run_chain)
 from sr.io import read_image, write_image
 from sr.pipelines import StableSRPipeline
 
@@ -52,11 +54,21 @@ def test_recipe_trains_every_stage_and_packages_a_loadable_release(tmp_path, cap
     run_chain(release_steps(runs, out, overrides=SMOKE), set(), "test")  # a rerun skips every finished step
     assert capsys.readouterr().out.count("outputs exist, skipping") == 5
 
-    # a forced step's time is its redo's, not the sum of both runs (an interrupted run resumed still adds up)
-    (runs / WALL_TIME_FILE).write_text(json.dumps(release["wall_seconds"] | {"cfw_data": 1e6}))
-    run_chain(release_steps(runs, out, overrides=SMOKE), {"cfw_data"}, "test")
-    redone = json.loads((runs / WALL_TIME_FILE).read_text())
-    assert 0 < redone["cfw_data"] < 1e6 and redone["prior"] == release["wall_seconds"]["prior"]
+
+
+def test_a_forced_step_records_its_redo_time_and_a_resumed_one_adds_up(tmp_path):
+    runs = tmp_path / "runs"
+    output = runs / "touch" / "done.txt"
+    script = (f"import pathlib, time; time.sleep(0.2); path = pathlib.Path({str(output)!r}); "
+              "path.parent.mkdir(parents=True, exist_ok=True); path.touch()")
+    step = Step("touch", runs / "touch", [output], [sys.executable, "-c", script])
+    runs.mkdir()
+    (runs / WALL_TIME_FILE).write_text(json.dumps({"touch": 100.0, "other": 5.0}))  # an earlier, interrupted run
+    run_chain([step], set(), "test")  # resumed: its time adds to the earlier run's
+    assert json.loads((runs / WALL_TIME_FILE).read_text())["touch"] >= 100.2
+    run_chain([step], {"touch"}, "test")  # forced: the run dir is deleted and the redo's time replaces it
+    times = json.loads((runs / WALL_TIME_FILE).read_text())
+    assert 0.2 <= times["touch"] < 60 and times["other"] == 5.0 and output.exists()
 
 
 def test_released_model_loads_from_its_preset():
