@@ -225,7 +225,8 @@ def validate_train(cfg) -> None:
 
     problems = _Problems(cfg)
     problems.number("seed", integer=True, optional=True, default=None)
-    for key in ("module.lr", "module.vae_lr", "module.vae_lr_final", "module.unet_lr"):  # the learning rates of conf/module/*.yaml
+    # the learning rates of conf/module/*.yaml
+    for key in ("module.lr", "module.vae_lr", "module.vae_lr_final", "module.unet_lr"):
         if problems.get(key, None) not in (None, _UNSET):
             problems.number(key, low=0, low_open=True)
     ckpt_path = problems.get("ckpt_path", None)

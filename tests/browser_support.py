@@ -39,7 +39,8 @@ def new_chromium(user_data_dir: Path, window: tuple[int, int] = (1280, 1000)):
 
 
 def wait_for(condition, seconds: float, what: str):
-    """The first truthy value of ``condition()``, polled every 0.2 s; AssertionError naming ``what`` after ``seconds``."""
+    """The first truthy value of ``condition()``, polled every 0.2 s; an AssertionError naming ``what`` once
+    ``seconds`` have passed."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if (value := condition()):

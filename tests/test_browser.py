@@ -16,16 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_support import (
-    REPO,
-    missing_browser,
-    new_chromium,
-    open_app,
-    serving_app,
-    upload,
-    wait_for,
-)
 from PIL import Image
+
+from browser_support import REPO, missing_browser, new_chromium, open_app, serving_app, upload, wait_for
 from test_report import _fake_sweep
 
 pytestmark = pytest.mark.browser

@@ -55,7 +55,6 @@ def test_recipe_trains_every_stage_and_packages_a_loadable_release(tmp_path, cap
     assert capsys.readouterr().out.count("outputs exist, skipping") == 5
 
 
-
 def test_a_forced_step_records_its_redo_time_and_a_resumed_one_adds_up(tmp_path):
     runs = tmp_path / "runs"
     output = runs / "touch" / "done.txt"

@@ -106,20 +106,22 @@ def run_step(step: Step, force: bool, log_prefix: str) -> None:
 
 def add_wall_time(runs: Path, name: str, seconds: float) -> None:
     """Add ``seconds`` to step ``name``'s wall time in ``runs`` / :data:`WALL_TIME_FILE`."""
-    from sr.io import write_bytes_atomic
-
     times = wall_times(runs)
     times[name] = round(times.get(name, 0.0) + seconds, 1)
-    write_bytes_atomic(runs / WALL_TIME_FILE, json.dumps(times, indent=2).encode(), overwrite=True)
+    _save_wall_times(runs, times)
 
 
 def forget_wall_time(runs: Path, name: str) -> None:
     """Drop step ``name``'s recorded wall time in ``runs`` / :data:`WALL_TIME_FILE` (its run was deleted)."""
-    from sr.io import write_bytes_atomic
-
     times = wall_times(runs)
     if times.pop(name, None) is not None:
-        write_bytes_atomic(runs / WALL_TIME_FILE, json.dumps(times, indent=2).encode(), overwrite=True)
+        _save_wall_times(runs, times)
+
+
+def _save_wall_times(runs: Path, times: dict[str, float]) -> None:
+    from sr.io import write_bytes_atomic
+
+    write_bytes_atomic(runs / WALL_TIME_FILE, json.dumps(times, indent=2).encode(), overwrite=True)
 
 
 def wall_times(runs: Path) -> dict[str, float]:

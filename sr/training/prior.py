@@ -5,8 +5,9 @@ encoder + SFT (stage 1) and CFW (stage 2). To give the ``tiny`` preset a prior t
 trains, on HR crops (``batch["gt"]``, [-1, 1]), in two phases counted in generator updates:
 
 1. ``vae_updates`` updates of the VAE with :class:`AutoencoderLoss` (L1 + LPIPS + hinge GAN + KL), as LDM trains its
-   first stage, at ``vae_lr`` or, with ``vae_lr_final``, on the cosine schedule of :func:`cosine_learning_rate`; then the latent scale is set as LDM's ``scale_by_std``: ``scaling_factor = 1 / std(z)`` over one batch
-   of posterior samples, so the diffusion sees unit-variance latents;
+   first stage, at ``vae_lr`` or, with ``vae_lr_final``, on the cosine schedule of :func:`cosine_learning_rate`; then
+   the latent scale is set as LDM's ``scale_by_std``: ``scaling_factor = 1 / std(z)`` over one batch of posterior
+   samples, so the diffusion sees unit-variance latents;
 2. ``unet_updates`` updates of the UNet (the plain diffusers UNet: SFT is never applied here) on the SD objective
    ``|| UNet(sqrt(a_t) z + sqrt(1 - a_t) n, t, c_empty) - target ||^2``, ``target = n`` (eps) or
    ``sqrt(a_t) n - sqrt(1 - a_t) z`` (v), ``t ~ U{0..999}``.
