@@ -23,6 +23,7 @@ SMOKE = {
 }
 
 
+@pytest.mark.slow  # about 55 s: four training / sampling commands, each a fresh process (CI runs make test-slow)
 def test_recipe_trains_every_stage_and_packages_a_loadable_release(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "stablesr_tiny"
     steps = release_steps(runs, out, overrides=SMOKE)
