@@ -217,6 +217,7 @@ print("RUN_DIR", os.environ["RANK"], OmegaConf.select(cfg, "hydra.run.dir"), flu
 """
 
 
+@pytest.mark.slow  # about 16 s: torchrun starts two ranks, each importing torch and hydra (CI runs make test-slow)
 def test_torchrun_ranks_share_one_run_dir(tmp_path):
     script = tmp_path / "resolve.py"
     script.write_text(RESOLVE_RUN_DIR)
