@@ -238,6 +238,7 @@ def test_out_of_memory_in_one_image_is_reported_and_the_folder_goes_on(tiny_mode
     assert "2 written, 0 skipped (output exists), 1 failed, 0 kept (made with other settings), of 3 images" in captured.out
 
 
+@pytest.mark.slow  # about 15 s: measures a 512 px upscale's peak in a fresh process (CI runs make test-slow)
 def test_peak_memory_estimate_is_checked_against_a_measurement():
     """A 4x upscale to 512^2 in a fresh process (peak RSS, as benchmarks/sampling.py measures it) against the
     formula of sr.commands.memory for the same settings."""

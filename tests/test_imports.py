@@ -65,6 +65,7 @@ def test_the_checker_sees_imports_of_every_form(tmp_path):
     assert expected <= imported_modules(probe, package="sr.ops")
 
 
+@pytest.mark.slow  # about 20 s for both: each imports the package in a fresh process (CI runs make test-slow)
 @pytest.mark.parametrize("module", ["sr.training", "sr"])
 def test_importing_registers_no_resolver_and_touches_no_global_state(module):
     """A fresh interpreter imports ``module`` (for ``sr``: every module of the package); OmegaConf's resolvers,

@@ -190,6 +190,7 @@ def test_default_mode_pins_nothing_and_uses_the_available_cores():
     assert users["threads"] == 1 and users["available"] == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.slow  # about 19 s: upscales in fresh processes under several environments (CI runs make test-slow)
 def test_reproducible_upscale_is_bit_identical_whatever_the_environment(tmp_path):
     """upscale.py run three times at once on a 16-bit LR (16-bit output: differences far below an 8-bit level show):
     reproducible by the driver's environment, reproducible by the command line over a hostile environment, and the
