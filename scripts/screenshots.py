@@ -22,11 +22,19 @@ from sr.io import write_bytes_atomic
 ROOT = find_project_root()
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_support import missing_browser, new_chromium, open_app, serving_app, upload, wait_for  # noqa: E402
+from browser_support import (missing_browser, new_chromium, open_app, open_page, serving_app, upload,  # noqa: E402
+                             wait_for)
 
 REPORT_PAGE = ROOT / "experiments" / "demo_tiny" / "index.html"
 APP_IMAGE = ROOT / "data" / "samples" / "heldout_pairs" / "lr" / "coffee.png"
 JOB_SECONDS = 300
+
+
+def images_shown(driver, root, count: int | None = None) -> bool:
+    """Every ``img`` under the element ``root`` has loaded (and there are ``count`` of them, when given)."""
+    widths = driver.execute_script(
+        "return Array.from(arguments[0].querySelectorAll('img')).map(i => i.complete ? i.naturalWidth : 0)", root)
+    return bool(widths) and all(widths) and count in (None, len(widths))
 
 
 def report_screenshot(scratch: Path) -> bytes:
@@ -35,8 +43,7 @@ def report_screenshot(scratch: Path) -> bytes:
 
     driver = new_chromium(scratch / "report-profile", window=(1100, 1260))
     try:
-        driver.get(REPORT_PAGE.as_uri())
-        wait_for(lambda: driver.execute_script("return document.readyState") == "complete", 30, "the report page")
+        open_page(driver, REPORT_PAGE.as_uri())
         header = driver.find_element(By.XPATH, "//table[@id='sweep-table']//th[normalize-space()='psnr_y']")
         header.click()
         header.click()   # the second click sorts from the highest
@@ -46,9 +53,7 @@ def report_screenshot(scratch: Path) -> bytes:
             "stablesr (w=1.0, tile.overlap=16)")
         for _ in range(2):
             section.find_element(By.CSS_SELECTOR, ".zoom-in").click()
-        wait_for(lambda: driver.execute_script(
-            "return Array.from(arguments[0].querySelectorAll('img')).every(i => i.complete && i.naturalWidth > 0)",
-            section), 30, "the comparison's images")
+        wait_for(lambda: images_shown(driver, section), 30, "the comparison's images")
         return driver.get_screenshot_as_png()
     finally:
         driver.quit()
@@ -65,10 +70,8 @@ def app_screenshot(scratch: Path) -> bytes:
             upload(driver, APP_IMAGE)
             driver.find_element(By.ID, "run").click()
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#download a[href]"), JOB_SECONDS, "the result")
-            wait_for(lambda: driver.execute_script(
-                "return Array.from(document.querySelectorAll('#compare img')).every(i => i.complete && "
-                "i.naturalWidth > 0) && document.querySelectorAll('#compare img').length == 2"), 30,
-                "the before/after images")
+            wait_for(lambda: images_shown(driver, driver.find_element(By.ID, "compare"), count=2), 30,
+                     "the before/after images")
             return driver.get_screenshot_as_png()
         finally:
             driver.quit()

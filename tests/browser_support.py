@@ -82,6 +82,13 @@ def serving_app(log_dir: Path, *arguments: str):
         server.wait(30)
 
 
+def open_page(driver, url: str):
+    """``driver`` on ``url``, once the document has loaded."""
+    driver.get(url)
+    wait_for(lambda: driver.execute_script("return document.readyState") == "complete", 30, f"{url} to load")
+    return driver
+
+
 def open_app(driver, url: str):
     """``driver`` on the demo's page, once its upload field is there."""
     from selenium.webdriver.common.by import By

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser_support import REPO, missing_browser, new_chromium, open_app, serving_app, upload, wait_for
+from browser_support import (REPO, missing_browser, new_chromium, open_app, open_page, serving_app, upload,
+                             wait_for)
 from test_report import _fake_sweep
 
 pytestmark = pytest.mark.browser
@@ -62,10 +63,7 @@ def report(tmp_path_factory):
 
 
 def _open_report(browser, report):
-    driver = browser()
-    driver.get((report / "index.html").as_uri())
-    wait_for(lambda: driver.execute_script("return document.readyState") == "complete", 30, "the page to load")
-    return driver
+    return open_page(browser(), (report / "index.html").as_uri())
 
 
 def test_report_page_loads_offline_without_console_errors(browser, report):
