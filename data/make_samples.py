@@ -3,7 +3,11 @@
     python data/make_samples.py [--dest data/samples] [--overwrite]
 
 Nothing is downloaded; licences are in ``data/samples/LICENSE.md``. ``train`` and ``heldout`` come from
-``skimage.data`` (scikit-image 0.26). Training photos are resized (PIL Lanczos) so the longer side is
+``skimage.data`` (scikit-image 0.26); ``train`` also holds nine CC-BY-4.0 / CC0 photographs from Debian's
+``lomiri-wallpapers-16.04`` package (``apt-get install lomiri-wallpapers-16.04``: ``/usr/share/backgrounds``), the
+strongly coloured scenes (red, orange, saturated greens and blues, paint) that scikit-image's mostly earthy photos lack;
+without that package they are skipped with a note of what to install (the script then exits 1). Training photos are
+resized (PIL Lanczos) so the longer side is
 ``TRAIN_LONG_SIDE``; held-out photos keep their native size, because the evaluation pairs
 (``python -m sr.commands.testset``) take 384 px centre crops from them. Gray photos are stored gray (the loaders make
 them 3-channel).
@@ -50,6 +54,21 @@ TRAIN = {
     "page": ("page", None),
     "cell": ("cell", None),
 }
+# file stem -> photo in Debian's lomiri-wallpapers-16.04 (20.04.0-2), whose debian/copyright gives each licence.
+# Photos only: the package's other CC-BY(-SA)-4.0 files are drawings or synthetic gradients, or CC-BY-SA.
+DEBIAN_BACKGROUNDS = Path("/usr/share/backgrounds")
+DEBIAN_PACKAGE = "lomiri-wallpapers-16.04"
+TRAIN_DEBIAN = {
+    "mountain_autumn": "aitzgorri_by_Aitzol_Berasategi.jpg",
+    "dogs_window": "friends_by_Aitzol_Berasategi.jpg",
+    "forest_stream": "life_by_Aitzol_Berasategi.jpg",
+    "mountain_path": "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "fig_bowl": "Picture_0B_by_freespace.jpg",
+    "paint_brushes": "Picture_1A_by_freespace.jpg",
+    "dandelions": "seeding_by_Clements_Engelhardt.jpg",
+    "sunset_hill": "sunset_by_Aitzol_Berasategi.jpg",
+    "room_wine": "Wine_by_Jakkub_Mede.jpg",
+}
 HELDOUT = {"coffee": "coffee", "camera": "camera", "rocket": "rocket"}
 
 COLOUR_SIDE = 256
@@ -81,10 +100,30 @@ def train_photo(function: str, crop: tuple[int, int, int] | None) -> np.ndarray:
     if crop is not None:
         top, left, side = crop
         image = image[top : top + side, left : left + side]
+    return resized_for_training(image)
+
+
+def resized_for_training(image: np.ndarray) -> np.ndarray:
+    """``image`` resized (PIL Lanczos) so that its longer side is ``TRAIN_LONG_SIDE``."""
     height, width = image.shape[:2]
     scale = TRAIN_LONG_SIDE / max(height, width)
     size = (round(width * scale), round(height * scale))
     return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
+
+
+def debian_photos() -> dict[str, np.ndarray] | None:
+    """``train/<stem>.png`` -> image for every ``TRAIN_DEBIAN`` photo; None (with a one-line note on stderr) when the
+    Debian package that holds them is not installed."""
+    missing = [name for name in TRAIN_DEBIAN.values() if not (DEBIAN_BACKGROUNDS / name).is_file()]
+    if missing:
+        print(f"make_samples: {len(missing)} training photos skipped ({DEBIAN_BACKGROUNDS / missing[0]} missing): "
+              f"apt-get install {DEBIAN_PACKAGE}", file=sys.stderr)
+        return None
+    photos = {}
+    for stem, name in TRAIN_DEBIAN.items():
+        with Image.open(DEBIAN_BACKGROUNDS / name) as photo:
+            photos[f"train/{stem}.png"] = resized_for_training(np.asarray(photo.convert("RGB")))
+    return photos
 
 
 def sklearn_images() -> Path | None:
@@ -142,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     photos = {f"train/{stem}.png": train_photo(*spec) for stem, spec in TRAIN.items()}
     photos |= {f"heldout/{stem}.png": getattr(skimage.data, function)() for stem, function in HELDOUT.items()}
+    debian = debian_photos()
+    photos |= debian or {}
     colour = colour_photos()
     photos |= colour or {}
     for relative, array in photos.items():
@@ -152,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, png_bytes(array), overwrite=True)
         print(f"wrote {path} {array.shape[1]}x{array.shape[0]}")
-    return 0 if colour is not None else 1
+    return 0 if colour is not None and debian is not None else 1
 
 
 if __name__ == "__main__":
