@@ -272,8 +272,9 @@ def test_bundled_heldout_pairs_match_generator(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
                     reason="the colour set's photos ship with scikit-learn: pip install scikit-learn==1.9.1")
-def test_bundled_colour_pairs_match_make_samples(tmp_path):
+def test_bundled_colour_pairs_match_make_samples(tmp_path, monkeypatch):
     script = load_script("make_samples")
+    monkeypatch.setattr(script, "debian_photos", lambda: {})  # this test needs scikit-learn only
     assert script.main(["--dest", str(tmp_path)]) == 0
     samples = ROOT / "data/samples"
     bundled = sorted(path.relative_to(samples) for path in (samples / "colour_pairs").rglob("*.png"))
@@ -285,9 +286,31 @@ def test_bundled_colour_pairs_match_make_samples(tmp_path):
     assert read_image(tmp_path / "colour_pairs/lr/flower_leaves.png").image.shape == (3, 64, 64)
 
 
+@pytest.mark.skipif(not Path("/usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg").is_file(),
+                    reason="nine training photos ship in Debian: apt-get install lomiri-wallpapers-16.04")
+def test_bundled_debian_training_photos_match_make_samples(tmp_path, monkeypatch):
+    script = load_script("make_samples")
+    monkeypatch.setattr(script, "colour_photos", lambda: {})  # this test needs the Debian package only
+    assert script.main(["--dest", str(tmp_path)]) == 0
+    for stem in script.TRAIN_DEBIAN:
+        relative = f"train/{stem}.png"
+        assert (tmp_path / relative).read_bytes() == (ROOT / "data/samples" / relative).read_bytes(), relative
+    assert read_image(tmp_path / "train/paint_brushes.png").image.shape == (3, 302, 384)  # longer side 384 px
+
+
+def test_make_samples_without_the_debian_photos_says_what_to_install(tmp_path, monkeypatch, capsys):
+    script = load_script("make_samples")
+    monkeypatch.setattr(script, "DEBIAN_BACKGROUNDS", tmp_path / "no_backgrounds")
+    monkeypatch.setattr(script, "colour_photos", lambda: {})
+    assert script.main(["--dest", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip().endswith("apt-get install lomiri-wallpapers-16.04")
+    assert (tmp_path / "out/train/astronaut.png").is_file() and not (tmp_path / "out/train/fig_bowl.png").exists()
+
+
 def test_make_samples_without_sklearn_says_what_to_install(tmp_path, monkeypatch, capsys):
     script = load_script("make_samples")
     monkeypatch.setattr(script, "sklearn_images", lambda: None)
+    monkeypatch.setattr(script, "debian_photos", lambda: {})
     assert script.main(["--dest", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip().endswith("pip install scikit-learn==1.9.1")
     assert (tmp_path / "heldout" / "coffee.png").is_file() and not (tmp_path / "colour_pairs").exists()
