@@ -63,7 +63,7 @@ test-browser: $(STAMP)
 	$(PY) -m pytest -q -m browser tests/test_browser.py
 
 test-samples: $(STAMP)
-	@test -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg || { apt-get update -qq && \
+	@dpkg -s lomiri-wallpapers-16.04 >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lomiri-wallpapers-16.04; }
 	$(PY) -m pip install --quiet -e '.[samples]'
 	$(PY) -m pytest -q tests/test_data.py -k make_samples -rs

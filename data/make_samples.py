@@ -111,12 +111,16 @@ def resized_for_training(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
 
 
+def missing_debian_photos() -> list[Path]:
+    """The ``TRAIN_DEBIAN`` photos that are not on disk (all of them when the Debian package is not installed)."""
+    return [DEBIAN_BACKGROUNDS / name for name in TRAIN_DEBIAN.values() if not (DEBIAN_BACKGROUNDS / name).is_file()]
+
+
 def debian_photos() -> dict[str, np.ndarray] | None:
     """``train/<stem>.png`` -> image for every ``TRAIN_DEBIAN`` photo; None (with a one-line note on stderr) when the
     Debian package that holds them is not installed."""
-    missing = [name for name in TRAIN_DEBIAN.values() if not (DEBIAN_BACKGROUNDS / name).is_file()]
-    if missing:
-        print(f"make_samples: {len(missing)} training photos skipped ({DEBIAN_BACKGROUNDS / missing[0]} missing): "
+    if missing := missing_debian_photos():
+        print(f"make_samples: {len(missing)} training photos skipped ({missing[0]} missing): "
               f"apt-get install {DEBIAN_PACKAGE}", file=sys.stderr)
         return None
     photos = {}
