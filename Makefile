@@ -5,8 +5,8 @@
 # `make test-cluster` (as root) starts a one-node SLURM cluster, runs the cluster tests on it and stops it again.
 # `make test-browser` (as root) installs Debian's chromium and chromium-driver when missing and runs the browser tests
 # (the report page and the web demo in headless Chromium).
-# `make test-samples` (as root) installs the bundled photos' sources when missing (the Debian packages that
-# `data/make_samples.py --debian-packages` names, scikit-learn 1.9.1 into .venv) and checks that data/make_samples.py rewrites data/samples byte for byte.
+# `make test-samples` (as root) installs the bundled photos' sources when missing (Debian's lomiri-wallpapers-16.04,
+# scikit-learn 1.9.1 into .venv) and checks that data/make_samples.py rewrites data/samples byte for byte.
 # Both create .venv when missing and (re)install when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -63,7 +63,7 @@ test-browser: $(STAMP)
 	$(PY) -m pytest -q -m browser tests/test_browser.py
 
 test-samples: $(STAMP)
-	@packages="$$($(PY) data/make_samples.py --debian-packages)"; dpkg -s $$packages >/dev/null 2>&1 || { \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$packages; }
+	@dpkg -s lomiri-wallpapers-16.04 >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lomiri-wallpapers-16.04; }
 	$(PY) -m pip install --quiet -e '.[samples]'
 	$(PY) -m pytest -q tests/test_data.py -k make_samples -rs

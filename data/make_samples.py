@@ -1,7 +1,6 @@
 """Write the bundled sample photographs (``data/samples``: train, heldout, colour_pairs) from photos inside wheels.
 
     python data/make_samples.py [--dest data/samples] [--overwrite]
-    python data/make_samples.py --debian-packages   # what `make test-samples` installs
 
 Nothing is downloaded; licences are in ``data/samples/LICENSE.md``. ``train`` and ``heldout`` come from
 ``skimage.data`` (scikit-image 0.26); ``train`` also holds 23 photographs from Debian's ``lomiri-wallpapers-16.04``
@@ -201,12 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parent / "samples")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files")
-    parser.add_argument("--debian-packages", action="store_true",
-                        help="print the Debian packages that hold training photos (for apt-get) and exit")
     args = parser.parse_args(argv)
-    if args.debian_packages:
-        print(" ".join(DEBIAN_PACKAGES))
-        return 0
     if skimage.__version__.split(".")[:2] != ["0", "26"]:
         print(f"make_samples: warning: scikit-image {skimage.__version__}, the bundled files came from 0.26",
               file=sys.stderr)
