@@ -3,11 +3,10 @@
     python data/make_samples.py [--dest data/samples] [--overwrite]
 
 Nothing is downloaded; licences are in ``data/samples/LICENSE.md``. ``train`` and ``heldout`` come from
-``skimage.data`` (scikit-image 0.26); ``train`` also holds 23 photographs from Debian's ``lomiri-wallpapers-16.04``
-(CC BY 4.0, CC BY-SA 4.0, CC0) and ``mate-backgrounds`` (GPL-2+) packages (``apt-get install lomiri-wallpapers-16.04
-mate-backgrounds``: ``/usr/share/backgrounds``), the strongly coloured scenes (red, orange, yellow, saturated greens
-and blues, paint, flowers) that scikit-image's mostly earthy photos lack; without those packages they are skipped with
-a note of what to install (the script then exits 1). Training photos are
+``skimage.data`` (scikit-image 0.26); ``train`` also holds nine CC-BY-4.0 / CC0 photographs from Debian's
+``lomiri-wallpapers-16.04`` package (``apt-get install lomiri-wallpapers-16.04``: ``/usr/share/backgrounds``), the
+strongly coloured scenes (red, orange, saturated greens and blues, paint) that scikit-image's mostly earthy photos lack;
+without that package they are skipped with a note of what to install (the script then exits 1). Training photos are
 resized (PIL Lanczos) so the longer side is
 ``TRAIN_LONG_SIDE``; held-out photos keep their native size, because the evaluation pairs
 (``python -m sr.commands.testset``) take 384 px centre crops from them. Gray photos are stored gray (the loaders make
@@ -55,36 +54,21 @@ TRAIN = {
     "page": ("page", None),
     "cell": ("cell", None),
 }
-# file stem -> (Debian package, photo under DEBIAN_BACKGROUNDS); each package's debian/copyright gives each file's
-# licence. Photos only: lomiri-wallpapers-16.04 (20.04.0-2) also ships drawings, renders and a synthetic gradient, and
-# mate-backgrounds (1.26.0-1) abstract and desktop artwork, all left out.
+# file stem -> photo in Debian's lomiri-wallpapers-16.04 (20.04.0-2), whose debian/copyright gives each licence.
+# Photos only: the package's other CC-BY(-SA)-4.0 files are drawings or synthetic gradients, or CC-BY-SA.
 DEBIAN_BACKGROUNDS = Path("/usr/share/backgrounds")
+DEBIAN_PACKAGE = "lomiri-wallpapers-16.04"
 TRAIN_DEBIAN = {
-    "mountain_autumn": ("lomiri-wallpapers-16.04", "aitzgorri_by_Aitzol_Berasategi.jpg"),
-    "dogs_window": ("lomiri-wallpapers-16.04", "friends_by_Aitzol_Berasategi.jpg"),
-    "forest_stream": ("lomiri-wallpapers-16.04", "life_by_Aitzol_Berasategi.jpg"),
-    "mountain_path": ("lomiri-wallpapers-16.04", "picosdeeuropa_by_Aitzol_Berasategi.jpg"),
-    "fig_bowl": ("lomiri-wallpapers-16.04", "Picture_0B_by_freespace.jpg"),
-    "paint_brushes": ("lomiri-wallpapers-16.04", "Picture_1A_by_freespace.jpg"),
-    "dandelions": ("lomiri-wallpapers-16.04", "seeding_by_Clements_Engelhardt.jpg"),
-    "sunset_hill": ("lomiri-wallpapers-16.04", "sunset_by_Aitzol_Berasategi.jpg"),
-    "room_wine": ("lomiri-wallpapers-16.04", "Wine_by_Jakkub_Mede.jpg"),
-    "dragonfly_tree": ("lomiri-wallpapers-16.04", "Dragonfly_by_Bolly.jpg"),
-    "bridge_cables": ("lomiri-wallpapers-16.04", "Bridge_by_Sander_Klootwijk.jpg"),
-    "water_drop": ("mate-backgrounds", "mate/nature/Aqua.jpg"),
-    "leaf_veins": ("mate-backgrounds", "mate/nature/Blinds.jpg"),
-    "dune_grass": ("mate-backgrounds", "mate/nature/Dune.jpg"),
-    "orange_flower": ("mate-backgrounds", "mate/nature/FreshFlower.jpg"),
-    "red_marigold": ("mate-backgrounds", "mate/nature/Garden.jpg"),
-    "green_meadow": ("mate-backgrounds", "mate/nature/GreenMeadow.jpg"),
-    "ladybird": ("mate-backgrounds", "mate/nature/LadyBird.jpg"),
-    "rain_drops": ("mate-backgrounds", "mate/nature/RainDrops.jpg"),
-    "storm_road": ("mate-backgrounds", "mate/nature/Storm.jpg"),
-    "seed_wings": ("mate-backgrounds", "mate/nature/TwoWings.jpg"),
-    "wood_grain": ("mate-backgrounds", "mate/nature/Wood.jpg"),
-    "yellow_flower": ("mate-backgrounds", "mate/nature/YellowFlower.jpg"),
+    "mountain_autumn": "aitzgorri_by_Aitzol_Berasategi.jpg",
+    "dogs_window": "friends_by_Aitzol_Berasategi.jpg",
+    "forest_stream": "life_by_Aitzol_Berasategi.jpg",
+    "mountain_path": "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "fig_bowl": "Picture_0B_by_freespace.jpg",
+    "paint_brushes": "Picture_1A_by_freespace.jpg",
+    "dandelions": "seeding_by_Clements_Engelhardt.jpg",
+    "sunset_hill": "sunset_by_Aitzol_Berasategi.jpg",
+    "room_wine": "Wine_by_Jakkub_Mede.jpg",
 }
-DEBIAN_PACKAGES = tuple(sorted({package for package, _ in TRAIN_DEBIAN.values()}))
 HELDOUT = {"coffee": "coffee", "camera": "camera", "rocket": "rocket"}
 
 COLOUR_SIDE = 256
@@ -128,24 +112,19 @@ def resized_for_training(image: np.ndarray) -> np.ndarray:
 
 
 def missing_debian_photos() -> list[Path]:
-    """The ``TRAIN_DEBIAN`` photos that are not on disk (all of a package's when it is not installed)."""
-    return [DEBIAN_BACKGROUNDS / name for _, name in TRAIN_DEBIAN.values() if not (DEBIAN_BACKGROUNDS / name).is_file()]
-
-
-def debian_install_command() -> str:
-    """The one command that installs every Debian package holding ``TRAIN_DEBIAN`` photos."""
-    return f"apt-get install {' '.join(DEBIAN_PACKAGES)}"
+    """The ``TRAIN_DEBIAN`` photos that are not on disk (all of them when the Debian package is not installed)."""
+    return [DEBIAN_BACKGROUNDS / name for name in TRAIN_DEBIAN.values() if not (DEBIAN_BACKGROUNDS / name).is_file()]
 
 
 def debian_photos() -> dict[str, np.ndarray] | None:
-    """``train/<stem>.png`` -> image for every ``TRAIN_DEBIAN`` photo; None (with a one-line note on stderr) when a
+    """``train/<stem>.png`` -> image for every ``TRAIN_DEBIAN`` photo; None (with a one-line note on stderr) when the
     Debian package that holds them is not installed."""
     if missing := missing_debian_photos():
         print(f"make_samples: {len(missing)} training photos skipped ({missing[0]} missing): "
-              f"{debian_install_command()}", file=sys.stderr)
+              f"apt-get install {DEBIAN_PACKAGE}", file=sys.stderr)
         return None
     photos = {}
-    for stem, (_, name) in TRAIN_DEBIAN.items():
+    for stem, name in TRAIN_DEBIAN.items():
         with Image.open(DEBIAN_BACKGROUNDS / name) as photo:
             photos[f"train/{stem}.png"] = resized_for_training(np.asarray(photo.convert("RGB")))
     return photos
