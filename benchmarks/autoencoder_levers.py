@@ -2,6 +2,7 @@
 
     python benchmarks/autoencoder_levers.py [--updates 300] [--levers baseline,colour,colour16,...] [--lr 1e-3]
         [--eval DIR ...]
+    python benchmarks/autoencoder_levers.py --checkpoints runs/release/prior/checkpoints/step000{2,4,6}000.ckpt
 
 Each lever trains a fresh VAE (the ``tiny`` preset's, with the changes the lever names) for ``--updates`` updates of
 L1 + KL (the prior's first phase without the GAN; Adam at ``--lr``, betas (0.5, 0.9) as the prior) on random
@@ -11,6 +12,10 @@ batch 8, one seed; then scores 256 px centre crops of the training photos (the f
 no colour fix: PSNR-Y (8-bit, as eval.py scores), and the largest per-channel mean colour difference to the HR in
 8-bit levels. Prints one markdown row per lever with its parameter count and seconds per update (measured here, in
 this run, side by side).
+
+``--checkpoints`` trains nothing: it scores, the same way, the VAE inside each given step checkpoint of a prior run
+(``train.py experiment=release_tiny_prior``, ``<run>/checkpoints/step*.ckpt``), built as that run's
+``config_resolved.yaml`` says, one row per checkpoint: how the autoencoder's reconstruction moves during training.
 """
 
 import argparse
@@ -28,6 +33,7 @@ from sr.metrics import quantize_8bit
 from sr.metrics.colour import largest_channel_mean_difference
 from sr.metrics.full_reference import psnr
 from sr.training.losses import AutoencoderLoss, reconstruct
+from sr.utils.checkpoint import load_checkpoint_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +87,22 @@ def evaluate(vae: AutoencoderKL, images: list[torch.Tensor]) -> tuple[float, flo
     return sum(scores) / len(scores), max(colours)
 
 
+def checkpoint_vae(checkpoint: Path) -> AutoencoderKL:
+    """The VAE of a prior run's step checkpoint (``<run>/checkpoints/step*.ckpt``, loaded as tensors only), with the
+    architecture of the run's ``config_resolved.yaml``."""
+    run_config = checkpoint.resolve().parents[1] / "config_resolved.yaml"
+    if not run_config.is_file():
+        raise SystemExit(f"{checkpoint}: no {run_config} beside its checkpoints folder (not a prior run's checkpoint?)")
+    vae = AutoencoderKL(**OmegaConf.to_container(OmegaConf.load(run_config).model.vae, resolve=True))
+    prefix = "model.vae."
+    weights = {key[len(prefix):]: value for key, value in load_checkpoint_state_dict(checkpoint).items()
+               if key.startswith(prefix)}
+    if not weights:
+        raise SystemExit(f"{checkpoint}: no '{prefix}*' weights (not a prior run's checkpoint?)")
+    vae.load_state_dict(weights)
+    return vae.eval()
+
+
 def load_rgb(folder: Path, crop: int | None = None) -> list[torch.Tensor]:
     images = []
     for path in list_images(folder):
@@ -102,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=[ROOT / "data" / "samples" / "heldout_pairs" / "hr"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoints", type=Path, nargs="+",
+                        help="score the VAE of each prior step checkpoint instead of training the levers")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml"), resolve=True)["vae"]
@@ -109,6 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     # the training photos themselves (256 px centre crops) first: how well the autoencoder fits, then how it generalises
     eval_sets = {folder: load_rgb(folder, 256) for folder in [ROOT / "data" / "samples" / "train", *args.eval]}
     header = " | ".join(f"{folder.parent.name}/{folder.name} PSNR-Y / colour diff" for folder in eval_sets)
+    if args.checkpoints:
+        print(f"| checkpoint | {header} |")
+        print("|---|" + "---|" * len(eval_sets))
+        for checkpoint in args.checkpoints:
+            vae = checkpoint_vae(checkpoint)
+            cells = " | ".join("{:.2f} dB / {:.1f}".format(*evaluate(vae, images)) for images in eval_sets.values())
+            print(f"| {checkpoint.name} | {cells} |", flush=True)
+        return
     print(f"| lever | VAE parameters | s / update | final L1 | {header} |")
     print("|---|---|---|---|" + "---|" * len(eval_sets))
     for lever in args.levers.split(","):

@@ -1,0 +1,59 @@
+"""benchmarks/autoencoder_levers.py --checkpoints: a prior run's step checkpoints scored through their own VAE."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from omegaconf import OmegaConf
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("autoencoder_levers", ROOT / "benchmarks" / "autoencoder_levers.py")
+levers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(levers)
+
+VAE = {"block_out_channels": [8, 8, 8, 8], "down_block_types": ["DownEncoderBlock2D"] * 4,
+       "up_block_types": ["UpDecoderBlock2D"] * 4, "latent_channels": 4, "norm_num_groups": 4, "layers_per_block": 1}
+
+
+def prior_run(tmp_path: Path) -> tuple[Path, AutoencoderKL]:
+    """A prior run folder as train.py leaves it: config_resolved.yaml and one Lightning step checkpoint."""
+    run = tmp_path / "prior"
+    (run / "checkpoints").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"model": {"vae": VAE}}), run / "config_resolved.yaml")
+    torch.manual_seed(3)
+    vae = AutoencoderKL(**VAE).eval()
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.2)  # weights no fresh initialisation has
+    state = {f"model.vae.{key}": value for key, value in vae.state_dict().items()}
+    state["model.unet.conv_in.weight"] = torch.zeros(1)  # the prior's other part: ignored
+    checkpoint = run / "checkpoints" / "step0000010.ckpt"
+    torch.save({"global_step": 10, "state_dict": state}, checkpoint)
+    return checkpoint, vae
+
+
+def test_checkpoint_rows_score_the_checkpoints_own_vae(tmp_path, capsys):
+    checkpoint, vae = prior_run(tmp_path)
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    pixels = (torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(eval_dir / "a.png")
+
+    levers.main(["--checkpoints", str(checkpoint), "--eval", str(eval_dir), "--threads", "1"])
+
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[0] == "step0000010.ckpt" and len(cells) == 3  # the training photos, then the --eval folder
+    expected = [levers.evaluate(vae, levers.load_rgb(folder, 256)) for folder in (ROOT / "data/samples/train", eval_dir)]
+    assert cells[1:] == ["{:.2f} dB / {:.1f}".format(*scores) for scores in expected]
+    loaded = levers.checkpoint_vae(checkpoint)
+    assert all(torch.equal(loaded.state_dict()[key], value) for key, value in vae.state_dict().items())
+
+
+def test_a_checkpoint_outside_a_prior_run_is_named(tmp_path):
+    checkpoint, _ = prior_run(tmp_path)
+    (checkpoint.parents[1] / "config_resolved.yaml").unlink()
+    with pytest.raises(SystemExit, match=r"step0000010\.ckpt: no .*config_resolved\.yaml"):
+        levers.checkpoint_vae(checkpoint)
