@@ -14,13 +14,13 @@ redoes one): ``upscale`` (the held-out LR photos at the preset's default setting
 """
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 from sr.commands.config import RELEASED_DIR, find_project_root
 from sr.commands.recipe import RELEASE_NAME, Step, release_steps, run_chain
 from sr.reproducibility import subprocess_environment
+from sr.utils.processes import run_child
 
 ROOT = find_project_root()
 HELDOUT_LR = ROOT / "data" / "samples" / "heldout_pairs" / "lr"
@@ -51,7 +51,7 @@ def commit_report(runs: Path) -> None:
     command = [sys.executable, "-m", "sr.commands.report", str(runs / "eval"), "--name", "demo_tiny", "--out",
                str(COMMITTED_REPORT), "--overwrite", "--require-clean"]
     print(f"[demo] report: {' '.join(command)}", flush=True)
-    if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment(reproducible=True)).returncode != 0:
+    if run_child(command, cwd=ROOT, env=subprocess_environment(reproducible=True)) != 0:
         sys.exit("[demo] writing the committed report failed")
 
 

@@ -11,7 +11,6 @@ evaluations (= steps: every scheduler here calls the UNet once per step), then m
 """
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sr.commands.config import find_project_root
 from sr.commands.report.runs import collect_sweep
 from sr.io import write_bytes_atomic
 from sr.reproducibility import subprocess_environment
+from sr.utils.processes import run_child
 
 ROOT = find_project_root()
 SCHEDULERS = ("ddpm", "ddim", "dpmsolver")
@@ -28,7 +28,7 @@ REFERENCE = ("DDPMScheduler", 200)
 
 def run(command: list[str]) -> None:
     print(f"[steps] {' '.join(command)}", flush=True)
-    if subprocess.run(command, check=False, cwd=ROOT, env=subprocess_environment(reproducible=True)).returncode != 0:
+    if run_child(command, cwd=ROOT, env=subprocess_environment(reproducible=True)) != 0:
         sys.exit(f"[steps] failed: {' '.join(command)}")
 
 

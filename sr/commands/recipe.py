@@ -21,9 +21,7 @@ thread count) but may differ in the last bits on another CPU.
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sr.commands.cfw_generate import sample_name
-from sr.commands.config import RELEASED_DIR, find_project_root
+from sr.commands.config import find_project_root
 from sr.data.cfw import sample_files
 from sr.reproducibility import subprocess_environment
+from sr.utils.processes import run_child
 
 TRAIN_DIR = Path("data") / "samples" / "train"
 RELEASE_NAME = "stablesr_tiny"
@@ -91,10 +90,9 @@ def run_step(step: Step, force: bool, log_prefix: str) -> None:
         if step.resumable and last_checkpoint.exists():
             command.append(f"ckpt_path={last_checkpoint}")
         print(f"[{log_prefix}] {step.name}: {' '.join(map(str, command))}", flush=True)
-        result = subprocess.run(command, check=False, cwd=find_project_root(),
-                                env=subprocess_environment(step.reproducible))
-        if result.returncode != 0:
-            sys.exit(f"[{log_prefix}] {step.name} failed (exit code {result.returncode}); logs in {step.run_dir}")
+        returncode = run_child(command, cwd=find_project_root(), env=subprocess_environment(step.reproducible))
+        if returncode != 0:
+            sys.exit(f"[{log_prefix}] {step.name} failed (exit code {returncode}); logs in {step.run_dir}")
     missing = [str(path) for path in step.outputs if not path.exists()]
     if missing:
         sys.exit(f"[{log_prefix}] {step.name} finished but did not write {', '.join(missing)}")
