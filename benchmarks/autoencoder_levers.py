@@ -56,12 +56,15 @@ LEVERS = {
     "groups1_16": ({"latent_channels": 16, "norm_num_groups": 1}, False),
     # twice the latent channels again: 6x fewer numbers than pixel values instead of 12x (16) or 48x (4)
     "groups8_32": ({"latent_channels": 32, "norm_num_groups": 8}, False),
-    # the released prior's autoencoder (conf/experiment/release_tiny_prior.yaml), then one change each: the widths
-    # [64, 64, 128, 128], or two ResNet blocks per level as SD's VAE has (layers_per_block 2)
-    "release": ({"block_out_channels": [48, 48, 96, 96], "latent_channels": 16, "norm_num_groups": 8}, True),
-    "release_wide": ({"block_out_channels": [64, 64, 128, 128], "latent_channels": 16, "norm_num_groups": 8}, True),
-    "release_deep": ({"block_out_channels": [48, 48, 96, 96], "latent_channels": 16, "norm_num_groups": 8,
-                      "layers_per_block": 2}, True),
+}
+# the released prior's autoencoder, as the recipe's experiment file sets it (with the recipe's jitter and quarter
+# turns), then one change each: the widths [64, 64, 128, 128], or two ResNet blocks per level as SD's VAE has
+RELEASE_VAE = OmegaConf.to_container(
+    OmegaConf.load(ROOT / "conf" / "experiment" / "release_tiny_prior.yaml").model.vae, resolve=True)
+LEVERS |= {
+    "release": (RELEASE_VAE, True),
+    "release_wide": (RELEASE_VAE | {"block_out_channels": [64, 64, 128, 128]}, True),
+    "release_deep": (RELEASE_VAE | {"layers_per_block": 2}, True),
 }
 
 
