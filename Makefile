@@ -6,7 +6,8 @@
 # `make test-browser` (as root) installs Debian's chromium and chromium-driver when missing and runs the browser tests
 # (the report page and the web demo in headless Chromium).
 # `make test-samples` (as root) installs the bundled photos' sources when missing (Debian's lomiri-wallpapers-16.04,
-# scikit-learn 1.9.1 into .venv) and checks that data/make_samples.py rewrites data/samples byte for byte.
+# scikit-learn 1.9.1 into .venv) and checks that data/make_samples.py rewrites data/samples byte for byte (a source still
+# missing there fails the tests instead of skipping them).
 # Both create .venv when missing and (re)install when pyproject.toml changes.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -66,4 +67,4 @@ test-samples: $(STAMP)
 	@dpkg -s lomiri-wallpapers-16.04 >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lomiri-wallpapers-16.04; }
 	$(PY) -m pip install --quiet -e '.[samples]'
-	$(PY) -m pytest -q tests/test_data.py -k make_samples -rs
+	SR_REQUIRE_SAMPLE_SOURCES=1 $(PY) -m pytest -q tests/test_data.py -k make_samples -rs

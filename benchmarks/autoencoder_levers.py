@@ -131,8 +131,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="score the VAE of each prior step checkpoint instead of training the levers")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml"), resolve=True)["vae"]
-    photos = load_rgb(ROOT / "data" / "samples" / "train")
     # the training photos themselves (256 px centre crops) first: how well the autoencoder fits, then how it generalises
     eval_sets = {folder: load_rgb(folder, 256) for folder in [ROOT / "data" / "samples" / "train", *args.eval]}
     header = " | ".join(f"{folder.parent.name}/{folder.name} PSNR-Y / colour diff" for folder in eval_sets)
@@ -144,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
             cells = " | ".join("{:.2f} dB / {:.1f}".format(*evaluate(vae, images)) for images in eval_sets.values())
             print(f"| {checkpoint.name} | {cells} |", flush=True)
         return
+    tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml"), resolve=True)["vae"]
+    photos = load_rgb(ROOT / "data" / "samples" / "train")  # whole, for the training windows
     print(f"| lever | VAE parameters | s / update | final L1 | {header} |")
     print("|---|---|---|---|" + "---|" * len(eval_sets))
     for lever in args.levers.split(","):

@@ -58,6 +58,7 @@ TRAIN = {
 # Photos only: the package's other CC-BY(-SA)-4.0 files are drawings or synthetic gradients, or CC-BY-SA.
 DEBIAN_BACKGROUNDS = Path("/usr/share/backgrounds")
 DEBIAN_PACKAGE = "lomiri-wallpapers-16.04"
+DEBIAN_INSTALL = f"apt-get install {DEBIAN_PACKAGE}"
 TRAIN_DEBIAN = {
     "mountain_autumn": "aitzgorri_by_Aitzol_Berasategi.jpg",
     "dogs_window": "friends_by_Aitzol_Berasategi.jpg",
@@ -74,6 +75,7 @@ HELDOUT = {"coffee": "coffee", "camera": "camera", "rocket": "rocket"}
 COLOUR_SIDE = 256
 COLOUR_SCALE = 4
 SKLEARN_VERSION = "1.9.1"
+SKLEARN_INSTALL = f"pip install scikit-learn=={SKLEARN_VERSION}"
 # file stem -> (package, image, (top, left) of the COLOUR_SIDE crop); package "sklearn": a file in
 # sklearn/datasets/images, "skimage": a skimage.data function. Crops chosen for saturated colour: the pagoda's red
 # and green (a building), lake and trees (blue, green), the dahlia (orange, yellow), a second dahlia before teal
@@ -121,7 +123,7 @@ def debian_photos() -> dict[str, np.ndarray] | None:
     Debian package that holds them is not installed."""
     if missing := missing_debian_photos():
         print(f"make_samples: {len(missing)} training photos skipped ({missing[0]} missing): "
-              f"apt-get install {DEBIAN_PACKAGE}", file=sys.stderr)
+              f"{DEBIAN_INSTALL}", file=sys.stderr)
         return None
     photos = {}
     for stem, name in TRAIN_DEBIAN.items():
@@ -163,7 +165,7 @@ def colour_photos() -> dict[str, np.ndarray] | None:
     images = sklearn_images()
     if images is None:
         print(f"make_samples: colour_pairs skipped: its photos ship with scikit-learn, "
-              f"pip install scikit-learn=={SKLEARN_VERSION}", file=sys.stderr)
+              f"{SKLEARN_INSTALL}", file=sys.stderr)
         return None
     if importlib.metadata.version("scikit-learn") != SKLEARN_VERSION:
         print(f"make_samples: warning: scikit-learn {importlib.metadata.version('scikit-learn')}, the bundled "
