@@ -3,6 +3,7 @@
     python benchmarks/autoencoder_levers.py [--updates 300] [--levers baseline,colour,colour16,...] [--lr 1e-3]
         [--eval DIR ...]
     python benchmarks/autoencoder_levers.py --checkpoints runs/release/prior/checkpoints/step000{2,4,6}000.ckpt
+    python benchmarks/autoencoder_levers.py --checkpoints runs/release/prior/checkpoints/step000{4,5,6}000.ckpt --average
 
 Each lever trains a fresh VAE (the ``tiny`` preset's, with the changes the lever names) for ``--updates`` updates of
 L1 + KL (the prior's first phase without the GAN; Adam at ``--lr``, betas (0.5, 0.9) as the prior) on random
@@ -16,6 +17,8 @@ this run, side by side).
 ``--checkpoints`` trains nothing: it scores, the same way, the VAE inside each given step checkpoint of a prior run
 (``train.py experiment=release_tiny_prior``, ``<run>/checkpoints/step*.ckpt``), built as that run's
 ``config_resolved.yaml`` says, one row per checkpoint: how the autoencoder's reconstruction moves during training.
+``--average`` adds one row for the VAE whose every weight is the mean of that weight over the given checkpoints
+(uniform checkpoint averaging, ``theta = (1 / N) * sum_i theta_i``): whether averaging the end of a run would help.
 """
 
 import argparse
@@ -24,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+
+import sr  # noqa: F401  first: its filter of the bitsandbytes hub-kernel warning must exist before diffusers imports it
+from diffusers import AutoencoderKL  # noqa: E402, I001
 from omegaconf import OmegaConf
 
 from sr.data.datasets import random_crop_augment
@@ -106,6 +111,14 @@ def checkpoint_vae(checkpoint: Path) -> AutoencoderKL:
     return vae.eval()
 
 
+def average_weights(vaes: list[AutoencoderKL]) -> AutoencoderKL:
+    """A new VAE of the same architecture whose every tensor is the mean of that tensor over ``vaes``."""
+    states = [vae.state_dict() for vae in vaes]
+    averaged = AutoencoderKL.from_config(vaes[0].config)
+    averaged.load_state_dict({key: torch.stack([state[key] for state in states]).mean(0) for key in states[0]})
+    return averaged.eval()
+
+
 def load_rgb(folder: Path, crop: int | None = None) -> list[torch.Tensor]:
     images = []
     for path in list_images(folder):
@@ -129,7 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoints", type=Path, nargs="+",
                         help="score the VAE of each prior step checkpoint instead of training the levers")
+    parser.add_argument("--average", action="store_true",
+                        help="with --checkpoints: one more row, the VAE with the mean weights of the checkpoints")
     args = parser.parse_args(argv)
+    if args.average and not args.checkpoints:
+        parser.error("--average needs --checkpoints")
     torch.set_num_threads(args.threads)
     # the training photos themselves (256 px centre crops) first: how well the autoencoder fits, then how it generalises
     eval_sets = {folder: load_rgb(folder, 256) for folder in [ROOT / "data" / "samples" / "train", *args.eval]}
@@ -137,10 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoints:
         print(f"| checkpoint | {header} |")
         print("|---|" + "---|" * len(eval_sets))
-        for checkpoint in args.checkpoints:
-            vae = checkpoint_vae(checkpoint)
+        rows = [(checkpoint.name, checkpoint_vae(checkpoint)) for checkpoint in args.checkpoints]
+        if args.average:
+            rows.append((f"mean weights of {len(rows)} checkpoints", average_weights([vae for _, vae in rows])))
+        for name, vae in rows:
             cells = " | ".join("{:.2f} dB / {:.1f}".format(*evaluate(vae, images)) for images in eval_sets.values())
-            print(f"| {checkpoint.name} | {cells} |", flush=True)
+            print(f"| {name} | {cells} |", flush=True)
         return
     tiny_vae = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml"), resolve=True)["vae"]
     photos = load_rgb(ROOT / "data" / "samples" / "train")  # whole, for the training windows

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
 import sr.commands.evaluation

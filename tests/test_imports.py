@@ -56,6 +56,29 @@ def test_sr_ops_imports_nothing_from_sr():
     assert offenders and {k: v for k, v in offenders.items() if v} == {}
 
 
+ENTRY_POINT_FOLDERS = ("", "scripts", "benchmarks", "data")
+
+
+def first_import_line(path: Path, package: str) -> int | None:
+    """The line of the first top-level statement of ``path`` that imports ``package`` or one of its modules."""
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        if any(name == package or name.startswith(f"{package}.") for name in names):
+            return node.lineno
+    return None
+
+
+def test_entry_points_import_sr_before_diffusers():
+    """``sr/__init__.py`` filters the warning bitsandbytes logs when diffusers imports it; a command that imports
+    diffusers first would open with that warning, so every command file imports ``sr`` (or a module of it) first."""
+    entry_points = [path for folder in ENTRY_POINT_FOLDERS for path in sorted((SR.parent / folder).glob("*.py"))]
+    late = {str(path.relative_to(SR.parent)): (first_import_line(path, "sr"), line) for path in entry_points
+            if (line := first_import_line(path, "diffusers")) is not None
+            and (first_import_line(path, "sr") or line + 1) > line}
+    assert any(first_import_line(path, "diffusers") for path in entry_points) and late == {}
+
+
 def test_the_checker_sees_imports_of_every_form(tmp_path):
     """The checks above would pass vacuously if ``imported_modules`` missed a form of import."""
     probe = tmp_path / "probe.py"
