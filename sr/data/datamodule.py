@@ -19,7 +19,6 @@ so a resumed run continues with the identical batches on every rank.
 from collections.abc import Iterator, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
