@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import sr  # noqa: F401  first: its filter of the bitsandbytes hub-kernel warning must exist before diffusers imports it
-from diffusers import AutoencoderKL  # noqa: E402, I001
+from diffusers import AutoencoderKL
 from omegaconf import OmegaConf
 
 from sr.data.datasets import random_crop_augment
