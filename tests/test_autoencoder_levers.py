@@ -47,6 +47,12 @@ def table_rows(output: str) -> list[list[str]]:
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in output.strip().splitlines()[2:]]
 
 
+def expected_cells(vae: AutoencoderKL, eval_dir: Path) -> list[str]:
+    """The row cells ``vae`` must get: the training photos, then the --eval folder, scored by ``evaluate``."""
+    folders = (ROOT / "data/samples/train", eval_dir)
+    return ["{:.2f} dB / {:.1f}".format(*levers.evaluate(vae, levers.load_rgb(folder, 256))) for folder in folders]
+
+
 def test_checkpoint_rows_score_the_checkpoints_own_vae(tmp_path, capsys):
     checkpoint, vae = prior_run(tmp_path)
     eval_dir = eval_folder(tmp_path)
@@ -55,8 +61,7 @@ def test_checkpoint_rows_score_the_checkpoints_own_vae(tmp_path, capsys):
 
     [cells] = table_rows(capsys.readouterr().out)
     assert cells[0] == "step0000010.ckpt" and len(cells) == 3  # the training photos, then the --eval folder
-    expected = [levers.evaluate(vae, levers.load_rgb(folder, 256)) for folder in (ROOT / "data/samples/train", eval_dir)]
-    assert cells[1:] == ["{:.2f} dB / {:.1f}".format(*scores) for scores in expected]
+    assert cells[1:] == expected_cells(vae, eval_dir)
     loaded = levers.checkpoint_vae(checkpoint)
     assert all(torch.equal(loaded.state_dict()[key], value) for key, value in vae.state_dict().items())
 
@@ -78,8 +83,7 @@ def test_average_row_scores_the_mean_weights_of_the_checkpoints(tmp_path, capsys
     assert [row[0] for row in rows] == ["step0000010.ckpt", "step0000020.ckpt", "mean weights of 2 checkpoints"]
     midway = AutoencoderKL(**VAE).eval()
     midway.load_state_dict({key: (value + vae_b.state_dict()[key]) / 2 for key, value in vae_a.state_dict().items()})
-    expected = [levers.evaluate(midway, levers.load_rgb(folder, 256)) for folder in (ROOT / "data/samples/train", eval_dir)]
-    assert rows[2][1:] == ["{:.2f} dB / {:.1f}".format(*scores) for scores in expected]
+    assert rows[2][1:] == expected_cells(midway, eval_dir)
     assert rows[2][1:] not in (rows[0][1:], rows[1][1:])  # the mean is a third model, not either checkpoint
 
 

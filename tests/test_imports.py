@@ -72,11 +72,11 @@ def first_import_line(path: Path, package: str) -> int | None:
 def test_entry_points_import_sr_before_diffusers():
     """``sr/__init__.py`` filters the warning bitsandbytes logs when diffusers imports it; a command that imports
     diffusers first would open with that warning, so every command file imports ``sr`` (or a module of it) first."""
-    entry_points = [path for folder in ENTRY_POINT_FOLDERS for path in sorted((SR.parent / folder).glob("*.py"))]
-    late = {str(path.relative_to(SR.parent)): (first_import_line(path, "sr"), line) for path in entry_points
-            if (line := first_import_line(path, "diffusers")) is not None
-            and (first_import_line(path, "sr") or line + 1) > line}
-    assert any(first_import_line(path, "diffusers") for path in entry_points) and late == {}
+    lines = {str(path.relative_to(SR.parent)): (first_import_line(path, "sr"), first_import_line(path, "diffusers"))
+             for folder in ENTRY_POINT_FOLDERS for path in sorted((SR.parent / folder).glob("*.py"))}
+    importing_diffusers = {name: (sr, diffusers) for name, (sr, diffusers) in lines.items() if diffusers is not None}
+    late = {name: pair for name, pair in importing_diffusers.items() if pair[0] is None or pair[0] > pair[1]}
+    assert importing_diffusers and late == {}
 
 
 def test_the_checker_sees_imports_of_every_form(tmp_path):
